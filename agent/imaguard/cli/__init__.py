@@ -1,0 +1,1 @@
+"""The ``imaguard`` command line: ``main(argv) -> int``, one module per command group."""

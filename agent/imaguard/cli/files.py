@@ -1,0 +1,219 @@
+"""``imaguard sign``, ``verify`` and ``hash``: work on files and trees named on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import getpass
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from imaguard.cli.progress import Progress
+from imaguard.config import Limits
+from imaguard.digests import HashAlgo
+from imaguard.errors import ExitCode, HostStateError, UsageError
+from imaguard.ima import xattr_store
+from imaguard.keys import LocalSigner, Verifier, load_certificate, load_private_key
+from imaguard.sign.files import VERIFY_FAILURES, FileResult, iter_targets, sign_path, verify_path
+from imaguard.sign.parallel import default_jobs, run_jobs
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["register"]
+
+_SIGN_HELP = """\
+Hash each file through one open descriptor, sign the digest and write the signature into
+security.ima (signature v2, the form the kernel and evmctl use). The value is read back;
+on any failure the previous value is restored. Symlinks are never followed; FIFOs and
+devices are never opened.
+
+This signs what is on disk now: use it for labs and files you built yourself. To label
+package files from verified package metadata use `imaguard enroll`.
+
+The key id in the signature is the last 4 bytes of the certificate's subject key
+identifier (what the kernel matches), or, without --cert, evmctl's id derived from
+the public key. The key password is read from --password-file, the environment
+variable IMAGUARD_KEY_PASSWORD, or asked for on a terminal.
+"""
+
+_VERIFY_HELP = """\
+Check each file's security.ima signature against its content and the given certificates,
+like the kernel's appraisal does: the key is found by key id, the digest recomputed with
+the signature's algorithm. Reason codes for failures: no-signature, digest-only,
+unsupported-form, malformed, unknown-key, bad-signature, not-regular-file, unsupported-fs.
+
+Exit status: 0 all verified, 3 some file failed verification, 1 some file could not be checked.
+"""
+
+_HASH_HELP = """\
+Print each file's digest (like sha256sum), hashed through the same descriptor-based reader
+that signing uses. Useful to compare files with package metadata.
+"""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files, or directories with -r")
+    p.add_argument("-r", "--recursive", action="store_true", help="walk directories (no symlinks followed)")
+    p.add_argument("--json", action="store_true", help="print one JSON document with every file's result")
+    p.add_argument("-v", "--verbose", action="store_true", help="show every file and tracebacks of errors")
+    p.add_argument(
+        "-j", "--jobs", type=int, default=default_jobs(), metavar="N", help="worker processes (default: all cores)"
+    )
+
+
+def _algo(name: str) -> HashAlgo:
+    try:
+        algo = HashAlgo.from_name(name)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if algo not in (HashAlgo.SHA256, HashAlgo.SHA384, HashAlgo.SHA512):
+        raise argparse.ArgumentTypeError("choose sha256, sha384 or sha512")
+    return algo
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("sign", help="write IMA signatures into security.ima", description=_SIGN_HELP,
+                       formatter_class=fmt)
+    p.add_argument("--key", required=True, type=Path, metavar="KEY", help="private key (PEM or DER; RSA or EC)")
+    p.add_argument("--cert", type=Path, metavar="CERT", help="certificate of the key: key id from its SKID")
+    p.add_argument("--password-file", type=Path, metavar="FILE", help="file holding the key's password")
+    p.add_argument("--hash-algo", type=_algo, default=HashAlgo.SHA256, metavar="ALGO",
+                   help="sha256 (default), sha384 or sha512")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_sign)
+
+    p = sub.add_parser("verify", help="check IMA signatures in security.ima", description=_VERIFY_HELP,
+                       formatter_class=fmt)
+    p.add_argument("--cert", required=True, type=Path, action="append", metavar="CERT",
+                   help="trusted certificate (PEM or DER); repeat for several")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_verify)
+
+    p = sub.add_parser("hash", help="print file digests", description=_HASH_HELP, formatter_class=fmt)
+    p.add_argument("--hash-algo", type=_algo, default=HashAlgo.SHA256, metavar="ALGO",
+                   help="sha256 (default), sha384 or sha512")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_hash)
+
+
+def _password(args: argparse.Namespace, key_path: Path) -> bytes | None:
+    pw_file: Path | None = args.password_file
+    if pw_file is not None:
+        try:
+            return pw_file.read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise UsageError(f"{pw_file}: cannot read password: {exc.strerror}") from exc
+    env = os.environ.get("IMAGUARD_KEY_PASSWORD")
+    if env is not None:
+        return env.encode()
+    try:
+        encrypted = b"ENCRYPTED" in key_path.read_bytes()[:4096]
+    except OSError:
+        return None  # load_private_key reports the unreadable key
+    if encrypted and sys.stdin.isatty():
+        entered: str = getpass.getpass(f"password for {key_path}: ")
+        return entered.encode()
+    return None
+
+
+def _run(
+    args: argparse.Namespace, job: Callable[[str], FileResult], verb: str
+) -> list[FileResult]:
+    results: list[FileResult] = []
+    todo: list[str] = []
+    for target in iter_targets(args.paths, args.recursive):
+        if isinstance(target, FileResult):
+            results.append(target)
+        else:
+            todo.append(target)
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    with Progress(total=len(todo), unit="file", desc=verb, enabled=not args.json) as bar:
+        for res in run_jobs(job, todo, args.jobs):
+            results.append(res)
+            bar.update(1)
+            if not args.json and (args.verbose or not res.ok):
+                bar.write(_line(res))
+    return results
+
+
+def _line(res: FileResult) -> str:
+    extra = f" [{res.reason}]" if res.reason else ""
+    detail = f": {res.detail}" if res.detail and res.status == "failed" else ""
+    key = f" key={res.key_id}" if res.key_id and res.status != "failed" else ""
+    return f"{res.status:8} {res.path}{extra}{key}{detail}"
+
+
+def _finish(args: argparse.Namespace, command: str, results: list[FileResult]) -> int:
+    counts = Counter(r.status for r in results)
+    reasons = Counter(r.reason for r in results if r.status == "failed")
+    if any(r.reason in VERIFY_FAILURES for r in results if r.status == "failed"):
+        code = ExitCode.VERIFICATION_FAILED
+    elif counts["failed"]:
+        code = ExitCode.FAILURE
+    else:
+        code = ExitCode.OK
+    if args.json:
+        doc = {
+            "command": command,
+            "summary": dict(sorted(counts.items())),
+            "reasons": dict(sorted(reasons.items())),
+            "exit_code": int(code),
+            "files": [r.to_json() for r in results],
+        }
+        json.dump(doc, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no files"
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+        print(f"{command}: {summary}" + (f" ({why})" if why else ""), file=sys.stderr)
+    return code
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    cert = load_certificate(args.cert) if args.cert is not None else None
+    key = load_private_key(args.key, _password(args, args.key), cert)
+    signer = LocalSigner.from_key(key, cert)
+    job = functools.partial(sign_path, signer=signer, algo=args.hash_algo, limits=Limits())
+    return _finish(args, "sign", _run(args, job, "signing"))
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    verifier = Verifier.of(load_certificate(p) for p in args.cert)
+    job = functools.partial(verify_path, verifier=verifier, limits=Limits())
+    return _finish(args, "verify", _run(args, job, "verifying"))
+
+
+def _hash_one(path: str, algo: HashAlgo, limits: Limits) -> FileResult:
+    try:
+        with xattr_store.open_regular(path) as (fd, _st):
+            digest = xattr_store.hash_file(fd, algo, limits, path)
+    except HostStateError as exc:
+        return FileResult(path, "failed", exc.reason, str(exc))
+    return FileResult(path, "hashed", detail=digest.hex(), algo=algo.kernel_name)
+
+
+def _cmd_hash(args: argparse.Namespace) -> int:
+    job = functools.partial(_hash_one, algo=args.hash_algo, limits=Limits())
+    done: list[FileResult] = []
+    todo: list[str] = []
+    for target in iter_targets(args.paths, args.recursive):
+        if isinstance(target, FileResult):
+            done.append(target)
+        else:
+            todo.append(target)
+    for res in run_jobs(job, todo, args.jobs):
+        done.append(res)
+        if args.json:
+            continue
+        if res.status == "hashed":
+            print(f"{res.detail}  {res.path}")
+        else:
+            print(_line(res), file=sys.stderr)
+    return _finish(args, "hash", done)

@@ -1,0 +1,85 @@
+"""``imaguard`` entry point: parse arguments, dispatch, catch once, map to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from typing import TYPE_CHECKING, NoReturn
+
+from imaguard import __version__
+from imaguard.errors import ExitCode, ImaguardError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["build_parser", "entry", "main"]
+
+_DESCRIPTION = """\
+imaguard labels files with IMA signatures that only trusted package metadata vouches for,
+manages IMA keys and policy, and reports the kernel's measurement log.
+
+exit codes: 0 ok, 1 failure, 2 usage error, 3 verification failed, 77 unsupported here.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so main() owns every exit code and message."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ImaguardError(f"{self.prog}: {message}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from imaguard.cli import files  # noqa: PLC0415 - keep `imaguard --help` import-light
+
+    parser = _Parser(
+        prog="imaguard",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"imaguard {__version__}")
+    sub: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_Parser
+    )
+    sub.required = True
+    files.register(sub)
+    return parser
+
+
+def _common_flags(argv: Sequence[str]) -> tuple[bool, bool]:
+    return "--json" in argv, "--verbose" in argv or "-v" in argv
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code. Tests call this with an argv list."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    want_json, verbose = _common_flags(args_list)
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(args_list)
+        except ImaguardError as exc:
+            _report(str(exc), "usage", want_json)
+            return ExitCode.USAGE
+        code: int = args.handler(args)
+    except ImaguardError as exc:
+        if verbose:
+            traceback.print_exc()
+        _report(str(exc), exc.reason, want_json)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("imaguard: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+def _report(message: str, reason: str, want_json: bool) -> None:
+    if want_json:
+        print(json.dumps({"error": {"reason": reason, "message": message}}))
+    print(f"imaguard: error: {message}", file=sys.stderr)
+
+
+def entry() -> None:
+    sys.exit(main())

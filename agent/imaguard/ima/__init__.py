@@ -1,0 +1,1 @@
+"""Kernel IMA formats (pure) and interfaces (I/O)."""

@@ -1,0 +1,174 @@
+"""Read, hash and write ``security.ima`` through one open file descriptor.
+
+Everything happens on the fd opened with ``O_NOFOLLOW|O_NONBLOCK`` and checked with ``fstat``,
+so a path swapped for a symlink, FIFO or device between checks is never followed, blocked on or
+labelled. A write is read back and compared; on any failure the previous value is restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from imaguard.digests import HashAlgo, hash_fd
+from imaguard.errors import HostStateError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from imaguard.config import Limits
+
+__all__ = [
+    "IMA_XATTR",
+    "FileStamp",
+    "hash_file",
+    "open_regular",
+    "read_ima",
+    "restore_ima",
+    "stamp",
+    "write_ima",
+]
+
+IMA_XATTR = "security.ima"
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+# linux/fs.h: FS_IOC_GETFLAGS = _IOR('f', 1, long); flags FS_IMMUTABLE_FL, FS_APPEND_FL.
+_FS_IOC_GETFLAGS = 0x80086601
+_FS_IMMUTABLE_FL = 0x00000010
+_FS_APPEND_FL = 0x00000020
+
+
+@dataclass(frozen=True, slots=True)
+class FileStamp:
+    """What must not change while a file is hashed and labelled (setxattr itself moves only ctime)."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileStamp:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _error(exc: OSError, path: str, action: str, fd: int | None = None) -> HostStateError:
+    """Map an OSError to a typed error with a stable reason code."""
+    code = exc.errno
+    if code in (errno.EOPNOTSUPP, errno.ENOTSUP):
+        reason = "unsupported-fs"
+        detail = "the filesystem does not support security.* extended attributes"
+    elif code == errno.EROFS:
+        reason, detail = "read-only", "read-only filesystem"
+    elif code in (errno.ENOSPC, errno.E2BIG, errno.EDQUOT):
+        reason, detail = "xattr-space", "no space left for extended attributes on this inode"
+    elif code == errno.EPERM and fd is not None and _is_immutable(fd):
+        reason, detail = "immutable", "the file is immutable or append-only (chattr +i/+a)"
+    elif code in (errno.EPERM, errno.EACCES):
+        reason, detail = "permission-denied", f"{exc.strerror} (security.ima needs CAP_SYS_ADMIN)"
+    elif code == errno.ELOOP:
+        reason, detail = "not-regular-file", "is a symbolic link"
+    elif code == errno.ENOENT:
+        reason, detail = "missing", "no such file"
+    else:
+        reason, detail = "host-error", exc.strerror or str(exc)
+    return HostStateError(f"{path}: cannot {action}: {detail}", reason=reason, errno=code, path=path)
+
+
+def _is_immutable(fd: int) -> bool:
+    try:
+        raw = fcntl.ioctl(fd, _FS_IOC_GETFLAGS, b"\0" * 8)
+    except OSError:
+        return False
+    (flags,) = struct.unpack("=l", raw)
+    return bool(flags & (_FS_IMMUTABLE_FL | _FS_APPEND_FL))
+
+
+@contextlib.contextmanager
+def open_regular(path: str | bytes) -> Iterator[tuple[int, os.stat_result]]:
+    """Open a regular file for reading without following a final symlink or blocking on a FIFO."""
+    name = os.fsdecode(path)
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        raise _error(exc, name, "open") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise HostStateError(f"{name}: not a regular file", reason="not-regular-file", path=name)
+        yield fd, st
+    finally:
+        os.close(fd)
+
+
+def stamp(fd: int) -> FileStamp:
+    return FileStamp.of(os.fstat(fd))
+
+
+def hash_file(
+    fd: int, algo: HashAlgo, limits: Limits, path: str, progress: Callable[[int], None] | None = None
+) -> bytes:
+    return hash_fd(fd, algo, max_size=limits.max_file_size, path=path, progress=progress)
+
+
+def read_ima(fd: int, path: str, limits: Limits) -> bytes | None:
+    """The current ``security.ima`` value, or None when the file has none."""
+    try:
+        value = os.getxattr(fd, IMA_XATTR)
+    except OSError as exc:
+        if exc.errno == errno.ENODATA:
+            return None
+        raise _error(exc, path, "read security.ima", fd) from exc
+    if len(value) > limits.max_xattr_size:
+        raise HostStateError(f"{path}: security.ima larger than {limits.max_xattr_size} bytes", path=path)
+    return value
+
+
+def restore_ima(fd: int, previous: bytes | None) -> None:
+    """Put back what was there before (nothing, or the old value); best effort, never raises."""
+    with contextlib.suppress(OSError):
+        if previous is None:
+            os.removexattr(fd, IMA_XATTR)
+        else:
+            os.setxattr(fd, IMA_XATTR, previous)
+
+
+def write_ima(fd: int, path: str, value: bytes, previous: bytes | None, before: FileStamp) -> None:
+    """Write ``value`` over ``previous`` if the file still matches ``before``; read back; roll back.
+
+    ``before`` is the stamp taken before hashing: a file written to since (size or mtime moved)
+    would get a signature over content it no longer has, so it is refused.
+    """
+    if stamp(fd) != before:
+        raise HostStateError(
+            f"{path}: changed while it was being hashed; not labelled", reason="changed-during-sign", path=path
+        )
+    try:
+        os.setxattr(fd, IMA_XATTR, value)
+    except OSError as exc:
+        # A failed setxattr leaves the old value in place, but be certain.
+        restore_ima(fd, previous)
+        raise _error(exc, path, "write security.ima", fd) from exc
+    try:
+        readback = os.getxattr(fd, IMA_XATTR)
+    except OSError as exc:
+        restore_ima(fd, previous)
+        raise _error(exc, path, "read back security.ima", fd) from exc
+    if readback != value:
+        restore_ima(fd, previous)
+        raise HostStateError(f"{path}: security.ima read back differs from what was written", path=path,
+                             reason="readback-mismatch")
+    if stamp(fd) != before:
+        # Written to between our check and our write: the new label may not match the content.
+        restore_ima(fd, previous)
+        raise HostStateError(
+            f"{path}: changed while it was being labelled; previous label restored",
+            reason="changed-during-sign",
+            path=path,
+        )

@@ -1,0 +1,1 @@
+"""Signing: per-file engine, parallel runner, and (later) enrollment plan/apply."""
