@@ -145,7 +145,9 @@ def _run(
 
 def _line(res: FileResult) -> str:
     extra = f" [{res.reason}]" if res.reason else ""
-    detail = f": {res.detail}" if res.detail and res.status == "failed" else ""
+    detail = ""
+    if res.detail and res.status == "failed":
+        detail = ": " + res.detail.removeprefix(f"{res.path}: ")
     key = f" key={res.key_id}" if res.key_id and res.status != "failed" else ""
     return f"{res.status:8} {res.path}{extra}{key}{detail}"
 
@@ -172,7 +174,9 @@ def _finish(args: argparse.Namespace, command: str, results: list[FileResult]) -
     else:
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no files"
         why = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
-        print(f"{command}: {summary}" + (f" ({why})" if why else ""), file=sys.stderr)
+        # The digests of `hash` own stdout; for sign/verify the summary is the result.
+        out = sys.stderr if command == "hash" else sys.stdout
+        print(f"{command}: {summary}" + (f" ({why})" if why else ""), file=out)
     return code
 
 

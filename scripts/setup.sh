@@ -1,0 +1,35 @@
+#!/bin/sh
+# Set up a Debian 12 machine (as root) to run imaguard from this checkout: the Debian packages it
+# and its tests need, then a virtualenv (.venv) from /usr/bin/python3 that sees Debian's
+# python3-apt and python3-rpm (--system-site-packages), with imaguard and its test tools in it.
+set -eu
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: run as root (it installs Debian packages)" >&2
+    exit 2
+fi
+
+# Runtime bindings come from Debian (not PyPI); the rest are the reference tools the tests run
+# for real: evmctl, keyutils, rpm, dpkg-dev, and the QEMU lab (qemu, debootstrap, swtpm, tpm2-tools).
+PACKAGES="python3 python3-venv python3-pip python3-cryptography python3-apt python3-rpm python3-tqdm
+python3-psutil ima-evm-utils keyutils attr openssl e2fsprogs rpm dpkg-dev
+qemu-system-x86 qemu-utils debootstrap swtpm swtpm-tools tpm2-tools"
+
+missing=""
+for p in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "setup.sh: installing Debian packages:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    # shellcheck disable=SC2086 # word splitting of the package list is intended
+    apt-get install -y -q --no-install-recommends $missing
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+echo "setup.sh: ready: $(.venv/bin/imaguard --version) in .venv"

@@ -1,0 +1,53 @@
+"""Kernel hash ids and fd hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from imaguard.digests import HashAlgo, hash_fd
+from imaguard.errors import HostStateError, UsageError
+
+
+def test_ids_follow_hash_info_h():
+    # include/uapi/linux/hash_info.h: these ids are on the wire in every security.ima value.
+    assert (HashAlgo.SHA1, HashAlgo.SHA256, HashAlgo.SHA384, HashAlgo.SHA512) == (2, 4, 5, 6)
+    assert (HashAlgo.SHA224, HashAlgo.SM3_256, HashAlgo.STREEBOG_512) == (7, 17, 19)
+    assert HashAlgo.from_name("SHA256") is HashAlgo.SHA256
+    assert HashAlgo.SHA384.digest_size == 48
+
+
+@pytest.mark.parametrize("algo", [HashAlgo.SHA1, HashAlgo.SHA256, HashAlgo.SHA384, HashAlgo.SHA512])
+def test_hash_fd_matches_hashlib_across_chunk_boundaries(tmp_path, algo):
+    data = os.urandom((1 << 20) * 2 + 12345)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.lseek(fd, 100, os.SEEK_SET)  # the fd offset must not matter
+        assert hash_fd(fd, algo, max_size=len(data)) == hashlib.new(algo.kernel_name, data).digest()
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 100
+    finally:
+        os.close(fd)
+
+
+def test_hash_fd_refuses_files_over_the_limit(tmp_path):
+    path = tmp_path / "big"
+    path.write_bytes(b"x" * 4096)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(HostStateError, match="larger than the limit of 4095 bytes") as err:
+            hash_fd(fd, HashAlgo.SHA256, max_size=4095, path=str(path))
+    finally:
+        os.close(fd)
+    assert err.value.reason == "too-large"
+
+
+def test_algorithms_python_cannot_compute_are_refused_not_replaced():
+    with pytest.raises(UsageError, match="hash algorithm streebog256 is not supported") as err:
+        HashAlgo.STREEBOG_256.new()
+    assert err.value.reason == "unsupported-algo"
+    with pytest.raises(UsageError, match="unknown hash algorithm 'sha3'"):
+        HashAlgo.from_name("sha3")
