@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from imaguard.cli import files  # noqa: PLC0415 - keep `imaguard --help` import-light
+    from imaguard.cli import files, packages  # noqa: PLC0415 - keep `import imaguard.cli.main` light
 
     parser = _Parser(
         prog="imaguard",
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.required = True
     files.register(sub)
+    packages.register(sub)
     return parser
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from imaguard.config import Limits
+    from imaguard.rootfs import Root
 
 __all__ = [
     "IMA_XATTR",
@@ -91,11 +92,14 @@ def _is_immutable(fd: int) -> bool:
 
 
 @contextlib.contextmanager
-def open_regular(path: str | bytes) -> Iterator[tuple[int, os.stat_result]]:
-    """Open a regular file for reading without following a final symlink or blocking on a FIFO."""
-    name = os.fsdecode(path)
+def open_regular(path: str | bytes, root: Root | None = None) -> Iterator[tuple[int, os.stat_result]]:
+    """Open a regular file for reading without following a final symlink or blocking on a FIFO.
+
+    With ``root``, ``path`` is absolute inside that tree and resolved without leaving it.
+    """
+    name = os.fsdecode(path if root is None else root.display(os.fsencode(path)))
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(path, _OPEN_FLAGS) if root is None else root.open(os.fsencode(path), _OPEN_FLAGS)
     except OSError as exc:
         raise _error(exc, name, "open") from exc
     try:

@@ -1,0 +1,252 @@
+"""``imaguard packages list|files|verify|index|owner``: package truth on this host or an image."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from imaguard.cli.progress import Progress
+from imaguard.config import Limits
+from imaguard.digests import HashAlgo
+from imaguard.errors import ExitCode, HostStateError, UsageError
+from imaguard.ima import xattr_store
+from imaguard.packages import DEFAULT_STATE_DIR, open_source
+from imaguard.packages.index import DigestIndex
+from imaguard.packages.verify import FAILED_STATUSES, FileCheck, check_file
+from imaguard.rootfs import Root
+
+if TYPE_CHECKING:
+    from imaguard.packages.model import InstalledPackage, PackageSource
+
+__all__ = ["register"]
+
+_HELP = """\
+Read what the package database says about installed files, and how far it can be trusted.
+Every file carries an evidence level: repo-verified (digest from a signed repository chain:
+apt's InRelease -> Packages -> .deb, or a verified RPM header), vendor-signed (the vendor's
+per-file IMA signature in a verified RPM header), local-db (only the local database says so:
+dpkg's unsigned MD5 lists) or none.
+"""
+
+_VERIFY_HELP = """\
+Hash every file of the named packages (default: all) and compare it with its trusted digest.
+Statuses: ok, digest-mismatch (both digests shown), missing, not-regular-file, link-mismatch,
+no-digest, unreadable. Exit status 3 when any file differs from its package, 1 when some file
+could not be read, 0 otherwise.
+"""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", type=Path, default=Path("/"), metavar="DIR",
+                   help="inspect the tree mounted at DIR instead of this host (paths never leave it)")
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+                   help=f"where caches and the digest index live (default {DEFAULT_STATE_DIR})")
+    p.add_argument("--source", choices=("deb", "rpm"), help="package database (default: detected)")
+    p.add_argument("--no-fetch", action="store_true",
+                   help="never download a .deb through apt to verify the chain (evidence may stay local-db)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("-v", "--verbose", action="store_true", help="more detail, tracebacks of errors")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    top = sub.add_parser("packages", help="installed packages, their files and evidence", description=_HELP,
+                         formatter_class=fmt)
+    psub = top.add_subparsers(dest="packages_command", metavar="SUBCOMMAND", parser_class=type(top))
+    psub.required = True
+
+    p = psub.add_parser("list", help="installed packages", description=_HELP, formatter_class=fmt)
+    _add_common(p)
+    p.set_defaults(handler=_cmd_list)
+
+    p = psub.add_parser("files", help="files of one package with digests and evidence", description=_HELP,
+                        formatter_class=fmt)
+    p.add_argument("name", metavar="NAME")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_files)
+
+    p = psub.add_parser("verify", help="compare files on disk with trusted digests", description=_VERIFY_HELP,
+                        formatter_class=fmt)
+    p.add_argument("names", nargs="*", metavar="NAME")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_verify)
+
+    p = psub.add_parser("index", help="(re)build the digest index in the state directory", description=_HELP,
+                        formatter_class=fmt)
+    _add_common(p)
+    p.set_defaults(handler=_cmd_index)
+
+    p = psub.add_parser("owner", help="which package file has this content (digest index lookup)",
+                        description="Hash each file with SHA-256 and look the digest up in the digest index "
+                        "(build it first with `imaguard packages index`).", formatter_class=fmt)
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_owner)
+
+
+def _open(args: argparse.Namespace) -> tuple[PackageSource, Root]:
+    try:
+        root = Root.at(args.root)
+    except OSError as exc:
+        raise UsageError(f"{args.root}: cannot use as root: {exc.strerror}") from exc
+    return open_source(args.root, args.state_dir, args.source, fetch=not args.no_fetch), root
+
+
+def _pkg_json(pkg: InstalledPackage) -> dict[str, str]:
+    return {
+        "name": pkg.name, "version": pkg.version, "architecture": pkg.architecture,
+        "source_name": pkg.source_name, "source_version": pkg.source_version, "origin": pkg.origin,
+    }
+
+
+def _dump(doc: object) -> None:
+    json.dump(doc, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    source, _root = _open(args)
+    pkgs = list(source.packages())
+    if args.json:
+        _dump({"source": source.kind, "packages": [_pkg_json(p) for p in pkgs]})
+    else:
+        for p in pkgs:
+            print(f"{p.name:40} {p.version:30} {p.architecture:8} {p.origin}")
+    return ExitCode.OK
+
+
+def _text(path: bytes) -> str:
+    return path.decode("utf-8", "surrogateescape")
+
+
+def _cmd_files(args: argparse.Namespace) -> int:
+    source, _root = _open(args)
+    pkg = source.package(args.name)
+    files = list(source.files(pkg))
+    if args.json:
+        out = []
+        for f in files:
+            item: dict[str, object] = {"path": _text(f.path), "kind": str(f.kind), "evidence": str(f.evidence)}
+            if f.digest is not None and f.digest_algo is not None:
+                item |= {"algo": f.digest_algo.kernel_name, "digest": f.digest.hex()}
+            for flag in ("config", "ghost", "doc"):
+                if getattr(f, flag):
+                    item[flag] = True
+            if f.evidence_reason:
+                item["evidence_reason"] = f.evidence_reason
+            if f.mode is not None:
+                item["mode"] = f"{f.mode:o}"
+            if f.link_target is not None:
+                item["link_target"] = _text(f.link_target)
+            if f.diverted_to is not None:
+                item["diverted_to"] = _text(f.diverted_to)
+            if f.vendor_signature is not None:
+                item["vendor_signature"] = f.vendor_signature.hex()
+            out.append(item)
+        _dump({"package": _pkg_json(pkg), "files": out})
+        return ExitCode.OK
+    print(f"{pkg.ident}  origin: {pkg.origin or '-'}")
+    for f in files:
+        digest = f"{f.digest_algo.kernel_name}:{f.digest.hex()}" if f.digest and f.digest_algo else "-"
+        flags = ",".join(n for n in ("config", "ghost", "doc") if getattr(f, n))
+        why = f" ({f.evidence_reason})" if f.evidence_reason else ""
+        print(f"{f.evidence:14} {_text(f.path)} {digest} {flags}{why}".rstrip())
+    return ExitCode.OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    source, root = _open(args)
+    pkgs = [source.package(n) for n in args.names] if args.names else list(source.packages())
+    limits = Limits()
+    checks: list[FileCheck] = []
+    with Progress(total=len(pkgs), unit="pkg", desc="verifying", enabled=not args.json) as bar:
+        for pkg in pkgs:
+            for pf in source.files(pkg):
+                check = check_file(pkg, pf, root, limits)
+                if check is None:
+                    continue
+                checks.append(check)
+                if not args.json and (check.status != "ok" or args.verbose):
+                    bar.write(_check_line(check))
+            bar.update(1)
+    counts = Counter(c.status for c in checks)
+    evidence = Counter(str(c.file.evidence) for c in checks)
+    if any(c.status in FAILED_STATUSES for c in checks):
+        code = ExitCode.VERIFICATION_FAILED
+    elif counts["unreadable"]:
+        code = ExitCode.FAILURE
+    else:
+        code = ExitCode.OK
+    if args.json:
+        _dump({
+            "source": source.kind, "packages": len(pkgs), "summary": dict(sorted(counts.items())),
+            "evidence": dict(sorted(evidence.items())), "exit_code": int(code),
+            "files": [c.to_json() for c in checks if c.status != "ok" or args.verbose],
+        })
+    else:
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no files"
+        ev = ", ".join(f"{n} {e}" for e, n in sorted(evidence.items()))
+        print(f"verify: {len(pkgs)} packages: {summary}; evidence: {ev}")
+    return code
+
+
+def _check_line(c: FileCheck) -> str:
+    f = c.file
+    line = f"{c.status:16} {c.package.name}: {_text(f.path)} [{f.evidence}]"
+    if c.status == "digest-mismatch" and f.digest is not None and f.digest_algo and c.actual is not None:
+        line += f" expected {f.digest_algo.kernel_name}:{f.digest.hex()} actual {c.actual.hex()}"
+    if c.detail:
+        line += f" {c.detail}"
+    return line
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    source, _root = _open(args)
+    with DigestIndex.open(args.state_dir) as index, Progress(
+        total=sum(1 for _ in source.packages()), unit="pkg", desc="indexing", enabled=not args.json
+    ) as bar:
+        npkg, nfiles = index.build(source, lambda _pkg: bar.update(1))
+        path = index.path
+    if args.json:
+        _dump({"index": str(path), "packages": npkg, "files": nfiles})
+    else:
+        print(f"index: {npkg} packages, {nfiles} file digests in {path}")
+    return ExitCode.OK
+
+
+def _cmd_owner(args: argparse.Namespace) -> int:
+    limits = Limits()
+    results = []
+    code = ExitCode.OK
+    with DigestIndex.open(args.state_dir) as index:
+        for p in args.paths:
+            try:
+                with xattr_store.open_regular(p) as (fd, _st):
+                    digest = xattr_store.hash_file(fd, HashAlgo.SHA256, limits, p)
+            except HostStateError as exc:
+                results.append({"path": p, "error": exc.reason, "detail": str(exc)})
+                code = ExitCode.FAILURE
+                continue
+            hits = index.lookup(digest)
+            if not hits and code == ExitCode.OK:
+                code = ExitCode.VERIFICATION_FAILED
+            results.append({"path": p, "sha256": digest.hex(), "owners": [
+                {"package": f"{h.name}={h.version}/{h.arch}", "path": _text(h.path), "evidence": str(h.evidence)}
+                for h in hits
+            ]})
+    if args.json:
+        _dump({"results": results, "exit_code": int(code)})
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['path']}: {r['detail']}", file=sys.stderr)
+            elif not r["owners"]:
+                print(f"{r['path']}: not-in-package (sha256 {r['sha256']})")
+            else:
+                for o in r["owners"]:
+                    print(f"{r['path']}: {o['package']} {o['path']} [{o['evidence']}]")
+    return code

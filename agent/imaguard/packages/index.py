@@ -1,0 +1,159 @@
+"""The digest index: trusted digest → the package files that carry it (SQLite in the state dir).
+
+Reports and the daemon answer "which package is this?" with one indexed lookup. Each package is
+replaced in its own transaction (delete, insert), so a crash mid-update leaves every package
+either at its old or its new state, never half of each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from imaguard.digests import HashAlgo
+from imaguard.errors import HostStateError
+from imaguard.packages.model import Evidence
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from pathlib import Path
+
+    from imaguard.packages.model import InstalledPackage, PackageFile, PackageSource
+
+__all__ = ["INDEX_NAME", "DigestIndex", "IndexEntry"]
+
+INDEX_NAME = "index.sqlite"
+_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS packages (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL, version TEXT NOT NULL, arch TEXT NOT NULL,
+    source_name TEXT NOT NULL, source_version TEXT NOT NULL, origin TEXT NOT NULL,
+    UNIQUE (name, arch)
+);
+CREATE TABLE IF NOT EXISTS files (
+    package_id INTEGER NOT NULL REFERENCES packages(id) ON DELETE CASCADE,
+    path BLOB NOT NULL,
+    digest BLOB NOT NULL,
+    algo INTEGER NOT NULL,
+    evidence TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_digest ON files (digest);
+CREATE INDEX IF NOT EXISTS files_package ON files (package_id);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    name: str
+    version: str
+    arch: str
+    path: bytes
+    algo: HashAlgo
+    evidence: Evidence
+
+
+class DigestIndex:
+    """An open index; use as a context manager. Only files with a digest are indexed."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+
+    @classmethod
+    def open(cls, state_dir: Path) -> DigestIndex:
+        path = state_dir / INDEX_NAME
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            db = sqlite3.connect(path, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(_SCHEMA_VERSION),))
+            elif row[0] != str(_SCHEMA_VERSION):
+                raise HostStateError(f"{path}: index schema {row[0]}, expected {_SCHEMA_VERSION}; remove it to rebuild",
+                                     reason="index-schema", path=str(path))
+        except (OSError, sqlite3.Error) as exc:
+            raise HostStateError(f"{path}: cannot open the digest index: {exc}", reason="index-error",
+                                 path=str(path)) from exc
+        return cls(db, path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> DigestIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def replace_package(self, pkg: InstalledPackage, files: Iterable[PackageFile]) -> int:
+        """Atomically replace everything indexed for ``pkg`` (same name and arch); returns rows written."""
+        n = 0
+        with self._transaction() as db:
+            db.execute("DELETE FROM packages WHERE name=? AND arch=?", (pkg.name, pkg.architecture))
+            cur = db.execute(
+                "INSERT INTO packages (name, version, arch, source_name, source_version, origin) VALUES (?,?,?,?,?,?)",
+                (pkg.name, pkg.version, pkg.architecture, pkg.source_name, pkg.source_version, pkg.origin),
+            )
+            pid = cur.lastrowid
+            rows = (
+                (pid, f.path, f.digest, int(f.digest_algo), str(f.evidence))
+                for f in files
+                if f.digest is not None and f.digest_algo is not None
+            )
+            for row in rows:
+                db.execute("INSERT INTO files VALUES (?,?,?,?,?)", row)
+                n += 1
+        return n
+
+    def remove_package(self, name: str, arch: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM packages WHERE name=? AND arch=?", (name, arch))
+
+    def build(
+        self, source: PackageSource, progress: Callable[[InstalledPackage], None] | None = None
+    ) -> tuple[int, int]:
+        """One pass over every installed package; packages no longer installed are dropped."""
+        seen: set[tuple[str, str]] = set()
+        files = 0
+        for pkg in source.packages():
+            files += self.replace_package(pkg, source.files(pkg))
+            seen.add((pkg.name, pkg.architecture))
+            if progress is not None:
+                progress(pkg)
+        stale = [r for r in self._db.execute("SELECT name, arch FROM packages") if (r[0], r[1]) not in seen]
+        for name, arch in stale:
+            self.remove_package(name, arch)
+        return len(seen), files
+
+    def lookup(self, digest: bytes) -> list[IndexEntry]:
+        """Every package file whose trusted digest is ``digest`` (one indexed query)."""
+        rows = self._db.execute(
+            "SELECT p.name, p.version, p.arch, f.path, f.algo, f.evidence FROM files f "
+            "JOIN packages p ON p.id = f.package_id WHERE f.digest = ? ORDER BY p.name, f.path",
+            (digest,),
+        )
+        return [IndexEntry(r[0], r[1], r[2], bytes(r[3]), HashAlgo(r[4]), Evidence(r[5])) for r in rows]
+
+    def counts(self) -> tuple[int, int]:
+        packages = self._db.execute("SELECT count(*) FROM packages").fetchone()[0]
+        files = self._db.execute("SELECT count(*) FROM files").fetchone()[0]
+        return int(packages), int(files)

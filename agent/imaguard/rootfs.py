@@ -1,0 +1,98 @@
+"""Open paths of another root tree (``--root DIR``) without ever leaving it.
+
+A mounted image holds absolute symlinks (``/lib -> usr/lib``, ``/etc/alternatives/...``) that,
+followed naively, point into the host. ``openat2(RESOLVE_IN_ROOT)`` (Linux 5.6) resolves every
+component as if ``DIR`` were ``/``, so labelling or checking an image can never touch the host.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+from dataclasses import dataclass
+
+__all__ = ["Root"]
+
+# include/uapi/linux/openat2.h; x86_64 and aarch64 share the generic syscall number.
+_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "ppc64le": 437, "s390x": 437}
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_IN_ROOT = 0x10
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+
+@dataclass(frozen=True, slots=True)
+class Root:
+    """A filesystem root: ``/`` (the host: plain ``open``) or a directory (``openat2`` inside it)."""
+
+    path: bytes
+    dir_fd: int | None = None
+
+    @classmethod
+    def host(cls) -> Root:
+        return cls(b"/")
+
+    @classmethod
+    def at(cls, path: str | bytes) -> Root:
+        """Open ``path`` as a root; OSError if it is not a directory."""
+        raw = os.fsencode(path)
+        if os.path.realpath(raw) == b"/":
+            return cls.host()
+        fd = os.open(raw, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return cls(raw, fd)
+
+    @property
+    def is_host(self) -> bool:
+        return self.dir_fd is None
+
+    def display(self, path: bytes) -> bytes:
+        """How to show ``path`` (absolute inside the root) to a person: with the root prefix."""
+        return path if self.is_host else self.path.rstrip(b"/") + path
+
+    def open(self, path: bytes, flags: int) -> int:
+        """Open an absolute in-root path; the last component's symlink rule comes from ``flags``."""
+        if self.dir_fd is None:
+            return os.open(path, flags)
+        arch = platform.machine()
+        nr = _SYS_OPENAT2.get(arch)
+        if nr is None:
+            raise OSError(errno.ENOSYS, f"openat2 syscall number unknown on {arch}")
+        how = _OpenHow(flags, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+        fd = int(_syscall(nr, self.dir_fd, path.lstrip(b"/") or b".", ctypes.byref(how), ctypes.sizeof(how)))
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), os.fsdecode(self.display(path)))
+        return fd
+
+    def lstat(self, path: bytes) -> os.stat_result:
+        """``lstat`` inside the root (the last component is not followed)."""
+        if self.dir_fd is None:
+            return os.lstat(path)
+        fd = self.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    def readlink(self, path: bytes) -> bytes:
+        if self.dir_fd is None:
+            return os.readlink(path)  # noqa: PTH115 - bytes paths; pathlib cannot hold them
+        fd = self.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            # readlinkat(fd, "") reads the link an O_PATH descriptor refers to.
+            return os.readlink(b"", dir_fd=fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
