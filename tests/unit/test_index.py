@@ -91,7 +91,7 @@ def test_sigkill_mid_update_leaves_each_package_whole(tmp_path):
         proc.wait()
         with DigestIndex.open(tmp_path) as index:
             for p in range(5):
-                rows = index._db.execute(  # noqa: SLF001 - the test inspects the raw tables
+                rows = index._db.execute(  # the test inspects the raw tables
                     "SELECT p.version, count(*) FROM files f JOIN packages p ON p.id=f.package_id "
                     "WHERE p.name=? GROUP BY p.version", (f"p{p}",)).fetchall()
                 # Either absent (never written) or exactly one version with all of its files.
