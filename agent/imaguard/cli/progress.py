@@ -26,6 +26,10 @@ class Progress:
         if self._bar is not None:
             self._bar.update(n)
 
+    def postfix(self, **values: object) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix(values, refresh=False)
+
     def write(self, line: str) -> None:
         if self._bar is not None:
             self._bar.write(line, file=sys.stdout)

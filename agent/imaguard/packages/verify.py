@@ -66,7 +66,7 @@ def _lstat_mode(root: Root, path: bytes) -> int | None:
         raise
 
 
-def check_file(  # noqa: PLR0911 - one return per status reads clearer than a status variable
+def check_file(
     pkg: InstalledPackage, pf: PackageFile, root: Root, limits: Limits
 ) -> FileCheck | None:
     """Check one file; None for entries with nothing to check (directories, ghosts)."""

@@ -1,0 +1,107 @@
+"""Decide, for one package file, what enrollment does with it (pure: typed facts in, decision out).
+
+Two steps, because the second needs the file's content hashed: ``prefilter`` decides from package
+metadata and ``lstat`` alone (cheap, no open), ``decide`` from what was read through the open fd.
+Reason codes are part of the JSON contract (STYLE.md §7).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import stat
+from dataclasses import dataclass
+
+from imaguard.packages.model import Evidence, FileKind, PackageFile
+
+__all__ = [
+    "Action",
+    "Decision",
+    "Observed",
+    "Options",
+    "Scope",
+    "decide",
+    "in_scope",
+    "prefilter",
+]
+
+
+class Scope(enum.StrEnum):
+    EXECUTABLES = "executables"  # exec bit, shared objects, kernel modules: what BPRM/MMAP/MODULE_CHECK see
+    ALL = "all"
+
+
+class Action(enum.StrEnum):
+    WRITE = "signed"  # a new signature is (or, in a dry run, would be) written
+    KEEP = "already-signed"  # a valid signature over the trusted digest is there: nothing to do
+    SKIP = "skipped"  # deliberately not labelled, with a reason
+    REFUSE = "refused"  # the disk disagrees with the package: never signed, exit code 1
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    scope: Scope = Scope.EXECUTABLES
+    # Loudly named: dpkg's md5sums are unsigned and MD5 (DESIGN.md §1.2).
+    unsafe_trust_local_db: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What was read through the open descriptor of a regular file."""
+
+    actual_digest: bytes  # hashed with the package file's digest algorithm
+    existing_valid: bool  # security.ima holds a sig v2 that verifies over this content with a trusted key
+    first_of_inode: bool  # False for the 2nd+ hard link to an inode labelled in this run
+
+
+_SHARED_OBJECT = re.compile(rb"\.so(\.[0-9][0-9A-Za-z.]*)?$")
+_KERNEL_MODULE = re.compile(rb"\.ko(\.(xz|zst|gz))?$")
+
+
+def in_scope(path: bytes, mode: int, scope: Scope) -> bool:
+    if scope is Scope.ALL:
+        return True
+    if mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH):
+        return True
+    name = path.rsplit(b"/", 1)[-1]
+    return bool(_SHARED_OBJECT.search(name) or _KERNEL_MODULE.search(name))
+
+
+def prefilter(pf: PackageFile, disk_mode: int | None, opts: Options) -> Decision | None:
+    """A decision that needs no file content, or None to go on and read the file.
+
+    ``disk_mode`` is the ``lstat`` mode of the path, None when it does not exist.
+    """
+    if pf.ghost:
+        return Decision(Action.SKIP, "ghost")
+    if pf.kind in (FileKind.DIRECTORY, FileKind.SYMLINK, FileKind.OTHER):
+        return Decision(Action.SKIP, "not-regular-file")
+    if disk_mode is None:
+        return Decision(Action.REFUSE, "missing")
+    if not stat.S_ISREG(disk_mode):
+        return Decision(Action.SKIP, "not-regular-file")
+    if not in_scope(pf.path, disk_mode, opts.scope):
+        return Decision(Action.SKIP, "out-of-scope")
+    if pf.digest is None:
+        return Decision(Action.SKIP, "no-digest")
+    if not pf.evidence.trusted and not (pf.evidence is Evidence.LOCAL_DB and opts.unsafe_trust_local_db):
+        return Decision(Action.SKIP, "local-db-evidence" if pf.evidence is Evidence.LOCAL_DB else "no-evidence")
+    return None
+
+
+def decide(pf: PackageFile, seen: Observed) -> Decision:
+    """The decision once the content was hashed through the fd that will be labelled."""
+    if seen.actual_digest != pf.digest:
+        # A locally edited conffile is the admin's business; anything else is tampering or damage.
+        return Decision(Action.SKIP, "config-modified") if pf.config else Decision(Action.REFUSE, "digest-mismatch")
+    if not seen.first_of_inode:
+        return Decision(Action.KEEP, "same-inode")
+    if seen.existing_valid:
+        return Decision(Action.KEEP, "already-signed")
+    return Decision(Action.WRITE)

@@ -1,0 +1,174 @@
+"""Where enrollment gets a file's signature: ``vendor``, ``bundle:PATH_OR_URL`` or ``local:KEY``.
+
+One interface (STYLE.md §4): given a package file whose content already matched its trusted
+digest, return the ``security.ima`` value to write, or raise ``NoSignature`` with a reason code.
+Every source checks the signature it hands out against the IMA certificate before it is written:
+a value that the kernel would refuse is never put on a file.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from imaguard.digests import HashAlgo
+from imaguard.errors import FormatError, ImaguardError, TrustError, UsageError
+from imaguard.ima.xattr import ImaSignature, parse_xattr
+from imaguard.keys.dsse import Envelope, verify_envelope
+from imaguard.sign.bundle import BUNDLE_PAYLOAD_TYPE, Bundle, bundle_name
+
+if TYPE_CHECKING:
+    from imaguard.keys.material import Certificate
+    from imaguard.keys.signer import LocalSigner, Verifier
+    from imaguard.packages.model import InstalledPackage, PackageFile
+
+__all__ = ["BundleSource", "LocalSource", "NoSignature", "SignatureSource", "VendorSource"]
+
+# A bundle lists one package version's files; anything larger is not a bundle.
+_MAX_BUNDLE = 64 << 20
+
+
+class NoSignature(ImaguardError):  # noqa: N818 - it is an outcome, named as the outcome
+    """No signature to write for this file; ``refuse`` when that means an attack or damage."""
+
+    def __init__(self, message: str, *, reason: str, refuse: bool = False) -> None:
+        super().__init__(message, reason=reason)
+        self.refuse = refuse
+
+
+class SignatureSource(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def verifier(self) -> Verifier:
+        """The IMA certificates whose signatures the kernel will trust: an existing one is kept."""
+        ...
+
+    def signature_for(self, pkg: InstalledPackage, pf: PackageFile, sha256: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LocalSource:
+    """``local:KEY``: sign the verified SHA-256 with a key on this host (weakest; said in reports)."""
+
+    signer: LocalSigner
+    verifier: Verifier
+    name: str = "local"
+
+    def signature_for(self, pkg: InstalledPackage, pf: PackageFile, sha256: bytes) -> bytes:
+        sig = self.signer.sign_digest(HashAlgo.SHA256, sha256)
+        return ImaSignature(HashAlgo.SHA256, self.signer.key_id, sig).to_xattr()
+
+
+@dataclass(frozen=True, slots=True)
+class VendorSource:
+    """``vendor``: the per-file signature shipped in a verified RPM header, written as shipped."""
+
+    verifier: Verifier
+    name: str = "vendor"
+
+    def signature_for(self, pkg: InstalledPackage, pf: PackageFile, sha256: bytes) -> bytes:
+        raw = pf.vendor_signature
+        if raw is None or pf.digest is None or pf.digest_algo is None:
+            raise NoSignature(f"{pkg.ident}: no vendor signature for {pf.path!r}", reason="no-vendor-signature")
+        try:
+            sig = parse_xattr(raw)
+            if not isinstance(sig, ImaSignature) or sig.form != "sigv2" or sig.algo is not pf.digest_algo:
+                raise FormatError(f"not a sig v2 over {pf.digest_algo.kernel_name}")
+            self.verifier.verify_digest(sig.keyid, sig.algo, pf.digest, sig.signature)
+        except (FormatError, TrustError) as exc:
+            raise NoSignature(f"{pkg.ident}: vendor signature of {pf.path!r}: {exc}",
+                              reason="vendor-signature-invalid", refuse=True) from exc
+        return raw
+
+
+@dataclass(slots=True)
+class BundleSource:
+    """``bundle:PATH_OR_URL``: a directory or URL holding ``<name>_<version>_<arch>.bundle`` files."""
+
+    location: str
+    authority: tuple[Certificate, ...]
+    verifier: Verifier
+    name: str = "bundle"
+    _cache: dict[str, Bundle | NoSignature] = field(default_factory=dict)
+
+    def _fetch(self, file_name: str) -> bytes | None:
+        parsed = urllib.parse.urlparse(self.location)
+        if parsed.scheme in ("http", "https"):
+            url = self.location.rstrip("/") + "/" + file_name
+            try:
+                with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 - scheme checked above
+                    data: bytes = resp.read(_MAX_BUNDLE + 1)
+            except urllib.error.HTTPError as exc:
+                if exc.code == 404:
+                    return None
+                raise NoSignature(f"{url}: HTTP {exc.code}", reason="bundle-unavailable") from exc
+            except (urllib.error.URLError, OSError) as exc:
+                raise NoSignature(f"{url}: {exc}", reason="bundle-unavailable") from exc
+        elif parsed.scheme in ("", "file"):
+            path = Path(parsed.path if parsed.scheme else self.location) / file_name
+            try:
+                with path.open("rb") as f:
+                    data = f.read(_MAX_BUNDLE + 1)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise NoSignature(f"{path}: {exc.strerror}", reason="bundle-unavailable") from exc
+        else:
+            raise UsageError(f"bundle location {self.location!r}: use a directory or an http(s) URL")
+        if len(data) > _MAX_BUNDLE:
+            raise NoSignature(f"{file_name}: larger than {_MAX_BUNDLE} bytes", reason="bundle-untrusted", refuse=True)
+        return data
+
+    def _bundle(self, pkg: InstalledPackage) -> Bundle:
+        cached = self._cache.get(pkg.ident)
+        if cached is None:
+            cached = self._load(pkg)
+            self._cache.clear()  # packages come one after another: keep only the current one
+            self._cache[pkg.ident] = cached
+        if isinstance(cached, NoSignature):
+            raise cached
+        return cached
+
+    def _load(self, pkg: InstalledPackage) -> Bundle | NoSignature:
+        file_name = bundle_name(pkg)
+        try:
+            data = self._fetch(file_name)
+            if data is None:
+                return NoSignature(f"{pkg.ident}: no bundle {file_name}", reason="no-bundle")
+            env = Envelope.from_json(data, file_name)
+            bundle = Bundle.from_payload(verify_envelope(env, BUNDLE_PAYLOAD_TYPE, self.authority, file_name),
+                                         file_name)
+        except NoSignature as exc:
+            return exc
+        except (FormatError, TrustError) as exc:
+            return NoSignature(str(exc), reason="bundle-untrusted", refuse=True)
+        if not bundle.matches(pkg):
+            return NoSignature(f"{file_name}: bundle is for {bundle.name}={bundle.version}/{bundle.architecture}",
+                               reason="bundle-untrusted", refuse=True)
+        return bundle
+
+    def signature_for(self, pkg: InstalledPackage, pf: PackageFile, sha256: bytes) -> bytes:
+        entry = self._bundle(pkg).files.get(pf.path)
+        if entry is None:
+            raise NoSignature(f"{pkg.ident}: {pf.path!r} is not in the bundle", reason="not-in-bundle")
+        if entry.sha256 != sha256:
+            raise NoSignature(f"{pkg.ident}: {pf.path!r}: bundle digest differs from the package's",
+                              reason="bundle-digest-mismatch", refuse=True)
+        sig = entry.signature
+        try:
+            if sig.form != "sigv2":
+                raise FormatError(f"bundle signature is {sig.form}")
+            digest = sha256 if sig.algo is HashAlgo.SHA256 else None
+            if digest is None:
+                raise FormatError(f"bundle signature over {sig.algo.kernel_name}, expected sha256")
+            self.verifier.verify_digest(sig.keyid, sig.algo, digest, sig.signature)
+        except (FormatError, TrustError) as exc:
+            raise NoSignature(f"{pkg.ident}: {pf.path!r}: {exc}", reason="bundle-signature-invalid",
+                              refuse=True) from exc
+        return sig.to_xattr()
