@@ -130,6 +130,8 @@ def _run(
     for target in iter_targets(args.paths, args.recursive):
         if isinstance(target, FileResult):
             results.append(target)
+            if not args.json and (args.verbose or not target.ok):
+                print(_line(target), file=sys.stderr)
         else:
             todo.append(target)
     if args.jobs < 1:
@@ -139,7 +141,7 @@ def _run(
             results.append(res)
             bar.update(1)
             if not args.json and (args.verbose or not res.ok):
-                bar.write(_line(res))
+                bar.write(_line(res), err=res.status == "failed")
     return results
 
 

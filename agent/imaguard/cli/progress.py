@@ -30,11 +30,13 @@ class Progress:
         if self._bar is not None:
             self._bar.set_postfix(values, refresh=False)
 
-    def write(self, line: str) -> None:
+    def write(self, line: str, err: bool = False) -> None:
+        """Print ``line`` (to stderr when ``err``) without tearing the bar."""
+        out = sys.stderr if err else sys.stdout
         if self._bar is not None:
-            self._bar.write(line, file=sys.stdout)
+            self._bar.write(line, file=out)
         else:
-            print(line)
+            print(line, file=out)
 
     def __enter__(self) -> Progress:
         return self

@@ -87,7 +87,8 @@ def _is_immutable(fd: int) -> bool:
         raw = fcntl.ioctl(fd, _FS_IOC_GETFLAGS, b"\0" * 8)
     except OSError:
         return False
-    (flags,) = struct.unpack("=l", raw)
+    # Declared as long, but the kernel's ioctl_getflags writes an unsigned int.
+    (flags,) = struct.unpack_from("=I", raw)
     return bool(flags & (_FS_IMMUTABLE_FL | _FS_APPEND_FL))
 
 

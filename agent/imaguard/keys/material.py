@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -19,6 +20,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from imaguard.errors import UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = [
     "MAX_KEY_FILE_SIZE",
@@ -131,6 +135,17 @@ def parse_certificate(data: bytes, source: str) -> Certificate:
     return Certificate(cert, checked, key_id, source)
 
 
+def _is_encrypted(loader: Callable[..., object], data: bytes) -> bool:
+    """Ask the parser itself: PEM says ENCRYPTED in its header, DER PKCS#8 does not."""
+    try:
+        loader(data, password=None)
+    except TypeError:
+        return True
+    except (ValueError, UnsupportedAlgorithm):
+        return False
+    return False
+
+
 def parse_private_key(data: bytes, source: str, password: bytes | None = None) -> PrivateKey:
     """Parse a PEM or DER private key (PKCS#1, SEC1 or PKCS#8, optionally encrypted)."""
     loader = (
@@ -144,7 +159,7 @@ def parse_private_key(data: bytes, source: str, password: bytes | None = None) -
             raise UsageError(f"{source}: the key is encrypted; give its password", reason="key-password") from exc
         raise UsageError(f"{source}: the key is not encrypted but a password was given", reason="key-password") from exc
     except ValueError as exc:
-        if password is not None and b"ENCRYPTED" in data:
+        if password is not None and _is_encrypted(loader, data):
             raise UsageError(f"{source}: wrong password for the key", reason="key-password") from exc
         raise UsageError(f"{source}: not a PEM or DER private key", reason="bad-key") from exc
     except UnsupportedAlgorithm as exc:
