@@ -90,7 +90,7 @@ def _tool(name: str) -> str:
 
 def test_mypy_strict():
     proc = subprocess.run(
-        [_tool("mypy"), "--strict", "agent/imaguard"], cwd=ROOT, capture_output=True, text=True, check=False
+        [_tool("mypy"), "--strict", "agent/imaguard", "keyring-tools/imaguard_keyring"], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -1,0 +1,3 @@
+"""imaguard-keyring: the signing authority's tools (key ceremony, signature bundles)."""
+
+__all__: list[str] = []
