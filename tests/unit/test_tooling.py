@@ -19,6 +19,10 @@ PURE_MODULES = [
     "config.py",
     "ima/xattr.py",
     "keys/signer.py",
+    "packages/model.py",
+    "packages/rpmheader.py",
+    "sign/plan.py",
+    "sign/bundle.py",
 ]
 # Modules still to come are checked as soon as they exist (DESIGN.md §3 names them pure).
 FUTURE_PURE = [
@@ -32,7 +36,7 @@ FUTURE_PURE = [
 ]
 IO_MODULES = {
     "os", "io", "subprocess", "socket", "shutil", "pathlib", "fcntl", "ctypes", "tempfile", "glob",
-    "sqlite3", "urllib", "http", "multiprocessing", "concurrent", "mmap", "select", "signal",
+    "sqlite3", "urllib.request", "http", "multiprocessing", "concurrent", "mmap", "select", "signal",
     "imaguard.ima.xattr_store", "imaguard.ima.securityfs", "imaguard.ima.keyring", "imaguard.cli",
     "imaguard.host", "imaguard.daemon", "imaguard.sign.apply", "imaguard.sign.files",
 }
