@@ -30,7 +30,10 @@ class Evidence(enum.StrEnum):
     """How the trusted digest of a file is known, best first (codes are part of the JSON contract)."""
 
     REPO_VERIFIED = "repo-verified"  # chain from a signed repository (InRelease, or a verified RPM header)
-    VENDOR_SIGNED = "vendor-signed"  # the vendor's per-file IMA signature in a verified RPM header
+    # A verified digest plus the vendor's per-file IMA signature (RPM FILESIGNATURES). rpmsign puts
+    # those in the signature header, which the header signature does not cover: the IMA signature
+    # proves itself against the vendor's IMA certificate before it is used.
+    VENDOR_SIGNED = "vendor-signed"
     LOCAL_DB = "local-db"  # only the local package database says so (dpkg md5sums, unverified header)
     NONE = "none"  # no digest at all (directories, ghosts, files dpkg lists without md5sum)
 
