@@ -13,7 +13,7 @@ fi
 # Runtime bindings come from Debian (not PyPI); the rest are the reference tools the tests run
 # for real: evmctl, keyutils, rpm, dpkg-dev, and the QEMU lab (qemu, debootstrap, swtpm, tpm2-tools).
 PACKAGES="python3 python3-venv python3-pip python3-cryptography python3-apt python3-rpm python3-tqdm
-python3-psutil ima-evm-utils keyutils attr openssl e2fsprogs rpm rpm2cpio dpkg-dev gpg gpgv gpgconf
+python3-psutil ima-evm-utils keyutils attr openssl e2fsprogs rpm rpm2cpio dpkg-dev apt-utils gpg gpgv gpgconf lz4 zstd python3-zstandard
 qemu-system-x86 qemu-utils debootstrap swtpm swtpm-tools tpm2-tools"
 
 missing=""

@@ -21,6 +21,8 @@ PURE_MODULES = [
     "keys/signer.py",
     "packages/model.py",
     "packages/rpmheader.py",
+    "packages/debchain.py",
+    "packages/aptsources.py",
     "sign/plan.py",
     "sign/bundle.py",
 ]
@@ -31,8 +33,6 @@ FUTURE_PURE = [
     "ima/replay.py",
     "ima/policy.py",
     "ima/gate.py",
-    "sign/plan.py",
-    "packages/debchain.py",
 ]
 IO_MODULES = {
     "os", "io", "subprocess", "socket", "shutil", "pathlib", "fcntl", "ctypes", "tempfile", "glob",

@@ -1,0 +1,357 @@
+"""apt's side of the deb chain (I/O): its configuration, sources, keyrings, lists and .deb files.
+
+Reads what apt itself uses under ``root``: ``Dir::*`` from apt's configuration (the host's, or the
+root's own ``etc/apt/apt.conf.d``), the sources with their ``Signed-By``, the InRelease files in
+``Dir::State::lists`` (checked with ``gpgv`` against exactly the keys apt would accept), and the
+Packages files next to them. Each check itself is in ``debchain`` (pure).
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import errno
+import hashlib
+import lzma
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imaguard.errors import FormatError, HostStateError, ImaguardError
+from imaguard.packages import debchain
+from imaguard.packages.aptsources import Repository, parse_deb822_sources, parse_one_line_sources
+from imaguard.packages.debchain import ChainError, ChainReason, IndexedVersion
+from imaguard.packages.dpkgdb import apt_pkg_module
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+__all__ = ["AptLayout", "Indexes", "deb_file_name", "fetch_deb", "load_indexes"]
+
+_CHUNK = 1 << 20
+# apt's compiled-in defaults (apt-pkg/init.cc), used for a --root whose apt.conf does not set them.
+_DEFAULTS = {
+    "Dir": "/",
+    "Dir::Etc": "etc/apt/",
+    "Dir::Etc::sourcelist": "sources.list",
+    "Dir::Etc::sourceparts": "sources.list.d",
+    "Dir::Etc::trusted": "trusted.gpg",
+    "Dir::Etc::trustedparts": "trusted.gpg.d",
+    "Dir::State": "var/lib/apt/",
+    "Dir::State::lists": "lists/",
+    "Dir::Cache": "var/cache/apt/",
+    "Dir::Cache::archives": "archives/",
+}
+_LIST_EXTS = ("", ".lz4", ".zst", ".gz", ".xz", ".bz2", ".lzma")
+
+
+@dataclass(frozen=True, slots=True)
+class AptLayout:
+    """Where apt keeps things under ``root`` (absolute host paths)."""
+
+    root: Path
+    sourcelist: Path
+    sourceparts: Path
+    trusted: Path
+    trustedparts: Path
+    lists: Path
+    archives: Path
+
+    @classmethod
+    def read(cls, root: Path) -> AptLayout:
+        apt_pkg = apt_pkg_module()
+        cnf = apt_pkg.config
+        if root.resolve() != Path("/"):
+            cnf = apt_pkg.Configuration()
+            for k, v in _DEFAULTS.items():
+                cnf.set(k, v)
+            etc = root / "etc/apt"
+            with contextlib.suppress(apt_pkg.Error, SystemError):
+                if (etc / "apt.conf").is_file():
+                    apt_pkg.read_config_file(cnf, str(etc / "apt.conf"))
+                if (etc / "apt.conf.d").is_dir():
+                    apt_pkg.read_config_dir(cnf, str(etc / "apt.conf.d"))
+
+        def path(*keys: str) -> Path:
+            # apt's FindDir: each level is relative to its parent unless absolute; all under root.
+            out = root
+            for k in keys:
+                v = cnf.find(k) or _DEFAULTS[k]
+                out = root / v.lstrip("/") if v.startswith("/") else out / v
+            return out
+
+        return cls(
+            root,
+            path("Dir::Etc", "Dir::Etc::sourcelist"),
+            path("Dir::Etc", "Dir::Etc::sourceparts"),
+            path("Dir::Etc", "Dir::Etc::trusted"),
+            path("Dir::Etc", "Dir::Etc::trustedparts"),
+            path("Dir::State", "Dir::State::lists"),
+            path("Dir::Cache", "Dir::Cache::archives"),
+        )
+
+    def under_root(self, absolute: str) -> Path:
+        """A path named in apt's files (Signed-By), read inside the root being inspected."""
+        return self.root / absolute.lstrip("/")
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise HostStateError(f"{path}: cannot read: {exc.strerror}", errno=exc.errno, path=str(path)) from exc
+
+
+def repositories(layout: AptLayout) -> list[Repository]:
+    """Every ``deb`` repository in sources.list and sources.list.d (``*.list``, ``*.sources``)."""
+    repos: list[Repository] = []
+    if layout.sourcelist.is_file():
+        repos += parse_one_line_sources(_read(layout.sourcelist), name=str(layout.sourcelist))
+    if layout.sourceparts.is_dir():
+        for p in sorted(layout.sourceparts.iterdir()):
+            if p.suffix == ".list":
+                repos += parse_one_line_sources(_read(p), name=str(p))
+            elif p.suffix == ".sources":
+                repos += parse_deb822_sources(_read(p), name=str(p))
+    return repos
+
+
+def _keyring(layout: AptLayout, repo: Repository) -> bytes:
+    """The binary keyring of every key apt accepts for ``repo`` (sources.list(5) Signed-By)."""
+    sb = repo.signed_by
+    if sb.inline:
+        return debchain.keyring_bytes(sb.inline, name=f"{repo.origin_file}: Signed-By")
+    files = [layout.under_root(p) for p in sb.keyrings]
+    if not files:  # apt's default: trusted.gpg and trusted.gpg.d/*.{gpg,asc}
+        files = [layout.trusted] if layout.trusted.is_file() else []
+        if layout.trustedparts.is_dir():
+            files += sorted(p for p in layout.trustedparts.iterdir() if p.suffix in (".gpg", ".asc"))
+    return b"".join(debchain.keyring_bytes(_read(f), name=str(f)) for f in files)
+
+
+def _gpgv(keyring: bytes, signed: Path, detached: Path | None, allowed: frozenset[str] | None) -> bytes:
+    """Verify with gpgv; return the signed payload exactly as gpgv outputs it."""
+    exe = shutil.which("gpgv")
+    if exe is None:
+        raise ChainError(ChainReason.UNTRUSTED_RELEASE, f"{signed}: gpgv is not installed (Debian package gpgv)")
+    with tempfile.TemporaryDirectory(prefix="imaguard-gpgv-") as tmp:
+        ring = Path(tmp) / "keyring.gpg"
+        ring.write_bytes(keyring)
+        files = [str(detached), str(signed)] if detached is not None else [str(signed)]
+        out = [] if detached is not None else ["--output", "-"]
+        proc = subprocess.run(
+            [exe, "--status-fd", "2", "--weak-digest", "sha1", "--keyring", str(ring), *out, *files],
+            capture_output=True,
+            env={"GNUPGHOME": tmp, "PATH": os.defpath, "LC_ALL": "C"},
+            check=False,
+        )
+    debchain.trusted_signers(proc.stderr, allowed, name=str(signed))
+    if proc.returncode not in (0, 2):  # 2: some other signature had no public key, which is fine
+        raise ChainError(ChainReason.UNTRUSTED_RELEASE, f"{signed}: gpgv failed with status {proc.returncode}")
+    return _read(signed) if detached is not None else proc.stdout
+
+
+def _verified_release(layout: AptLayout, repo: Repository, prefix: str) -> debchain.Release:
+    inrelease = layout.lists / f"{prefix}InRelease"
+    release, detached = layout.lists / f"{prefix}Release", layout.lists / f"{prefix}Release.gpg"
+    if inrelease.is_file():
+        signed, sig = inrelease, None
+    elif release.is_file() and detached.is_file():
+        signed, sig = release, detached
+    else:
+        raise ChainError(ChainReason.UNTRUSTED_RELEASE, f"{layout.lists}/{prefix}InRelease: missing")
+    allowed = repo.signed_by.fingerprints or None
+    try:
+        if sig is None:
+            debchain.check_clearsigned(_read(signed), name=str(signed))
+        payload = _gpgv(_keyring(layout, repo), signed, sig, allowed)
+        return debchain.parse_release(payload, name=str(signed))
+    except FormatError as exc:
+        raise ChainError(ChainReason.UNTRUSTED_RELEASE, f"{signed}: {exc}") from exc
+
+
+def _decompressor(ext: str) -> Callable[[bytes], bytes] | None:
+    """An incremental decompressor for the stdlib formats; None for lz4/zst (external programs)."""
+    if ext == ".gz":
+        return zlib.decompressobj(wbits=47).decompress
+    if ext in (".xz", ".lzma"):
+        return lzma.LZMADecompressor().decompress
+    if ext == ".bz2":
+        return bz2.BZ2Decompressor().decompress
+    if ext == "":
+        return lambda b: b
+    return None
+
+
+def _stream_index(path: Path, ext: str) -> Iterator[bytes]:
+    """Decompressed chunks of a list file; lz4/zstd through the programs apt itself would use."""
+    with path.open("rb") as fh:
+        step = _decompressor(ext)
+        if step is not None:
+            while chunk := fh.read(_CHUNK):
+                yield step(chunk)
+            return
+        prog = {".lz4": "lz4", ".zst": "zstd"}[ext]
+        exe = shutil.which(prog)
+        if exe is None:
+            raise HostStateError(f"{path}: needs the {prog} program to decompress", reason="no-decompressor")
+        with subprocess.Popen([exe, "-dcq"], stdin=fh, stdout=subprocess.PIPE) as proc:
+            assert proc.stdout is not None  # noqa: S101 - a PIPE
+            while chunk := proc.stdout.read(_CHUNK):
+                yield chunk
+        if proc.returncode != 0:
+            raise HostStateError(f"{path}: {prog} failed with status {proc.returncode}", reason="read-error")
+
+
+def _scan_index(path: Path, ext: str, wanted: frozenset[str]) -> tuple[list[debchain.IndexEntry], bytes, int]:
+    scanner = debchain.PackagesScanner(wanted, name=str(path))
+    h, size = hashlib.sha256(), 0
+    try:
+        for chunk in _stream_index(path, ext):
+            h.update(chunk)
+            size += len(chunk)
+            scanner.feed(chunk)
+    except (OSError, lzma.LZMAError, zlib.error, EOFError) as exc:
+        raise HostStateError(f"{path}: cannot read: {exc}", reason="read-error", path=str(path)) from exc
+    return scanner.finish(), h.digest(), size
+
+
+def _raw_hash(path: Path) -> tuple[bytes, int]:
+    data_hash, size = hashlib.sha256(), 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            data_hash.update(chunk)
+            size += len(chunk)
+    return data_hash.digest(), size
+
+
+def _package_lists(layout: AptLayout, repo: Repository, uri_to_filename: Any) -> Iterator[tuple[Path, str, str]]:
+    """(file, its path inside the Release, compression ext) for each Packages list apt fetched."""
+    names = [p.name for p in layout.lists.iterdir()] if layout.lists.is_dir() else []
+    if repo.flat:
+        stems = [(uri_to_filename(repo.dist_uri + "Packages"), "Packages")]
+    else:
+        stems = []
+        for comp in repo.components:
+            prefix = uri_to_filename(f"{repo.dist_uri}{comp}/binary-")
+            for n in names:
+                arch, sep, tail = n[len(prefix) :].partition("_")
+                if n.startswith(prefix) and sep and tail.startswith("Packages"):
+                    stems.append((f"{prefix}{arch}_Packages", f"{comp}/binary-{arch}/Packages"))
+    for stem, rel in dict.fromkeys(stems):
+        for ext in _LIST_EXTS:
+            if stem + ext in names:
+                yield layout.lists / (stem + ext), rel, ext
+                break
+
+
+@dataclass(frozen=True, slots=True)
+class Indexes:
+    """Every Packages entry of wanted names, with the trust of its index, and index → origin label."""
+
+    entries: tuple[IndexedVersion, ...]
+    origins: dict[str, str]
+    problems: tuple[str, ...]  # indexes that could not be read at all (also visible per package)
+
+
+def load_indexes(layout: AptLayout, wanted: frozenset[str]) -> Indexes:
+    """Walk InRelease → Packages for every configured repository; keep entries of ``wanted`` packages.
+
+    Unverified indexes are scanned too, so that a package they list gets the precise break
+    (``untrusted-release``, ``index-not-in-release``) instead of a vague "no signed source".
+    """
+    apt_pkg = apt_pkg_module()
+    entries: list[IndexedVersion] = []
+    origins: dict[str, str] = {}
+    problems: list[str] = []
+    seen: set[str] = set()
+    for repo in repositories(layout):
+        prefix = apt_pkg.uri_to_filename(repo.dist_uri)
+        if prefix in seen:
+            continue
+        seen.add(prefix)
+        release: debchain.Release | None = None
+        broken: ChainError | None = None
+        try:
+            release = _verified_release(layout, repo, prefix)
+        except ChainError as exc:
+            broken = exc
+        except ImaguardError as exc:
+            broken = ChainError(ChainReason.UNTRUSTED_RELEASE, str(exc))
+        lists = list(_package_lists(layout, repo, apt_pkg.uri_to_filename))
+        if not lists:
+            # A configured repository apt never fetched (or whose lists were deleted): its packages are unknown.
+            problems.append(
+                str(broken) if broken is not None else f"{repo.dist_uri}: no Packages list in {layout.lists}"
+            )
+        for path, rel, ext in lists:
+            try:
+                found, digest, size = _scan_index(path, ext, wanted)
+                index_broken = broken
+                if release is not None:
+                    candidates = [(rel, digest, size)]
+                    if ext:
+                        candidates.append((rel + ext, *_raw_hash(path)))
+                    try:
+                        debchain.check_index(release, candidates, name=str(path))
+                    except ChainError as exc:
+                        index_broken = exc
+            except (ImaguardError, OSError) as exc:
+                problems.append(f"{path}: {exc}")
+                continue
+            if release is not None:
+                origins[str(path)] = "/".join(x for x in (release.origin, release.codename or release.suite) if x)
+            entries += [IndexedVersion(e, str(path), index_broken) for e in found]
+    return Indexes(tuple(entries), origins, tuple(problems))
+
+
+def deb_file_name(name: str, version: str, arch: str) -> str:
+    """The name apt gives a downloaded .deb (``_`` and ``:`` of the version quoted, as apt's QuoteString)."""
+    quoted = version.replace("%", "%25").replace("_", "%5f").replace(":", "%3a")
+    return f"{name}_{quoted}_{arch}.deb"
+
+
+def fetch_deb(layout: AptLayout, dest_dir: Path, name: str, version: str, arch: str) -> Path | None:
+    """Download one exact .deb through ``apt-get download`` into ``dest_dir``; None when apt cannot.
+
+    apt's own verification is not relied upon: the caller checks the result against the chain.
+    """
+    exe = shutil.which("apt-get")
+    if exe is None:
+        return None
+    dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fetch-", dir=dest_dir) as tmp:
+        with contextlib.suppress(KeyError, OSError):
+            # apt downloads as its sandbox user _apt, who must be able to write here.
+            apt_user = pwd.getpwnam("_apt")
+            os.chown(tmp, apt_user.pw_uid, 0)
+            dest_dir.chmod(0o711)
+        argv = [exe, "-q", "-o", "Debug::NoLocking=1"]
+        if layout.root.resolve() != Path("/"):
+            argv += ["-o", f"Dir={layout.root}"]
+        argv += ["download", f"{name}:{arch}={version}"]
+        proc = subprocess.run(argv, cwd=tmp, capture_output=True, check=False)
+        got = Path(tmp) / deb_file_name(name, version, arch)
+        if proc.returncode != 0 or not got.is_file():
+            return None
+        final = dest_dir / got.name
+        os.chown(got, 0, 0)
+        got.chmod(0o644)
+        got.replace(final)
+    return final
+
+
+def open_deb(path: Path) -> int | None:
+    """An fd on a .deb, or None when there is no such file."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return None
+        raise HostStateError(f"{path}: cannot open: {exc.strerror}", errno=exc.errno, path=str(path)) from exc

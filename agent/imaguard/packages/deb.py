@@ -1,0 +1,284 @@
+"""``DebSource``: installed Debian packages and their files, with the best evidence the chain gives.
+
+dpkg's database (``dpkgdb``) says which files a package owns; the verified chain (``aptrepo`` for
+apt's files and gpgv, ``debfile`` for the .deb, ``debchain`` for each check) gives their SHA-256
+as ``repo-verified``. Where a link breaks, dpkg's unsigned MD5 stays as a ``local-db`` hint and
+``evidence_reason`` says ``code: what broke``. Chain results are cached in the state directory per
+(package, version, arch, .deb SHA256), so each .deb is read once per host, ever.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from imaguard.config import Limits
+from imaguard.digests import HashAlgo, hash_fd
+from imaguard.errors import FormatError, HostStateError, UnsupportedError, UsageError
+from imaguard.packages import aptrepo, debchain, dpkgdb
+from imaguard.packages.debchain import ChainError, ChainReason
+from imaguard.packages.debfile import DebMember, read_deb
+from imaguard.packages.model import Evidence, FileKind, InstalledPackage, PackageFile
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from imaguard.packages.debchain import IndexEntry
+
+__all__ = ["DebSource", "decode_members", "encode_members"]
+
+_CACHE_FORMAT = 1
+
+
+def encode_members(members: tuple[DebMember, ...]) -> bytes:
+    """The chain cache record: paths and link targets base64 (bytes, never decoded)."""
+    rows = [
+        [
+            base64.b64encode(m.path).decode(),
+            str(m.kind),
+            m.mode,
+            m.sha256.hex() if m.sha256 is not None else None,
+            base64.b64encode(m.link_target).decode() if m.link_target is not None else None,
+        ]
+        for m in members
+    ]
+    return json.dumps({"format": _CACHE_FORMAT, "members": rows}, separators=(",", ":")).encode()
+
+
+def decode_members(data: bytes) -> tuple[DebMember, ...]:
+    """Parse a chain cache record; FormatError on anything unexpected (the caller re-walks the chain)."""
+    try:
+        doc = json.loads(data)
+        if doc["format"] != _CACHE_FORMAT:
+            raise FormatError("chain cache: other format")
+        out = []
+        for path, kind, mode, sha, link in doc["members"]:
+            digest = bytes.fromhex(sha) if sha is not None else None
+            if digest is not None and len(digest) != 32:
+                raise FormatError("chain cache: bad digest")
+            out.append(
+                DebMember(
+                    base64.b64decode(path, validate=True),
+                    FileKind(kind),
+                    int(mode),
+                    digest,
+                    base64.b64decode(link, validate=True) if link is not None else None,
+                )
+            )
+        return tuple(out)
+    except FormatError:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FormatError(f"chain cache: {exc}") from exc
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Temp file, fsync, rename, fsync the directory (STYLE.md §9)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    tmp.replace(path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class DebSource:
+    """The deb ``PackageSource`` for the tree at ``root``; ``fetch``: may missing .debs be downloaded."""
+
+    def __init__(self, root: Path, state_dir: Path, *, fetch: bool, limits: Limits | None = None) -> None:
+        dpkgdb.apt_pkg_module()  # fail now, with the package to install, not halfway through a listing
+        self.root = root
+        self.state_dir = state_dir
+        self.fetch = fetch
+        self.limits = limits or Limits()
+        self._status: list[dpkgdb.DpkgPackage] | None = None
+        self._indexes: aptrepo.Indexes | None = None
+        self._by_name: dict[str, list[debchain.IndexedVersion]] = {}
+        self._layout: aptrepo.AptLayout | None = None
+        self._diversions: dict[bytes, dpkgdb.Diversion] | None = None
+
+    @property
+    def kind(self) -> str:
+        return "deb"
+
+    # --- database -------------------------------------------------------------------------------
+
+    def _dpkg(self) -> list[dpkgdb.DpkgPackage]:
+        if self._status is None:
+            self._status = dpkgdb.read_status(self.root)
+        return self._status
+
+    def _apt(self) -> aptrepo.AptLayout:
+        if self._layout is None:
+            self._layout = aptrepo.AptLayout.read(self.root)
+        return self._layout
+
+    def indexes(self) -> aptrepo.Indexes:
+        """The repository indexes, walked once per source (gpgv + one pass over each Packages)."""
+        if self._indexes is None:
+            wanted = frozenset(p.name for p in self._dpkg())
+            self._indexes = aptrepo.load_indexes(self._apt(), wanted)
+            for iv in self._indexes.entries:
+                self._by_name.setdefault(iv.entry.name, []).append(iv)
+        return self._indexes
+
+    def _choose(self, dp: dpkgdb.DpkgPackage) -> debchain.IndexedVersion:
+        problems = self.indexes().problems
+        try:
+            return debchain.choose_entry(self._by_name.get(dp.name, ()), dp.name, dp.version, dp.architecture)
+        except ChainError as exc:
+            # "Not listed" is only known when every index could be read; otherwise say what was not.
+            if problems and exc.code in (ChainReason.NO_SIGNED_SOURCE, ChainReason.VERSION_NOT_IN_INDEX):
+                raise ChainError(ChainReason.INDEX_UNAVAILABLE, f"{exc}; not read: {problems[0]}") from exc
+            raise
+
+    def _installed(self, dp: dpkgdb.DpkgPackage) -> InstalledPackage:
+        origin = ""
+        with contextlib.suppress(ChainError):
+            iv = self._choose(dp)
+            origin = self.indexes().origins.get(iv.index, "")
+        return InstalledPackage(dp.name, dp.version, dp.architecture, dp.source_name, dp.source_version, origin)
+
+    def packages(self) -> Iterator[InstalledPackage]:
+        for dp in self._dpkg():
+            yield self._installed(dp)
+
+    def _entry(self, name: str, arch: str | None = None) -> dpkgdb.DpkgPackage:
+        if arch is None and ":" in name:
+            name, arch = name.split(":", 1)
+        for dp in self._dpkg():
+            if dp.name == name and arch in (None, dp.architecture):
+                return dp
+        raise UsageError(f"package {name}{':' + arch if arch else ''} is not installed", reason="not-installed")
+
+    def package(self, name: str) -> InstalledPackage:
+        return self._installed(self._entry(name))
+
+    # --- the chain ------------------------------------------------------------------------------
+
+    def _cache_path(self, dp: dpkgdb.DpkgPackage, sha256: bytes) -> Path:
+        stem = aptrepo.deb_file_name(dp.name, dp.version, dp.architecture)[: -len(".deb")]
+        return self.state_dir / "deb-chain" / f"{stem}_{sha256.hex()}.json"
+
+    def _read_checked(self, dp: dpkgdb.DpkgPackage, entry: IndexEntry, path: Path) -> tuple[DebMember, ...] | None:
+        try:
+            fd = aptrepo.open_deb(path)
+            if fd is None:
+                return None
+            try:
+                try:
+                    contents = read_deb(fd, str(path), max_size=self.limits.max_file_size)
+                except FormatError as exc:
+                    # Garbage that is not the signed .deb is a hash mismatch; the signed .deb unreadable is malformed.
+                    digest = hash_fd(fd, HashAlgo.SHA256, max_size=self.limits.max_file_size, path=str(path))
+                    debchain.check_deb(entry, digest, os.fstat(fd).st_size, name=str(path))
+                    raise ChainError(ChainReason.DEB_MALFORMED, f"{path}: {exc}") from exc
+            finally:
+                os.close(fd)
+        except (HostStateError, UnsupportedError) as exc:
+            raise ChainError(ChainReason.DEB_UNAVAILABLE, str(exc)) from exc
+        debchain.check_deb_identity(contents.control, dp.name, dp.version, dp.architecture, deb=str(path))
+        debchain.check_deb(entry, contents.sha256, contents.size, name=str(path))
+        return contents.members
+
+    def _walk(self, dp: dpkgdb.DpkgPackage, entry: IndexEntry) -> tuple[DebMember, ...]:
+        """Find the exact .deb (apt's cache, ours, or fetched through apt) and read it checked."""
+        file_name = aptrepo.deb_file_name(dp.name, dp.version, entry.architecture)
+        own = self.state_dir / "debs"
+        first: ChainError | None = None
+        for path in (self._apt().archives / file_name, own / file_name):
+            try:
+                members = self._read_checked(dp, entry, path)
+            except ChainError as exc:
+                first = first or exc
+                continue
+            if members is not None:
+                return members
+        if self.fetch:
+            fetched = aptrepo.fetch_deb(self._apt(), own, dp.name, dp.version, dp.architecture)
+            if fetched is not None:
+                members = self._read_checked(dp, entry, fetched)
+                if members is not None:
+                    return members
+        if first is not None:
+            raise first
+        where = "fetching through apt failed" if self.fetch else "fetching is disabled"
+        raise ChainError(ChainReason.DEB_UNAVAILABLE, f"{file_name}: not in {self._apt().archives} or {own}; {where}")
+
+    def chain(self, pkg: InstalledPackage) -> tuple[DebMember, ...]:
+        """The verified members of the package's .deb; ChainError naming the link that broke."""
+        dp = self._entry(pkg.name, pkg.architecture)
+        if dp.version != pkg.version:
+            raise UsageError(f"{pkg.ident}: installed version is {dp.version}", reason="not-installed")
+        entry = self._choose(dp).entry
+        cache = self._cache_path(dp, entry.sha256)
+        with contextlib.suppress(OSError, FormatError):
+            return decode_members(cache.read_bytes())
+        members = self._walk(dp, entry)
+        with contextlib.suppress(OSError):  # a read-only state directory costs speed, not correctness
+            _atomic_write(cache, encode_members(members))
+        return members
+
+    # --- files ----------------------------------------------------------------------------------
+
+    def files(self, pkg: InstalledPackage) -> Iterator[PackageFile]:
+        dp = self._entry(pkg.name, pkg.architecture)
+        where = f"{self.root}/{dpkgdb.DPKG_DIR}/info/{dp.name}"
+        listed = dpkgdb.read_info(self.root, dp, "list")
+        md5_raw = dpkgdb.read_info(self.root, dp, "md5sums")
+        md5 = dpkgdb.parse_md5sums(md5_raw, name=f"{where}.md5sums") if md5_raw else {}
+        md5.update({p: d for p, d in dp.conffiles.items() if d is not None})
+        if self._diversions is None:
+            self._diversions = dpkgdb.read_diversions(self.root)
+        try:
+            members: dict[bytes, DebMember] = {m.path: m for m in self.chain(pkg)}
+            reason = ""
+        except ChainError as exc:
+            members, reason = {}, exc.evidence_reason
+        for path in dpkgdb.parse_list(listed or b""):
+            div = self._diversions.get(path)
+            config = path in dp.conffiles
+            diverted_to = div.to if div is not None and div.applies_to(dp.name) else None
+            m = members.get(path)
+            if m is not None:
+                yield PackageFile(
+                    path,
+                    m.kind,
+                    Evidence.REPO_VERIFIED if m.sha256 is not None else Evidence.NONE,
+                    m.sha256,
+                    HashAlgo.SHA256 if m.sha256 is not None else None,
+                    mode=m.mode,
+                    link_target=m.link_target,
+                    config=config,
+                    diverted_to=diverted_to,
+                )
+                continue
+            why = reason or "not-in-deb: dpkg lists this path but the verified .deb does not ship it"
+            digest = md5.get(path)
+            if digest is not None:
+                yield PackageFile(
+                    path,
+                    FileKind.REGULAR,
+                    Evidence.LOCAL_DB,
+                    digest,
+                    HashAlgo.MD5,
+                    why,
+                    config=config,
+                    diverted_to=diverted_to,
+                )
+            else:
+                yield PackageFile(
+                    path, FileKind.UNKNOWN, Evidence.NONE, evidence_reason=why, config=config, diverted_to=diverted_to
+                )

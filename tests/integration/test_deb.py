@@ -1,0 +1,462 @@
+"""The deb chain with real tools: apt, gpgv, dpkg, dpkg-deb, apt-ftparchive, gpg. No mocks.
+
+Two worlds: this host (real Debian packages fetched with apt, and ``dpkg --verify`` as the
+reference), and a throw-away repository built here (``apt-ftparchive``, signed by a key made in a
+temporary GNUPGHOME), installed with ``dpkg --root`` into a fake root whose lists were written by
+``apt-get -o Dir=ROOT update`` itself. Each chain break is then made for real in that root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from imaguard.digests import HashAlgo
+from imaguard.packages import aptrepo, debchain
+from imaguard.packages.deb import DebSource
+from imaguard.packages.debfile import read_deb
+from imaguard.packages.model import Evidence, FileKind
+
+pytestmark = pytest.mark.root
+
+WEIRD = (b"with space", b"caf\xe9")  # dpkg-deb refuses newlines in names (see test below)
+
+
+def run(argv, **kw) -> subprocess.CompletedProcess[bytes]:
+    kw.setdefault("capture_output", True)
+    proc = subprocess.run([str(a) for a in argv], check=False, **kw)
+    assert proc.returncode == 0, (argv, proc.stdout[-2000:], proc.stderr[-2000:])
+    return proc
+
+
+def need(*tools):
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"the deb tier needs {missing} (scripts/setup.sh: apt-utils, gpg, gpgv, dpkg-dev, lz4)")
+
+
+def tar_digests(deb: Path) -> dict[bytes, bytes]:
+    """SHA-256 of every regular member, extracted by dpkg-deb itself: the independent reference."""
+    tar = run(["dpkg-deb", "--fsys-tarfile", deb]).stdout
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(tar), encoding="utf-8", errors="surrogateescape") as tf:
+        for info in tf:
+            if info.isreg():
+                path = b"/" + info.name.encode("utf-8", "surrogateescape").lstrip(b"./")
+                out[path] = hashlib.sha256(tf.extractfile(info).read()).digest()
+    return out
+
+
+# --- this host: real Debian packages ------------------------------------------------------------
+
+
+def test_repo_verified_digests_equal_the_files_inside_real_debs(tmp_path):
+    need("apt-get", "dpkg-deb", "gpgv")
+    dl = tmp_path / "dl"
+    dl.mkdir(mode=0o777)
+    dl.chmod(0o777)  # apt downloads as _apt
+    run(["apt-get", "-q", "download", "hello", "coreutils"], cwd=dl)
+    (hello,) = dl.glob("hello_*.deb")
+    (coreutils,) = dl.glob("coreutils_*.deb")
+
+    # coreutils is installed: the source finds the .deb in its own cache and walks the whole chain.
+    state = tmp_path / "state"
+    (state / "debs").mkdir(parents=True)
+    source = DebSource(Path("/"), state, fetch=False)
+    pkg = source.package("coreutils")
+    shutil.copy(coreutils, state / "debs" / aptrepo.deb_file_name(pkg.name, pkg.version, pkg.architecture))
+    files = list(source.files(pkg))
+    reference = tar_digests(coreutils)
+    verified = {f.path: f.digest for f in files if f.evidence is Evidence.REPO_VERIFIED}
+    assert verified == {p: d for p, d in reference.items() if p in verified}
+    assert set(reference) <= {f.path for f in files}  # every shipped file is listed by dpkg
+    assert len(verified) == len(reference) > 100
+    assert all(f.digest_algo is HashAlgo.SHA256 and f.kind is FileKind.REGULAR for f in files if f.digest)
+    assert pkg.origin == "Debian/bookworm"
+    # The chain is cached: a fresh source with no .deb anywhere answers from the state directory.
+    (state / "debs" / aptrepo.deb_file_name(pkg.name, pkg.version, pkg.architecture)).unlink()
+    again = DebSource(Path("/"), state, fetch=False)
+    assert list(again.files(again.package("coreutils"))) == files
+
+    # hello is not installed: the same links, by hand, against the host's verified indexes.
+    layout = aptrepo.AptLayout.read(Path("/"))
+    indexes = aptrepo.load_indexes(layout, frozenset({"hello"}))
+    fd = os.open(hello, os.O_RDONLY)
+    try:
+        contents = read_deb(fd, str(hello), max_size=1 << 30)
+    finally:
+        os.close(fd)
+    version = contents.control["Version"].decode()
+    chosen = debchain.choose_entry(indexes.entries, "hello", version, "amd64")
+    debchain.check_deb(chosen.entry, contents.sha256, contents.size, name=str(hello))
+    got = {m.path: m.sha256 for m in contents.members if m.kind is FileKind.REGULAR}
+    assert got == tar_digests(hello)
+    assert b"/usr/bin/hello" in got
+
+
+def parse_dpkg_verify(out: bytes) -> dict[bytes, str]:
+    """``dpkg --verify`` lines: ``??5?????? c /path`` (digest differs) or ``missing   /path``."""
+    result = {}
+    for line in out.splitlines():
+        m = re.match(rb"^(\S+) +(c )? *(/.*)$", line)
+        assert m, line
+        flags, path = m.group(1), m.group(3)
+        result[path] = "missing" if flags == b"missing" else "digest-mismatch" if flags[2:3] == b"5" else "other"
+    return result
+
+
+def disk_status(root: Path, f) -> str:
+    try:
+        data = (root / f.disk_path.lstrip(b"/").decode("utf-8", "surrogateescape")).read_bytes()
+    except FileNotFoundError:
+        return "missing"
+    return "ok" if hashlib.new(f.digest_algo.kernel_name, data).digest() == f.digest else "digest-mismatch"
+
+
+def host_sample() -> list[str]:
+    """Installed packages whose .deb apt still caches (the 15 smallest), and some with local-db only."""
+    source = DebSource(Path("/"), Path("/nonexistent"), fetch=False)
+    archives = aptrepo.AptLayout.read(Path("/")).archives
+    cached = []
+    for p in source.packages():
+        deb = archives / aptrepo.deb_file_name(p.name, p.version, p.architecture)
+        if deb.exists():
+            cached.append((deb.stat().st_size, p.name))
+    extra = [
+        n for n in ("nodejs", "bash", "libpq-dev", "dash", "coreutils") if any(p.name == n for p in source.packages())
+    ]
+    return [n for _, n in sorted(cached)[:15]] + extra
+
+
+def test_verify_agrees_with_dpkg_verify_on_this_host(tmp_path):
+    need("dpkg")
+    names = host_sample()
+    source = DebSource(Path("/"), tmp_path / "state", fetch=True)
+    proc = subprocess.run(["dpkg", "--verify", *names], capture_output=True, check=False)
+    dpkg = parse_dpkg_verify(proc.stdout)
+    checked = 0
+    levels = set()
+    for name in names:
+        pkg = source.package(name)
+        for f in source.files(pkg):
+            if f.digest is None:
+                continue
+            levels.add(f.evidence)
+            ours = disk_status(Path("/"), f)
+            theirs = dpkg.get(f.path, "ok")
+            if theirs == "other":
+                continue  # dpkg could not check it (not readable by it, or not a regular file)
+            assert ours == theirs, (name, f.path, f.evidence, f.evidence_reason)
+            checked += 1
+    assert checked > 500
+    assert Evidence.REPO_VERIFIED in levels
+
+
+# --- a throw-away repository --------------------------------------------------------------------
+
+
+@dataclass
+class Keys:
+    home: Path
+    trusted: str
+    untrusted: str
+
+    def gpg(self, *args, **kw):
+        return run(["gpg", "--batch", "--quiet", "--homedir", self.home, *args], **kw)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> Keys:
+    need("gpg", "gpgv")
+    home = tmp_path_factory.mktemp("gnupg")
+    home.chmod(0o700)
+    fprs = []
+    for uid in ("imaguard repo <repo@example.org>", "someone else <evil@example.org>"):
+        run(
+            [
+                "gpg",
+                "--batch",
+                "--quiet",
+                "--homedir",
+                home,
+                "--passphrase",
+                "",
+                "--quick-gen-key",
+                uid,
+                "ed25519",
+                "sign",
+                "never",
+            ]
+        )
+        out = run(["gpg", "--batch", "--homedir", home, "--with-colons", "--fingerprint", uid]).stdout
+        fprs.append(re.search(rb"^fpr:+([0-9A-F]{40}):", out, re.M).group(1).decode())
+    yield Keys(home, *fprs)
+    subprocess.run(["gpgconf", "--homedir", home, "--kill", "all"], check=False)
+
+
+def build_deb(out: Path, name: str, version: str, files: dict[bytes, bytes], comp: str = "xz") -> Path:
+    tree = out / f"tree-{name}-{version}-{len(files)}-{comp}"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(
+        f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: t <t@example.org>\nDescription: test\n"
+    )
+    conffiles = [p for p in files if p.startswith(b"/etc/")]
+    if conffiles:
+        (tree / "DEBIAN" / "conffiles").write_bytes(b"".join(p + b"\n" for p in conffiles))
+    for path, data in files.items():
+        target = tree / os.fsdecode(path.lstrip(b"/"))  # surrogateescape: the raw bytes on disk
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if data.startswith(b"->"):
+            target.symlink_to(os.fsdecode(data[2:]))
+        else:
+            target.write_bytes(data)
+            target.chmod(0o755 if b"/bin/" in path else 0o644)
+    deb = out / f"{tree.name}.deb"  # unique: the rebuilt 1.0 must not overwrite the real one
+    run(["dpkg-deb", f"-Z{comp}", "--root-owner-group", "--build", tree, deb])
+    return deb
+
+
+IGT_1 = {
+    b"/usr/share/igt/with space": b"space\n",
+    b"/usr/share/igt/caf\xe9": b"latin-1 name\n",
+    b"/usr/share/igt/link": b"->with space",
+    b"/usr/bin/igt": b"#!/bin/sh\necho igt\n",
+    b"/etc/igt.conf": b"setting=1\n",
+}
+
+
+@dataclass
+class World:
+    root: Path
+    repo: Path
+    state: Path
+    keys: Keys
+    debs: dict[str, Path]
+
+    def source(self, *, fetch=False) -> DebSource:
+        return DebSource(self.root, self.state, fetch=fetch)
+
+    def files(self, name="igt", *, fetch=False):
+        source = self.source(fetch=fetch)
+        return list(source.files(source.package(name)))
+
+    def lists(self, suffix: str) -> Path:
+        (path,) = (self.root / "var/lib/apt/lists").glob(f"*{suffix}")
+        return path
+
+
+def make_world(tmp: Path, keys: Keys, *, repo_debs: list[str], installed: list[str], cached: list[str]) -> World:
+    """Repo with ``repo_debs``, root with ``installed`` (dpkg --root -i) and apt's cache holding ``cached``."""
+    need("apt-ftparchive", "dpkg-deb", "apt-get", "lz4")
+    out = tmp / "debs"
+    out.mkdir()
+    debs = {
+        "igt-1.0": build_deb(out, "igt", "1.0", IGT_1, comp="zstd"),
+        "igt-1.0-rebuilt": build_deb(out, "igt", "1.0", {**IGT_1, b"/usr/bin/igt": b"#!/bin/sh\necho evil\n"}),
+        "igt-2.0": build_deb(out, "igt", "2.0", {**IGT_1, b"/usr/share/igt/with space": b"v2\n"}),
+        "igt-local-1.0": build_deb(out, "igt-local", "1.0", {b"/usr/bin/igt-local": b"#!/bin/sh\n"}),
+    }
+    repo = tmp / "repo"
+    (repo / "pool").mkdir(parents=True)
+    (repo / "dists/test/main/binary-amd64").mkdir(parents=True)
+    for key in repo_debs:
+        shutil.copy(debs[key], repo / "pool" / debs[key].name)
+    packages = run(["apt-ftparchive", "packages", "pool"], cwd=repo).stdout
+    (repo / "dists/test/main/binary-amd64/Packages").write_bytes(packages)
+    conf = [
+        f"-oAPT::FTPArchive::Release::{k}={v}"
+        for k, v in (
+            ("Origin", "imaguard-test"),
+            ("Suite", "test"),
+            ("Codename", "test"),
+            ("Components", "main"),
+            ("Architectures", "amd64"),
+        )
+    ]
+    release = run(["apt-ftparchive", *conf, "release", "dists/test"], cwd=repo).stdout
+    (repo / "dists/test/Release").write_bytes(release)
+    keys.gpg(
+        "--local-user", keys.trusted, "--clearsign", "-o", repo / "dists/test/InRelease", repo / "dists/test/Release"
+    )
+
+    root = tmp / "root"
+    for d in (
+        "etc/apt/sources.list.d",
+        "etc/apt/apt.conf.d",
+        "etc/apt/preferences.d",
+        "etc/apt/trusted.gpg.d",
+        "etc/apt/keyrings",
+        "var/lib/apt/lists/partial",
+        "var/cache/apt/archives/partial",
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/updates",
+        "var/lib/dpkg/triggers",
+    ):
+        (root / d).mkdir(parents=True)
+    for f in ("status", "available"):
+        (root / "var/lib/dpkg" / f).touch()
+    # Inline Signed-By (deb822): the one form both apt on the host and imaguard read inside the root.
+    armored = keys.gpg("--armor", "--export", keys.trusted).stdout
+    folded = b"\n".join(b" " + (ln or b".") for ln in armored.rstrip(b"\n").split(b"\n"))
+    (root / "etc/apt/sources.list.d/test.sources").write_bytes(
+        f"Types: deb\nURIs: file:{repo}\nSuites: test\nComponents: main\nSigned-By:\n".encode() + folded + b"\n"
+    )
+    run(["apt-get", "-q", "-o", f"Dir={root}", "-o", "Debug::NoLocking=1", "update"])
+    for key in installed:
+        run(["dpkg", f"--root={root}", "--force-script-chrootless", "--log=/dev/null", "-i", debs[key]])
+    for key in cached:
+        shutil.copy(debs[key], root / "var/cache/apt/archives/igt_1.0_all.deb")  # the name apt gives 1.0
+    return World(root, repo, tmp / "state", keys, debs)
+
+
+def evidence_of(files) -> set[tuple[str, str]]:
+    return {(str(f.evidence), f.evidence_reason.split(":")[0]) for f in files if f.digest is not None}
+
+
+def test_dpkg_deb_refuses_newlines_in_names(tmp_path):
+    need("dpkg-deb")
+    tree = tmp_path / "t"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN/control").write_text(
+        "Package: t\nVersion: 1\nArchitecture: all\nMaintainer: t <t@e>\nDescription: t\n"
+    )
+    (tree / "new\nline").write_text("x")
+    proc = subprocess.run(["dpkg-deb", "--build", tree, tmp_path / "t.deb"], capture_output=True, check=False)
+    # So a .list (newline-separated) never holds one; the .deb reader keeps them (unit test).
+    assert proc.returncode != 0
+    assert b"newline not allowed in pathname" in proc.stderr
+
+
+def test_good_chain_is_repo_verified_with_byte_paths(tmp_path, keys):
+    world = make_world(tmp_path, keys, repo_debs=["igt-1.0"], installed=["igt-1.0"], cached=["igt-1.0"])
+    source = world.source()
+    pkg = source.package("igt")
+    assert (pkg.version, pkg.architecture, pkg.origin) == ("1.0", "all", "imaguard-test/test")
+    files = {f.path: f for f in source.files(pkg)}
+    reference = tar_digests(world.debs["igt-1.0"])
+    for raw in WEIRD:
+        path = b"/usr/share/igt/" + raw
+        assert files[path].evidence is Evidence.REPO_VERIFIED
+        assert files[path].digest == reference[path] == hashlib.sha256(IGT_1[path]).digest()
+        assert (world.root / os.fsdecode(path.lstrip(b"/"))).read_bytes() == IGT_1[path]
+    assert files[b"/usr/share/igt/link"].kind is FileKind.SYMLINK
+    assert files[b"/usr/share/igt/link"].link_target == b"with space"
+    assert files[b"/etc/igt.conf"].config
+    assert files[b"/usr/bin/igt"].mode == 0o755
+    assert files[b"/usr/share/igt"].kind is FileKind.DIRECTORY
+    assert evidence_of(files.values()) == {("repo-verified", "")}
+
+
+@pytest.mark.parametrize("form", ["keyring-file", "trusted.gpg.d"])
+def test_signed_by_keyring_file_and_default_keyrings_inside_the_root(tmp_path, keys, form):
+    world = make_world(tmp_path, keys, repo_debs=["igt-1.0"], installed=["igt-1.0"], cached=["igt-1.0"])
+    sources = world.root / "etc/apt/sources.list.d/test.sources"
+    head = sources.read_bytes().split(b"Signed-By:")[0]
+    armored = keys.gpg("--armor", "--export", keys.trusted).stdout
+    if form == "keyring-file":  # a path named in the root is read in the root, not on the host
+        (world.root / "etc/apt/keyrings/igt.asc").write_bytes(armored)
+        sources.write_bytes(head + b"Signed-By: /etc/apt/keyrings/igt.asc\n")
+    else:
+        (world.root / "etc/apt/trusted.gpg.d/igt.gpg").write_bytes(keys.gpg("--export", keys.trusted).stdout)
+        sources.write_bytes(head)
+    assert evidence_of(world.files()) == {("repo-verified", "")}
+
+
+def test_inrelease_signed_by_an_untrusted_key(tmp_path, keys):
+    world = make_world(tmp_path, keys, repo_debs=["igt-1.0"], installed=["igt-1.0"], cached=["igt-1.0"])
+    inrelease = world.lists("_InRelease")
+    inrelease.unlink()
+    keys.gpg("--local-user", keys.untrusted, "--clearsign", "-o", inrelease, world.repo / "dists/test/Release")
+    files = world.files()
+    assert evidence_of(files) == {("local-db", "untrusted-release")}
+    assert f"signed only by {keys.untrusted}" in files[0].evidence_reason or "no signature" in files[0].evidence_reason
+    assert all(f.digest_algo is HashAlgo.MD5 for f in files if f.digest)
+
+
+def test_packages_whose_hash_is_not_in_inrelease(tmp_path, keys):
+    world = make_world(tmp_path, keys, repo_debs=["igt-1.0"], installed=["igt-1.0"], cached=["igt-1.0"])
+    lst = world.lists("_Packages.lz4")
+    plain = (
+        run(["lz4", "-dcq", lst]).stdout
+        + b"\nPackage: extra\nVersion: 1\nArchitecture: all\nFilename: x\nSize: 1\nSHA256: "
+        + b"0" * 64
+        + b"\n"
+    )
+    lst.write_bytes(run(["lz4", "-q", "-c"], input=plain).stdout)
+    files = world.files()
+    assert evidence_of(files) == {("local-db", "index-not-in-release")}
+    assert "differs from the InRelease entry for main/binary-amd64/Packages" in files[0].evidence_reason
+
+
+def test_deb_whose_sha256_differs_from_packages(tmp_path, keys):
+    world = make_world(tmp_path, keys, repo_debs=["igt-1.0"], installed=["igt-1.0"], cached=["igt-1.0-rebuilt"])
+    files = world.files()
+    assert evidence_of(files) == {("local-db", "deb-hash-mismatch")}
+    assert "Packages says" in files[0].evidence_reason
+
+
+def test_deb_of_another_version_than_installed(tmp_path, keys):
+    world = make_world(tmp_path, keys, repo_debs=["igt-1.0", "igt-2.0"], installed=["igt-1.0"], cached=["igt-2.0"])
+    files = world.files()
+    assert evidence_of(files) == {("local-db", "version-not-in-index")}
+    assert "is igt 2.0/all; installed is igt 1.0/all" in files[0].evidence_reason
+
+
+def test_index_of_another_version_than_installed(tmp_path, keys):
+    world = make_world(tmp_path, keys, repo_debs=["igt-2.0"], installed=["igt-1.0"], cached=[])
+    files = world.files()
+    assert evidence_of(files) == {("local-db", "version-not-in-index")}
+    assert "igt:all 1.0 is installed; signed indexes list only 2.0" in files[0].evidence_reason
+
+
+def test_local_dpkg_install_stays_local_db_and_says_so(tmp_path, keys):
+    world = make_world(tmp_path, keys, repo_debs=["igt-1.0"], installed=["igt-1.0", "igt-local-1.0"], cached=[])
+    (f,) = [f for f in world.files("igt-local") if f.digest is not None]
+    assert (f.path, f.evidence, f.digest_algo) == (b"/usr/bin/igt-local", Evidence.LOCAL_DB, HashAlgo.MD5)
+    assert f.digest == hashlib.md5(b"#!/bin/sh\n").digest()
+    assert f.evidence_reason == "no-signed-source: igt-local:all 1.0 is in no signed repository index"
+    assert world.source().package("igt-local").origin == ""
+
+
+def test_missing_deb_is_fetched_through_apt_or_named(tmp_path, keys):
+    world = make_world(tmp_path, keys, repo_debs=["igt-1.0"], installed=["igt-1.0"], cached=[])
+    files = world.files()
+    assert evidence_of(files) == {("local-db", "deb-unavailable")}
+    fetched = world.files(fetch=True)  # apt-get -o Dir=ROOT download, then the whole chain again
+    assert evidence_of(fetched) == {("repo-verified", "")}
+    assert (world.state / "debs" / "igt_1.0_all.deb").read_bytes() == world.debs["igt-1.0"].read_bytes()
+
+
+def test_verify_in_the_root_agrees_with_dpkg(tmp_path, keys):
+    world = make_world(tmp_path, keys, repo_debs=["igt-1.0"], installed=["igt-1.0"], cached=["igt-1.0"])
+    changed = world.root / "usr/share/igt/with space"
+    changed.write_bytes(b"changed after installation\n")
+    (world.root / "usr/bin/igt").unlink()
+    proc = subprocess.run(["dpkg", f"--root={world.root}", "--verify", "igt"], capture_output=True, check=False)
+    dpkg = parse_dpkg_verify(proc.stdout)
+    ours = {f.path: disk_status(world.root, f) for f in world.files() if f.digest is not None}
+    assert {p: s for p, s in ours.items() if s != "ok"} == dpkg
+    assert dpkg == {b"/usr/share/igt/with space": "digest-mismatch", b"/usr/bin/igt": "missing"}
+
+
+def test_configured_repository_without_lists_is_not_called_no_signed_source(tmp_path, keys):
+    world = make_world(
+        tmp_path, keys, repo_debs=["igt-1.0"], installed=["igt-1.0", "igt-local-1.0"], cached=["igt-1.0"]
+    )
+    with (world.root / "etc/apt/sources.list").open("w") as fh:
+        fh.write(f"deb file:{world.repo} never-fetched main\n")
+    (f,) = [f for f in world.files("igt-local") if f.digest is not None]
+    assert f.evidence_reason.startswith(
+        "index-unavailable: igt-local:all 1.0 is in no signed repository index; not read: "
+    )
+    assert "never-fetched_InRelease: missing" in f.evidence_reason
+    assert evidence_of(world.files()) == {("repo-verified", "")}  # what was read still verifies
