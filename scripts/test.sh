@@ -4,6 +4,8 @@
 set -eu
 cd "$(dirname "$0")/.."
 sh scripts/setup.sh
+# The lab tools are installed by setup.sh: a lab that cannot run is a failure here, not a skip.
+export IMAGUARD_LAB_REQUIRED=1
 status=0
 .venv/bin/python -m pytest "$@" || status=$?
 if [ "$status" -eq 5 ]; then

@@ -168,7 +168,7 @@ def _decompressed(raw: _Bounded, comp: Compression, name: str) -> Iterator[IO[by
             yield bz
     else:
         try:
-            import zstandard  # type: ignore[import-not-found]  # noqa: PLC0415 - optional, Debian python3-zstandard
+            import zstandard  # noqa: PLC0415 - optional, Debian python3-zstandard
         except ImportError:
             with _zstd_cli(raw, name) as out:
                 yield out
