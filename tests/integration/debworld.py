@@ -53,6 +53,7 @@ class Keys:
 def make_keys(home: Path) -> Iterator[Keys]:
     """Two throw-away OpenPGP keys in ``home``: one the repository signs with, one nobody trusts."""
     need("gpg", "gpgv")
+    home.mkdir(parents=True, exist_ok=True)
     home.chmod(0o700)
     fprs = []
     for uid in ("imaguard repo <repo@example.org>", "someone else <evil@example.org>"):
@@ -135,7 +136,7 @@ def make_world(tmp: Path, keys: Keys, *, repo_debs: list[str], installed: list[s
     """Repo with ``repo_debs``, root with ``installed`` (dpkg --root -i) and apt's cache holding ``cached``."""
     need("apt-ftparchive", "dpkg-deb", "apt-get", "lz4")
     out = tmp / "debs"
-    out.mkdir()
+    out.mkdir(parents=True)
     debs = {
         "igt-1.0": build_deb(out, "igt", "1.0", IGT_1, comp="zstd"),
         "igt-1.0-rebuilt": build_deb(out, "igt", "1.0", {**IGT_1, b"/usr/bin/igt": b"#!/bin/sh\necho evil\n"}),

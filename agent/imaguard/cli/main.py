@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from typing import TYPE_CHECKING, NoReturn
@@ -14,7 +15,7 @@ from imaguard.errors import ExitCode, ImaguardError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["build_parser", "entry", "main"]
+__all__ = ["Parser", "build_parser", "entry", "main", "run_guarded"]
 
 _DESCRIPTION = """\
 imaguard labels files with IMA signatures that only trusted package metadata vouches for,
@@ -24,7 +25,7 @@ exit codes: 0 ok, 1 failure, 2 usage error, 3 verification failed, 77 unsupporte
 """
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so main() owns every exit code and message."""
 
     def error(self, message: str) -> NoReturn:
@@ -32,20 +33,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from imaguard.cli import files, packages  # noqa: PLC0415 - keep `import imaguard.cli.main` light
+    from imaguard.cli import enroll, files, packages  # noqa: PLC0415 - keep `import imaguard.cli.main` light
 
-    parser = _Parser(
+    parser = Parser(
         prog="imaguard",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"imaguard {__version__}")
     sub: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
-        dest="command", metavar="COMMAND", parser_class=_Parser
+        dest="command", metavar="COMMAND", parser_class=Parser
     )
     sub.required = True
     files.register(sub)
     packages.register(sub)
+    enroll.register(sub)
     return parser
 
 
@@ -55,10 +57,13 @@ def _common_flags(argv: Sequence[str]) -> tuple[bool, bool]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code. Tests call this with an argv list."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
+    return run_guarded(build_parser(), list(sys.argv[1:] if argv is None else argv))
+
+
+def run_guarded(parser: argparse.ArgumentParser, args_list: list[str]) -> int:
+    """Parse and dispatch to ``args.handler``; every ImaguardError becomes one line and its exit code."""
     want_json, verbose = _common_flags(args_list)
     try:
-        parser = build_parser()
         try:
             args = parser.parse_args(args_list)
         except ImaguardError as exc:
@@ -73,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imaguard: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `imaguard … | head`: the reader left; say nothing more (and not at interpreter exit either).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.FAILURE
     return code
 
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from imaguard.rootfs import Root
     from imaguard.sign.sources import SignatureSource
 
-__all__ = ["Context", "Outcome", "enroll_package"]
+__all__ = ["Context", "Outcome", "enroll_file", "enroll_package"]
 
 # Write failures that mean "this filesystem or inode cannot be labelled": skipped, reported.
 _SKIP_ON_WRITE = frozenset({"unsupported-fs", "read-only", "immutable", "xattr-space"})
@@ -94,7 +94,8 @@ def _existing_valid(raw: bytes | None, digests: dict[HashAlgo, bytes], ctx: Cont
     return True
 
 
-def _file(pkg: InstalledPackage, pf: PackageFile, ctx: Context) -> Outcome:
+def enroll_file(pkg: InstalledPackage, pf: PackageFile, ctx: Context) -> Outcome:
+    """Label one package file; every failure becomes an Outcome with a reason, nothing is raised."""
     ident = pkg.ident
     disk = pf.disk_path
     name = ctx.root.display(disk).decode("utf-8", "surrogateescape")
@@ -150,4 +151,4 @@ def _outcome(ident: str, pf: PackageFile, d: Decision, actual: bytes, st: os.sta
 
 def enroll_package(pkg: InstalledPackage, files: list[PackageFile], ctx: Context) -> list[Outcome]:
     """Label every file of one package; one Outcome per file, nothing raised for a single file."""
-    return [_file(pkg, pf, ctx) for pf in files]
+    return [enroll_file(pkg, pf, ctx) for pf in files]

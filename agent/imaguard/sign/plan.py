@@ -80,7 +80,9 @@ def prefilter(pf: PackageFile, disk_mode: int | None, opts: Options) -> Decision
     """
     if pf.ghost:
         return Decision(Action.SKIP, "ghost")
-    if pf.kind in (FileKind.DIRECTORY, FileKind.SYMLINK, FileKind.OTHER):
+    if pf.kind is FileKind.DIRECTORY or (disk_mode is not None and stat.S_ISDIR(disk_mode)):
+        return Decision(Action.SKIP, "directory")
+    if pf.kind in (FileKind.SYMLINK, FileKind.OTHER):
         return Decision(Action.SKIP, "not-regular-file")
     if disk_mode is None:
         return Decision(Action.REFUSE, "missing")

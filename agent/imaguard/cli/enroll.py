@@ -1,0 +1,246 @@
+"""``imaguard enroll``: label every package file that trusted metadata vouches for."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import stat
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from imaguard.cli.progress import Progress
+from imaguard.config import Limits
+from imaguard.errors import ExitCode, UsageError
+from imaguard.keys import LocalSigner, Verifier, load_certificate, load_private_key
+from imaguard.packages import DEFAULT_STATE_DIR, FileKind, open_source
+from imaguard.rootfs import Root
+from imaguard.sign.apply import Context, Outcome, enroll_file
+from imaguard.sign.journal import Journal
+from imaguard.sign.parallel import default_jobs, run_jobs
+from imaguard.sign.plan import Action, Options, Scope
+from imaguard.sign.sources import BundleSource, LocalSource, SignatureSource, VendorSource
+
+if TYPE_CHECKING:
+    from imaguard.packages.model import InstalledPackage, PackageFile, PackageSource
+
+__all__ = ["register"]
+
+_HELP = """\
+Give every file that a trusted package installed a security.ima signature, so that an IMA
+appraisal policy can refuse everything else. For each file: the content is hashed through the
+descriptor that gets labelled and must equal the package's trusted digest; a file that differs
+is refused (digest-mismatch, both digests shown), never signed. Existing valid signatures are
+kept (already-signed); hard links are labelled once.
+
+Signature sources:
+  vendor               the per-file IMA signatures shipped in verified RPM headers (--cert: the vendor's IMA cert)
+  bundle:PATH_OR_URL   signature bundles of the fleet's signing authority (--authority-cert, --cert)
+  local:KEY            sign with a key on this host (--cert: its certificate); labs and single machines
+
+Skip reasons: ghost, not-regular-file, out-of-scope, no-digest, config-modified, local-db-evidence
+(dpkg's unsigned MD5 lists are not trusted unless --unsafe-trust-dpkg-md5sums), unsupported-fs,
+read-only, immutable, xattr-space. Refusals (exit 1): digest-mismatch, missing, changed-during-sign,
+and a bundle or vendor signature that does not verify.
+
+Killing enroll is safe: every file keeps its old value or gets a valid new one, and a rerun
+resumes from its journal (in the state directory) and converges to the same result.
+"""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("enroll", help="label package files with IMA signatures", description=_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("packages", nargs="*", metavar="PACKAGE", help="only these installed packages (default: all)")
+    p.add_argument("--source", dest="sig_source", required=True, metavar="SOURCE",
+                   help="vendor, bundle:PATH_OR_URL or local:KEY")
+    p.add_argument("--cert", type=Path, action="append", default=[], metavar="CERT",
+                   help="IMA certificate the kernel trusts (repeat for several)")
+    p.add_argument("--authority-cert", type=Path, action="append", default=[], metavar="CERT",
+                   help="signing authority certificate for bundles")
+    p.add_argument("--password-file", type=Path, metavar="FILE", help="password of the local key")
+    p.add_argument("--scope", type=Scope, choices=list(Scope), default=Scope.EXECUTABLES,
+                   help="executables (exec bit, shared objects, kernel modules; default) or all")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
+    p.add_argument("--unsafe-trust-dpkg-md5sums", action="store_true",
+                   help="DANGEROUS: sign files whose only evidence is dpkg's unsigned MD5 list")
+    p.add_argument("--restart", action="store_true", help="ignore the journal of an interrupted run")
+    p.add_argument("--root", type=Path, default=Path("/"), metavar="DIR", help="label the tree mounted at DIR")
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+                   help=f"journal, caches and index (default {DEFAULT_STATE_DIR})")
+    p.add_argument("--package-db", choices=("deb", "rpm"), help="package database (default: detected)")
+    p.add_argument("--no-fetch", action="store_true", help="never download .debs to verify the chain")
+    p.add_argument("-j", "--jobs", type=int, default=default_jobs(), metavar="N", help="worker processes")
+    p.add_argument("--json", action="store_true", help="one JSON document: summary and every non-signed file")
+    p.add_argument("-v", "--verbose", action="store_true", help="show every file")
+    p.set_defaults(handler=_cmd_enroll)
+
+
+def _signature_source(args: argparse.Namespace) -> SignatureSource:
+    certs = [load_certificate(c) for c in args.cert]
+    if not certs:
+        raise UsageError("enroll needs --cert: the IMA certificate the kernel will verify signatures with")
+    verifier = Verifier.of(certs)
+    spec: str = args.sig_source
+    if spec == "vendor":
+        return VendorSource(verifier)
+    if spec.startswith("local:"):
+        key_path = Path(spec.removeprefix("local:"))
+        password = args.password_file.read_bytes().rstrip(b"\r\n") if args.password_file else None
+        key = load_private_key(key_path, password, certs[0])
+        return LocalSource(LocalSigner.from_key(key, certs[0]), verifier)
+    if spec.startswith("bundle:"):
+        if not args.authority_cert:
+            raise UsageError("bundle sources need --authority-cert: the certificate that signs bundles")
+        authority = tuple(load_certificate(c) for c in args.authority_cert)
+        return BundleSource(spec.removeprefix("bundle:"), authority, verifier)
+    raise UsageError(f"--source {spec!r}: use vendor, bundle:PATH_OR_URL or local:KEY")
+
+
+def _config_id(args: argparse.Namespace, source: SignatureSource) -> str:
+    ids = sorted(c.key_id.hex() for c in source.verifier.certificates)
+    doc = [source.name, args.sig_source, ids, str(args.scope), args.unsafe_trust_dpkg_md5sums,
+           str(args.root.resolve())]
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
+
+
+def _cmd_enroll(args: argparse.Namespace) -> int:
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    source = _signature_source(args)
+    if args.unsafe_trust_dpkg_md5sums:
+        print("imaguard: warning [W-UNSAFE-MD5SUMS]: signing files whose only evidence is dpkg's unsigned MD5 "
+              "list (--unsafe-trust-dpkg-md5sums); reports will say so", file=sys.stderr)
+    try:
+        root = Root.at(args.root)
+    except OSError as exc:
+        raise UsageError(f"{args.root}: cannot use as root: {exc.strerror}") from exc
+    psrc = open_source(args.root, args.state_dir, args.package_db, fetch=not args.no_fetch)
+    pkgs = [psrc.package(n) for n in args.packages] if args.packages else list(psrc.packages())
+    journal = None if args.dry_run else Journal.load(
+        args.state_dir / "enroll.journal", "" if args.restart else _config_id(args, source))
+    if journal is not None and args.restart:
+        journal = Journal(journal.path, _config_id(args, source), set())
+    todo = [p for p in pkgs if journal is None or p.ident not in journal.done]
+    ctx = Context(root, source, Options(args.scope, args.unsafe_trust_dpkg_md5sums), Limits(), args.dry_run)
+
+    items = _read_metadata(psrc, todo, journal, args.json)
+    dispatch, linked, later = _split_hard_links(items, root)
+
+    def job(item: tuple[InstalledPackage, PackageFile]) -> Outcome:
+        return enroll_file(item[0], item[1], ctx)
+
+    outcomes: list[Outcome] = []
+    remaining = Counter(pkg.ident for pkg, _pf in items)
+    start = time.monotonic()
+    with Progress(total=len(items), unit="file", desc="enrolling", enabled=not args.json) as bar:
+        results = run_jobs(job, [items[i] for i in dispatch], args.jobs)
+        for index, o in zip(dispatch, results, strict=True):
+            if index in linked and o.action in (Action.WRITE, Action.KEEP):
+                ctx.inodes.add(linked[index])
+            _record(o, outcomes, remaining, journal=journal, bar=bar, args=args)
+        # Later names of an inode run last, in this process, once their first name is labelled.
+        for index in later:
+            _record(job(items[index]), outcomes, remaining, journal=journal, bar=bar, args=args)
+    if journal is not None:
+        journal.finish()
+    nbytes = sum(o.size for o in outcomes)
+    return _summary(args, outcomes, len(pkgs) - len(todo), time.monotonic() - start, nbytes)
+
+
+def _read_metadata(
+    psrc: PackageSource, todo: list[InstalledPackage], journal: Journal | None, quiet: bool
+) -> list[tuple[InstalledPackage, PackageFile]]:
+    """Every file of every package, read first: the deb chain may fetch and read .debs."""
+    items: list[tuple[InstalledPackage, PackageFile]] = []
+    with Progress(total=len(todo), unit="pkg", desc="reading package metadata", enabled=not quiet) as bar:
+        for pkg in todo:
+            files = list(psrc.files(pkg))
+            items.extend((pkg, pf) for pf in files)
+            if not files and journal is not None:
+                journal.mark(pkg.ident)
+            bar.update(1)
+    return items
+
+
+def _split_hard_links(
+    items: list[tuple[InstalledPackage, PackageFile]], root: Root
+) -> tuple[list[int], dict[int, tuple[int, int]], list[int]]:
+    """(indices to run in parallel, {first name's index: its (dev, ino)}, indices of later names).
+
+    Workers cannot see each other's inodes, so only the first name of an inode is dispatched;
+    the others run afterwards and find it labelled (``same-inode``).
+    """
+    first: dict[tuple[int, int], int] = {}
+    later: list[int] = []
+    for i, (_pkg, pf) in enumerate(items):
+        if pf.ghost or pf.kind not in (FileKind.REGULAR, FileKind.UNKNOWN):
+            continue
+        try:
+            st = root.lstat(pf.disk_path)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in first:
+            later.append(i)
+        else:
+            first[key] = i
+    skip = set(later)
+    return [i for i in range(len(items)) if i not in skip], {i: key for key, i in first.items()}, later
+
+
+def _record(
+    o: Outcome, outcomes: list[Outcome], remaining: Counter[str], *, journal: Journal | None, bar: Progress,
+    args: argparse.Namespace,
+) -> None:
+    outcomes.append(o)
+    bar.update(1)
+    remaining[o.package] -= 1
+    if journal is not None and remaining[o.package] == 0:
+        journal.mark(o.package)
+    if args.json:
+        return
+    if args.verbose or o.action is Action.REFUSE or (args.dry_run and o.action is Action.WRITE):
+        bar.write(_line(o, args.dry_run), err=o.action is Action.REFUSE)
+
+
+def _line(o: Outcome, dry_run: bool) -> str:
+    verb = "would-sign" if dry_run and o.action is Action.WRITE else str(o.action)
+    line = f"{verb:14} {o.package} {o.path.decode('utf-8', 'surrogateescape')}"
+    if o.reason:
+        line += f" [{o.reason}]"
+    if o.expected is not None and o.actual is not None:
+        line += f" expected {o.algo}:{o.expected.hex()} actual {o.actual.hex()}"
+    elif o.detail and o.action is Action.REFUSE:
+        line += f" {o.detail}"
+    return line
+
+
+def _summary(args: argparse.Namespace, outcomes: list[Outcome], resumed: int, seconds: float, nbytes: int) -> int:
+    table = Counter((str(o.action), o.reason) for o in outcomes)
+    code = ExitCode.FAILURE if any(o.action is Action.REFUSE for o in outcomes) else ExitCode.OK
+    if args.json:
+        doc = {
+            "dry_run": args.dry_run,
+            "source": args.sig_source.split(":", 1)[0],
+            "unsafe_trust_dpkg_md5sums": args.unsafe_trust_dpkg_md5sums,
+            "packages_resumed_from_journal": resumed,
+            "summary": [{"outcome": a, "reason": r, "files": n} for (a, r), n in sorted(table.items())],
+            "exit_code": int(code),
+            "files": [o.to_json() for o in outcomes if o.action is not Action.WRITE or args.verbose],
+        }
+        json.dump(doc, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return code
+    title = "enroll (dry run: nothing written)" if args.dry_run else "enroll"
+    rate = len(outcomes) / seconds if seconds > 0 else 0.0
+    print(f"{title}: {len(outcomes)} files, {nbytes >> 20} MiB in {seconds:.1f} s ({rate:.0f} files/s)"
+          + (f"; {resumed} packages already done by an interrupted run" if resumed else ""))
+    for (action, reason), n in sorted(table.items()):
+        print(f"  {n:8}  {action:15} {reason}")
+    return code
