@@ -15,9 +15,13 @@ round trip is shown with a space and a non-UTF-8 byte (``_invalid_encoding_termi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import json
 import os
 import sqlite3
+import stat
 import struct
 import subprocess
 import tarfile
@@ -26,6 +30,7 @@ from pathlib import Path
 import pytest
 from rootlib import run
 
+from imaguard.cli.main import main
 from imaguard.digests import HashAlgo
 from imaguard.ima.xattr import ImaSignature, parse_xattr
 from imaguard.keys import Verifier, load_certificate
@@ -34,7 +39,7 @@ from imaguard.packages.rpm import RpmSource
 
 pytestmark = pytest.mark.root
 
-rpm = pytest.importorskip("rpm", reason="python3-rpm is required for the rpm tests")
+import rpm  # noqa: E402 - python3-rpm, installed by scripts/setup.sh; missing is a failure, not a skip
 
 DBPATH = "/var/lib/rpm"
 # name -> (rpmbuild digest algorithm (OpenPGP id), signing key or None, vendor IMA signatures)
@@ -435,3 +440,46 @@ def test_malformed_vendor_signature_is_not_trusted(source):
         Evidence.REPO_VERIFIED, "vendor-signature-malformed", None
     )
     assert files[b"/etc/ig-badsig.conf"].evidence is Evidence.VENDOR_SIGNED
+
+
+# --- enrollment with the vendor's signatures ----------------------------------------------------
+
+
+def _enroll_vendor(lab, cert: Path, *names: str) -> tuple[int, dict]:
+    argv = ["enroll", "--source", "vendor", "--cert", str(cert), "--root", str(lab["root"]), "--package-db", "rpm",
+            "--state-dir", str(lab["top"] / "enroll-state"), "--scope", "all", "--json", *names]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    return code, json.loads(out.getvalue())
+
+
+def test_enroll_vendor_writes_the_shipped_signatures_exactly(lab):
+    code, doc = _enroll_vendor(lab, lab["ima_key"].cert_pem, "ig-signed")
+    assert code == 0, doc
+    outcomes = {(f["path"], f["outcome"], f.get("reason", "")) for f in doc["files"]}
+    assert ("/var/log/ig-signed.log", "skipped", "ghost") in outcomes
+    built = lab["built"]["ig-signed"]
+    written = 0
+    for path, sig in zip(built["files"], built["sigs"], strict=True):
+        full = os.fsencode(lab["root"]) + path
+        if not sig or not os.path.lexists(full) or not stat.S_ISREG(os.lstat(full).st_mode):
+            continue
+        assert os.getxattr(full, "security.ima") == sig  # exactly as shipped
+        written += 1
+    assert written == len(CONTENT)
+    assert {s["outcome"]: s["files"] for s in doc["summary"] if s["reason"] == ""} == {"signed": written}
+
+
+def test_enroll_vendor_refuses_signatures_of_another_key(lab, keypair):
+    code, doc = _enroll_vendor(lab, keypair("rsa2048", "not-the-vendor").cert_pem, "ig-signed")
+    assert code == 1
+    reasons = {f["reason"] for f in doc["files"] if f["outcome"] == "refused"}
+    assert reasons == {"vendor-signature-invalid"}
+
+
+def test_enroll_vendor_skips_a_malformed_vendor_signature(lab):
+    code, doc = _enroll_vendor(lab, lab["ima_key"].cert_pem, "ig-badsig")
+    assert code == 0
+    by_path = {f["path"]: f for f in doc["files"]}
+    assert by_path["/usr/bin/ig-badsig"]["reason"] == "no-vendor-signature"

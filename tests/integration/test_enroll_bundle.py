@@ -1,0 +1,118 @@
+"""Enrollment from signature bundles: produced by imaguard-keyring, served from a directory or HTTP."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.server
+import json
+import os
+import threading
+
+import pytest
+from debworld import make_keys, make_world
+
+from imaguard.cli.main import main
+from imaguard_keyring.cli import main as keyring_main
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def world(tmp_path):
+    with make_keys(tmp_path / "gnupg") as keys:
+        yield make_world(tmp_path / "w", keys, repo_debs=["igt-1.0"], installed=["igt-1.0"], cached=["igt-1.0"])
+
+
+@pytest.fixture
+def bundles(world, keypair, tmp_path):
+    ima, authority = keypair("rsa2048", "bundle-ima"), keypair("p256", "authority")
+    out = tmp_path / "bundles"
+    out.mkdir()
+    code = keyring_main(["bundle", "igt", "--ima-key", str(ima.key), "--ima-cert", str(ima.cert_pem),
+                         "--authority-key", str(authority.key), "--authority-cert", str(authority.cert_pem),
+                         "--root", str(world.root), "--state-dir", str(world.state), "--out", str(out)])
+    assert code == 0
+    return out, ima, authority
+
+
+def _enroll(capsys, world, location, ima, authority):
+    code = main(["enroll", "--source", f"bundle:{location}", "--cert", str(ima.cert_pem), "--authority-cert",
+                 str(authority.cert_pem), "--root", str(world.root), "--state-dir", str(world.state), "--no-fetch",
+                 "--json"])
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    return code, json.loads(out.out)
+
+
+def _reasons(doc):
+    return {(f["path"], f["outcome"], f.get("reason", "")) for f in doc["files"] if f["outcome"] != "skipped"
+            or f.get("reason") not in ("directory", "out-of-scope", "not-regular-file")}
+
+
+def test_bundle_from_a_directory_labels_and_verifies(world, bundles, capsys):
+    out, ima, authority = bundles
+    assert sorted(p.name for p in out.iterdir()) == ["igt_1.0_all.bundle"]
+    code, doc = _enroll(capsys, world, out, ima, authority)
+    assert code == 0, doc
+    assert {(s["outcome"], s["reason"]): s["files"] for s in doc["summary"]}[("signed", "")] == 1
+    assert main(["verify", "--cert", str(ima.cert_pem), str(world.root / "usr/bin/igt")]) == 0
+
+
+def test_bundle_over_http(world, bundles, capsys):
+    out, ima, authority = bundles
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            code, doc = _enroll(capsys, world, f"http://127.0.0.1:{server.server_port}/", ima, authority)
+        finally:
+            server.shutdown()
+    assert code == 0, doc
+    assert main(["verify", "--cert", str(ima.cert_pem), str(world.root / "usr/bin/igt")]) == 0
+
+
+def test_tampered_or_foreign_bundles_are_refused(world, bundles, keypair, capsys):
+    out, ima, authority = bundles
+    path = out / "igt_1.0_all.bundle"
+    env = json.loads(path.read_bytes())
+    payload = json.loads(base64.b64decode(env["payload"]))
+    payload["package"]["version"] = "1.0"  # same meaning, re-serialised: the signature covers bytes
+    env["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
+    path.write_text(json.dumps(env))
+    code, doc = _enroll(capsys, world, out, ima, authority)
+    assert code == 1
+    assert ("/usr/bin/igt", "refused", "bundle-untrusted") in _reasons(doc)
+    with pytest.raises(OSError, match="No data available"):
+        os.getxattr(world.root / "usr/bin/igt", "security.ima")
+    # A genuine bundle, but the host trusts another authority.
+    path.unlink()
+    code = keyring_main(["bundle", "igt", "--ima-key", str(ima.key), "--ima-cert", str(ima.cert_pem),
+                         "--authority-key", str(keypair("p256", "rogue").key),
+                         "--authority-cert", str(keypair("p256", "rogue").cert_pem),
+                         "--root", str(world.root), "--state-dir", str(world.state), "--out", str(out)])
+    assert code == 0
+    capsys.readouterr()
+    code, doc = _enroll(capsys, world, out, ima, authority)
+    assert code == 1
+    assert ("/usr/bin/igt", "refused", "bundle-untrusted") in _reasons(doc)
+
+
+def test_missing_bundle_is_skipped_not_refused(world, bundles, capsys, tmp_path):
+    _out, ima, authority = bundles
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, doc = _enroll(capsys, world, empty, ima, authority)
+    assert code == 0
+    assert ("/usr/bin/igt", "skipped", "no-bundle") in _reasons(doc)
+
+
+def test_bundle_source_needs_the_authority_certificate(world, bundles, capsys):
+    out, ima, _authority = bundles
+    code = main(["enroll", "--source", f"bundle:{out}", "--cert", str(ima.cert_pem), "--root", str(world.root),
+                 "--state-dir", str(world.state)])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "imaguard: error: bundle sources need --authority-cert: the certificate that signs bundles\n")
