@@ -18,9 +18,10 @@ from imaguard.packages import DEFAULT_STATE_DIR, open_source
 from imaguard.packages.index import DigestIndex
 from imaguard.packages.verify import FAILED_STATUSES, FileCheck, check_file
 from imaguard.rootfs import Root
+from imaguard.sign.parallel import default_jobs, run_jobs
 
 if TYPE_CHECKING:
-    from imaguard.packages.model import InstalledPackage, PackageSource
+    from imaguard.packages.model import InstalledPackage, PackageFile, PackageSource
 
 __all__ = ["register"]
 
@@ -72,6 +73,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = psub.add_parser("verify", help="compare files on disk with trusted digests", description=_VERIFY_HELP,
                         formatter_class=fmt)
     p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("-j", "--jobs", type=int, default=default_jobs(), metavar="N",
+                   help="worker processes (default: all cores)")
     _add_common(p)
     p.set_defaults(handler=_cmd_verify)
 
@@ -162,17 +165,25 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     source, root = _open(args)
     pkgs = [source.package(n) for n in args.names] if args.names else list(source.packages())
     limits = Limits()
-    checks: list[FileCheck] = []
-    with Progress(total=len(pkgs), unit="pkg", desc="verifying", enabled=not args.json) as bar:
+    # Metadata first (the deb chain may read .debs), then hashing spread over all cores.
+    items: list[tuple[InstalledPackage, PackageFile]] = []
+    with Progress(total=len(pkgs), unit="pkg", desc="reading package metadata", enabled=not args.json) as bar:
         for pkg in pkgs:
-            for pf in source.files(pkg):
-                check = check_file(pkg, pf, root, limits)
-                if check is None:
-                    continue
-                checks.append(check)
-                if not args.json and (check.status != "ok" or args.verbose):
-                    bar.write(_check_line(check))
+            items.extend((pkg, pf) for pf in source.files(pkg))
             bar.update(1)
+
+    def job(item: tuple[InstalledPackage, PackageFile]) -> FileCheck | None:
+        return check_file(item[0], item[1], root, limits)
+
+    checks: list[FileCheck] = []
+    with Progress(total=len(items), unit="file", desc="verifying", enabled=not args.json) as bar:
+        for check in run_jobs(job, items, args.jobs):
+            bar.update(1)
+            if check is None:
+                continue
+            checks.append(check)
+            if not args.json and (check.status != "ok" or args.verbose):
+                bar.write(_check_line(check))
     counts = Counter(c.status for c in checks)
     evidence = Counter(str(c.file.evidence) for c in checks)
     if any(c.status in FAILED_STATUSES for c in checks):
