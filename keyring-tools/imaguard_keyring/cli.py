@@ -1,4 +1,4 @@
-"""``imaguard-keyring``: the authority side (bundles now; CA, certificates, MOK, rotation later)."""
+"""``imaguard-keyring``: the signing authority's side (key ceremony, revocation, signature bundles)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from imaguard.cli.main import Parser, run_guarded
 from imaguard.errors import ExitCode
 from imaguard.keys import LocalSigner, load_certificate, load_private_key
 from imaguard.packages import DEFAULT_STATE_DIR, open_source
+from imaguard_keyring import commands
 from imaguard_keyring.bundles import write_bundle
 
 if TYPE_CHECKING:
@@ -20,14 +21,31 @@ __all__ = ["main"]
 
 
 _DESCRIPTION = """\
-The signing authority's side of imaguard. Today: signature bundles for package versions,
-built from verified package metadata. Key ceremony (CA, IMA certificates, MOK, rotation)
-follows in the keys issue."""
+The signing authority's side of imaguard: the key ceremony and signature bundles.
+
+Key ceremony, in order:
+  imaguard-keyring ca create --out CA            an offline IMA CA (keep CA/ off the network)
+  imaguard-keyring cert issue --ca CA --out K --name ima-2026
+                                                 an IMA signing key and certificate (K/ima-2026.der
+                                                 goes to /etc/keys/ima/ on hosts)
+  imaguard-keyring mok prepare --ca CA --out M   only for kernels whose ".ima" keyring is restricted
+  imaguard-keyring rotate --ca CA --old K/ima-2026.pem --out K
+                                                 a successor key and the ordered rotation procedure
+  imaguard-keyring revoke --ca CA --list revocations.json --key-id 1a2b3c4d
+                                                 the CA-signed list of key ids hosts refuse
+Bundles: imaguard-keyring bundle ... signs verified package digests for a whole fleet.
+
+Run `imaguard-keyring COMMAND --help` for each command. Exit codes: 0 ok, 1 failure,
+2 usage error (including refusing to overwrite a file), 3 verification failed."""
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="imaguard-keyring", description=_DESCRIPTION)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
+    parser = Parser(prog="imaguard-keyring", description=_DESCRIPTION,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=Parser
+    )
+    commands.register(sub)
     p = sub.add_parser(
         "bundle",
         help="write signature bundles for installed packages of a tree",
