@@ -12,10 +12,12 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from imaguard.cli.files import add_revocation_options
 from imaguard.cli.progress import Progress
 from imaguard.config import Limits
-from imaguard.errors import ExitCode, UsageError
+from imaguard.errors import ExitCode, TrustError, UsageError
 from imaguard.keys import LocalSigner, Verifier, load_certificate, load_private_key
+from imaguard.keys.revocation_store import load_revoked
 from imaguard.packages import DEFAULT_STATE_DIR, FileKind, open_source
 from imaguard.rootfs import Root
 from imaguard.sign.apply import Context, Outcome, enroll_file
@@ -62,6 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--authority-cert", type=Path, action="append", default=[], metavar="CERT",
                    help="signing authority certificate for bundles")
     p.add_argument("--password-file", type=Path, metavar="FILE", help="password of the local key")
+    add_revocation_options(p)
     p.add_argument("--scope", type=Scope, choices=list(Scope), default=Scope.EXECUTABLES,
                    help="executables (exec bit, shared objects, kernel modules; default) or all")
     p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
@@ -83,7 +86,9 @@ def _signature_source(args: argparse.Namespace) -> SignatureSource:
     certs = [load_certificate(c) for c in args.cert]
     if not certs:
         raise UsageError("enroll needs --cert: the IMA certificate the kernel will verify signatures with")
-    verifier = Verifier.of(certs)
+    revoked = load_revoked(args.revocation_list, args.revocation_ca)
+    # Signatures by a revoked key are never kept (re-signed instead) nor handed out by any source.
+    verifier = Verifier.of(certs, revoked)
     spec: str = args.sig_source
     if spec == "vendor":
         return VendorSource(verifier)
@@ -91,6 +96,8 @@ def _signature_source(args: argparse.Namespace) -> SignatureSource:
         key_path = Path(spec.removeprefix("local:"))
         password = args.password_file.read_bytes().rstrip(b"\r\n") if args.password_file else None
         key = load_private_key(key_path, password, certs[0])
+        if certs[0].key_id in revoked:
+            raise TrustError(f"{args.cert[0]}: key id {certs[0].key_id.hex()} is revoked", reason="revoked-key")
         return LocalSource(LocalSigner.from_key(key, certs[0]), verifier)
     if spec.startswith("bundle:"):
         if not args.authority_cert:
@@ -103,7 +110,7 @@ def _signature_source(args: argparse.Namespace) -> SignatureSource:
 def _config_id(args: argparse.Namespace, source: SignatureSource) -> str:
     ids = sorted(c.key_id.hex() for c in source.verifier.certificates)
     doc = [source.name, args.sig_source, ids, str(args.scope), args.unsafe_trust_dpkg_md5sums,
-           str(args.root.resolve())]
+           str(args.root.resolve()), sorted(k.hex() for k in source.verifier.revoked)]
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
 
 

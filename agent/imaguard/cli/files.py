@@ -18,13 +18,14 @@ from imaguard.digests import HashAlgo
 from imaguard.errors import ExitCode, HostStateError, UsageError
 from imaguard.ima import xattr_store
 from imaguard.keys import LocalSigner, Verifier, load_certificate, load_private_key
+from imaguard.keys.revocation_store import load_revoked
 from imaguard.sign.files import VERIFY_FAILURES, FileResult, iter_targets, sign_path, verify_path
 from imaguard.sign.parallel import default_jobs, run_jobs
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["register"]
+__all__ = ["add_revocation_options", "register"]
 
 _SIGN_HELP = """\
 Hash each file through one open descriptor, sign the digest and write the signature into
@@ -92,6 +93,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        formatter_class=fmt)
     p.add_argument("--cert", required=True, type=Path, action="append", metavar="CERT",
                    help="trusted certificate (PEM or DER); repeat for several")
+    add_revocation_options(p)
     _add_common(p)
     p.set_defaults(handler=_cmd_verify)
 
@@ -100,6 +102,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="sha256 (default), sha384 or sha512")
     _add_common(p)
     p.set_defaults(handler=_cmd_hash)
+
+
+def add_revocation_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--revocation-list", type=Path, metavar="FILE",
+                   help="CA-signed revocation list (imaguard-keyring revoke): its key ids are refused (revoked-key)")
+    p.add_argument("--revocation-ca", type=Path, metavar="CERT", help="the CA certificate that signs the list")
 
 
 def _password(args: argparse.Namespace, key_path: Path) -> bytes | None:
@@ -191,7 +199,8 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    verifier = Verifier.of(load_certificate(p) for p in args.cert)
+    revoked = load_revoked(args.revocation_list, args.revocation_ca)
+    verifier = Verifier.of((load_certificate(p) for p in args.cert), revoked)
     job = functools.partial(verify_path, verifier=verifier, limits=Limits())
     return _finish(args, "verify", _run(args, job, "verifying"))
 

@@ -78,16 +78,21 @@ class Verifier:
     """Verifies digests against a set of trusted certificates, found by key id like the kernel does."""
 
     certificates: tuple[Certificate, ...]
+    # Key ids on a verified revocation list: refused even when a certificate for them was given.
+    revoked: frozenset[bytes] = frozenset()
 
     @classmethod
-    def of(cls, certs: Iterable[Certificate]) -> Verifier:
-        return cls(tuple(certs))
+    def of(cls, certs: Iterable[Certificate], revoked: frozenset[bytes] = frozenset()) -> Verifier:
+        return cls(tuple(certs), revoked)
 
     def find(self, key_id: bytes) -> tuple[Certificate, ...]:
         return tuple(c for c in self.certificates if c.key_id == key_id)
 
     def verify_digest(self, key_id: bytes, algo: HashAlgo, digest: bytes, signature: bytes) -> Certificate:
-        """Return the certificate that verifies; TrustError ``unknown-key`` or ``bad-signature`` else."""
+        """Return the certificate that verifies; TrustError ``revoked-key``, ``unknown-key`` or
+        ``bad-signature`` else."""
+        if key_id in self.revoked:
+            raise TrustError(f"key id {key_id.hex()} is revoked", reason="revoked-key")
         candidates = self.find(key_id)
         if not candidates:
             raise TrustError(f"no trusted certificate has key id {key_id.hex()}", reason="unknown-key")

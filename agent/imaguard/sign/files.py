@@ -32,7 +32,7 @@ __all__ = [
 
 # Reasons that mean "checked, and it is not trusted" (exit 3), as opposed to "could not check".
 VERIFY_FAILURES = frozenset(
-    {"no-signature", "digest-only", "unsupported-form", "malformed", "unknown-key", "bad-signature"}
+    {"no-signature", "digest-only", "unsupported-form", "malformed", "unknown-key", "bad-signature", "revoked-key"}
 )
 
 
