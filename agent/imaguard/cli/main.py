@@ -33,7 +33,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from imaguard.cli import enroll, files, packages  # noqa: PLC0415 - keep `import imaguard.cli.main` light
+    from imaguard.cli import enroll, files, packages, policy  # noqa: PLC0415 - keep `import imaguard.cli.main` light
 
     parser = Parser(
         prog="imaguard",
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     files.register(sub)
     packages.register(sub)
     enroll.register(sub)
+    policy.register(sub)
     return parser
 
 

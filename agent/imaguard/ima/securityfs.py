@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from imaguard.errors import FormatError, HostStateError, UnsupportedError
+from imaguard.ima import policy
 
 __all__ = [
     "ASCII_MEASUREMENTS",
@@ -43,9 +44,7 @@ ASCII_MEASUREMENTS = "ascii_runtime_measurements"
 DEFAULT_MEASUREMENTS_LIMIT = 256 << 20
 
 # Actions ima_parse_rule accepts (ima_policy.c policy_tokens, 6.1).
-POLICY_ACTIONS = frozenset({"measure", "dont_measure", "appraise", "dont_appraise", "audit", "hash", "dont_hash"})
-# ima_write_policy truncates a write at PAGE_SIZE - 1; a rule must fit in one write.
-_MAX_RULE_BYTES = 4095
+POLICY_ACTIONS = frozenset(action.value for action in policy.Action)
 
 _MS_NOSUID = 2
 _MS_NODEV = 4
@@ -53,35 +52,19 @@ _MS_NOEXEC = 8
 
 
 def validate_rule(rule: str) -> str:
-    """Check one policy rule's shape (not its semantics) and return it stripped."""
+    """Check one policy rule against the kernel's grammar (:mod:`imaguard.ima.policy`); return it stripped.
+
+    The last check before a rule reaches the kernel: a refused rule would discard the whole policy.
+    """
     text = rule.strip()
-    if not text:
-        raise FormatError("empty IMA policy rule")
-    if "\n" in text or "\r" in text or "\0" in text:
-        raise FormatError(f"IMA policy rule spans lines: {text!r}")
-    if not text.isascii() or not text.isprintable():
-        raise FormatError(f"IMA policy rule has non-printable or non-ASCII characters: {text!r}")
-    if len(text) + 1 > _MAX_RULE_BYTES:
-        raise FormatError(f"IMA policy rule longer than {_MAX_RULE_BYTES - 1} bytes: {text[:60]!r}…")
-    # A leading '/' would make the kernel load a policy *file* by that path instead.
-    action = text.split(None, 1)[0]
-    if action not in POLICY_ACTIONS:
-        raise FormatError(f"IMA policy rule starts with unknown action {action!r}: {text!r}")
+    policy.parse_rule(text)
     return text
 
 
 def policy_rules(text: str) -> tuple[str, ...]:
-    """The rules of a policy text: one per line, blank lines and ``#`` comments dropped."""
-    rules: list[str] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        try:
-            rules.append(validate_rule(stripped))
-        except FormatError as exc:
-            raise FormatError(f"policy line {lineno}: {exc}") from exc
-    return tuple(rules)
+    """The rules of a policy text, each checked against the kernel's grammar; comments and blank lines dropped."""
+    lines = text.split("\n")
+    return tuple(lines[rule.line - 1].strip() for rule in policy.parse_policy(text).rules)
 
 
 def is_mounted(mountinfo: str, mountpoint: str = SECURITYFS) -> bool:

@@ -1,0 +1,274 @@
+"""Collect the facts the enforce gate decides on (I/O adapter of :mod:`imaguard.ima.gate`).
+
+Walks every mounted filesystem under a root that the policy's appraise rules can reach (``statfs``
+for the magic, ``/proc/self/mountinfo`` for the type name and ``noexec``, ``/dev/disk/by-uuid`` for
+the UUID), reads ``security.ima`` of each file a rule may cover through one descriptor, and checks
+signatures and hashes against the file's content. Reads only: nothing is written, no key is loaded.
+
+The key ids the kernel would verify against come from the ``_ima``/``.ima`` keyrings
+(:func:`kernel_key_ids`); where the kernel has none (a host without IMA), the caller passes
+certificate files instead and says so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import re
+import stat
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from imaguard.errors import FormatError, HostStateError, TrustError, UsageError
+from imaguard.ima import keyring, xattr_store
+from imaguard.ima.gate import FileFacts, FileKind, FsFacts, classify, covering_rules, covers_plain_files, fs_excluded
+from imaguard.ima.xattr import ImaDigest, ImaSignature, parse_xattr
+from imaguard.sign.parallel import run_jobs
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from imaguard.config import Limits
+    from imaguard.ima.policy import Policy
+    from imaguard.keys.signer import Verifier
+
+__all__ = [
+    "IMA_KEYRINGS",
+    "Mount",
+    "collect",
+    "kernel_key_ids",
+    "key_id_from_description",
+    "parse_mountinfo",
+]
+
+IMA_KEYRINGS = (keyring.IMA_KEYRING, keyring.TRUSTED_IMA_KEYRING)
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """One line of ``/proc/self/mountinfo`` (``fs/proc_namespace.c`` ``show_mountinfo``)."""
+
+    mountpoint: str
+    fstype: str
+    noexec: bool
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mountinfo(text: str) -> tuple[Mount, ...]:
+    """Parse ``/proc/self/mountinfo``; FormatError naming the line that does not fit."""
+    mounts: list[Mount] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        head, sep, tail = line.partition(" - ")
+        fields, rest = head.split(), tail.split()
+        if not sep or len(fields) < 6 or not rest:
+            raise FormatError(f"/proc/self/mountinfo line {lineno}: unexpected format: {line!r}")
+        mounts.append(Mount(_unescape(fields[4]), rest[0], "noexec" in fields[5].split(",")))
+    return tuple(mounts)
+
+
+def key_id_from_description(description: str) -> bytes | None:
+    """The IMA key id (last 4 bytes of the SKID) of an x509 key named ``"CN: <skid hex>"``."""
+    _, sep, tail = description.rpartition(": ")
+    try:
+        raw = bytes.fromhex(tail) if sep else b""
+    except ValueError:
+        return None
+    return raw[-4:] if len(raw) >= 4 else None
+
+
+# --- I/O below -----------------------------------------------------------------------------------
+
+
+def kernel_key_ids() -> frozenset[bytes] | None:
+    """Key ids of the keys linked into ``_ima``/``.ima``; None when the kernel has neither keyring."""
+    keys = keyring.read_proc_keys()
+    rings = [k for k in keys if k.type == "keyring" and k.description in IMA_KEYRINGS]
+    if not rings:
+        return None
+    by_serial = {k.serial: k for k in keys}
+    ids: set[bytes] = set()
+    for ring in rings:
+        for serial in keyring.keyring_links(ring.serial):
+            key = by_serial.get(serial)
+            description = key.description if key is not None else keyring.describe_key(serial).description
+            key_id = key_id_from_description(description)
+            if key_id is not None:
+                ids.add(key_id)
+    return frozenset(ids)
+
+
+def _read_mounts() -> tuple[Mount, ...]:
+    path = "/proc/self/mountinfo"
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:  # noqa: PTH123 - plain read
+            return parse_mountinfo(f.read(1 << 22))
+    except OSError as exc:
+        raise HostStateError(f"cannot read {path}: {exc.strerror}", errno=exc.errno, path=path) from exc
+
+
+class _Statfs(ctypes.Structure):
+    # struct statfs (x86_64, aarch64): f_type is the first word; the rest is not read here.
+    _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 112)]
+
+
+def _fs_magic(path: str) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = _Statfs()
+    if libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
+        err = ctypes.get_errno()
+        raise HostStateError(f"statfs {path}: {os.strerror(err)}", errno=err, path=path)
+    return int(buf.f_type) & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def _uuids() -> dict[int, str]:
+    """st_rdev of each block device → its filesystem UUID (udev's /dev/disk/by-uuid)."""
+    found: dict[int, str] = {}
+    directory = Path("/dev/disk/by-uuid")
+    try:
+        links = list(directory.iterdir())
+    except OSError:
+        return found
+    for link in links:
+        try:
+            found[link.stat().st_rdev] = link.name.lower()
+        except OSError:
+            continue
+    return found
+
+
+def _under(path: str, top: str) -> bool:
+    return top in ("/", path) or path.startswith(top.rstrip("/") + "/")
+
+
+def _is_automount(path: str, mounts: tuple[Mount, ...]) -> bool:
+    # statfs on an autofs trigger would mount it; what it mounts shows up as a mount of its own.
+    return any(m.mountpoint == path and m.fstype == "autofs" for m in mounts)
+
+
+def _fs_of(directory: str, st: os.stat_result, mounts: tuple[Mount, ...], uuids: dict[int, str]) -> FsFacts:
+    mount = max((m for m in mounts if _under(directory, m.mountpoint)), key=lambda m: len(m.mountpoint), default=None)
+    return FsFacts(
+        magic=_fs_magic(directory),
+        name=mount.fstype if mount is not None else "",
+        uuid=uuids.get(st.st_dev),
+        noexec=mount.noexec if mount is not None else False,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    path: str
+    kinds: frozenset[FileKind]
+    fs: FsFacts
+    uid: int
+    gid: int
+
+
+def collect(
+    policy: Policy,
+    root: str,
+    verifier: Verifier,
+    loaded_key_ids: frozenset[bytes],
+    limits: Limits,
+    *,
+    jobs: int = 1,
+) -> Iterator[FileFacts]:
+    """Facts of every file under ``root`` that an appraise rule of ``policy`` may cover."""
+    top = os.path.realpath(root)
+    if not os.path.isdir(top):  # noqa: PTH112
+        raise UsageError(f"{root}: not a directory")
+    mounts = _read_mounts()
+    starts = [top, *sorted({m.mountpoint for m in mounts if _under(m.mountpoint, top) and m.mountpoint != top})]
+    uuids = _uuids()
+    plain = covers_plain_files(policy)
+    candidates: list[_Candidate] = []
+    seen: set[tuple[int, int]] = set()
+    for start in starts:
+        try:
+            st = os.lstat(start)
+        except OSError:
+            continue  # a mountpoint hidden by another mount, or gone
+        if not stat.S_ISDIR(st.st_mode) or _is_automount(start, mounts):
+            continue
+        fs = _fs_of(start, st, mounts, uuids)
+        if fs_excluded(policy, fs):
+            continue
+        candidates.extend(_walk(policy, start, (st.st_dev, fs), plain=plain, seen=seen))
+    job = functools.partial(_facts, verifier=verifier, loaded_key_ids=loaded_key_ids, limits=limits)
+    yield from run_jobs(job, candidates, jobs)
+
+
+def _walk(
+    policy: Policy, top: str, on: tuple[int, FsFacts], *, plain: bool, seen: set[tuple[int, int]]
+) -> Iterator[_Candidate]:
+    dev, fs = on
+    stack = [top]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue  # unreadable directory: nothing the walk can vouch for, nothing to list
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if st.st_dev != dev:
+                continue  # another filesystem: walked from its own mountpoint
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(entry.path)
+                continue
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in seen:
+                continue
+            kinds = classify(entry.path, st.st_mode)
+            if kinds == {FileKind.OTHER} and not plain:
+                continue
+            probe = FileFacts(entry.path, kinds, fs, st.st_uid, st.st_gid)
+            if not covering_rules(policy, probe):
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            yield _Candidate(entry.path, kinds, fs, st.st_uid, st.st_gid)
+
+
+def _facts(cand: _Candidate, verifier: Verifier, loaded_key_ids: frozenset[bytes], limits: Limits) -> FileFacts:
+    base = FileFacts(cand.path, cand.kinds, cand.fs, cand.uid, cand.gid)
+    try:
+        with xattr_store.open_regular(cand.path) as (fd, _st):
+            try:
+                raw = xattr_store.read_ima(fd, cand.path, limits)
+            except HostStateError as exc:
+                reason = "unsupported-fs" if exc.reason == "unsupported-fs" else "unreadable"
+                return replace(base, xattr_error=reason)
+            if raw is None:
+                return base
+            try:
+                value = parse_xattr(raw)
+            except FormatError:
+                return replace(base, xattr_error="malformed")
+            if isinstance(value, ImaDigest):
+                if value.algo.hashlib_name is None:
+                    return replace(base, xattr=value, digest_matches=False)
+                digest = xattr_store.hash_file(fd, value.algo, limits, cand.path)
+                return replace(base, xattr=value, digest_matches=digest == value.digest)
+            checkable = isinstance(value, ImaSignature) and value.keyid in loaded_key_ids
+            if not isinstance(value, ImaSignature) or not checkable or not verifier.find(value.keyid):
+                return replace(base, xattr=value)
+            digest = xattr_store.hash_file(fd, value.algo, limits, cand.path)
+            try:
+                verifier.verify_digest(value.keyid, value.algo, digest, value.signature)
+            except (TrustError, UsageError):
+                return replace(base, xattr=value, signature_valid=False)
+            return replace(base, xattr=value, signature_valid=True)
+    except (HostStateError, UsageError):
+        return replace(base, xattr_error="unreadable")
+

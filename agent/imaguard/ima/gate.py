@@ -1,0 +1,299 @@
+"""The enforce gate (pure): which files would the appraise rules cover, and would each one pass?
+
+DESIGN.md §1.4: appraise rules are loaded only after a fresh check shows that every file they will
+match carries a signature that verifies against keys already in the kernel keyring. The adapter
+(:mod:`imaguard.ima.coverage`) collects :class:`FileFacts`; this module decides.
+
+Rule matching follows ``ima_match_policy``/``ima_match_rules`` (``ima_policy.c``, 6.1): rules are
+tried in order and, for appraisal, the first rule that matches (``appraise`` or ``dont_appraise``)
+decides. What cannot be known before the fact is approximated on the safe side:
+
+- **Which hooks a file meets.** Approximated from the file: a file with an execute bit may be
+  exec'd (``BPRM_CHECK``, ``CREDS_CHECK``) and mapped executable (``MMAP_CHECK``); a shared object
+  (named ``*.so``/``*.so.N`` or detected as ELF ``ET_DYN``) may be mapped executable; ``*.ko*`` files
+  are kernel modules (``MODULE_CHECK``), files under ``/lib/firmware`` firmware, ``vmlinuz*`` and
+  ``initrd*`` kexec images; every file may be opened (``FILE_CHECK``). Files that are mapped
+  executable without being named or marked so (a JIT cache, a renamed library) are *not* found,
+  nor is anything on a filesystem the walk did not reach. Files on a ``noexec`` mount are left
+  out of the exec hooks: executing or mapping them executable fails there anyway, so enforcing
+  cannot break what works today.
+- **Conditions on the process** (``uid=``, ``euid=``, ``gid=``, ``egid=``, ``subj_*=``) and on LSM
+  labels of the file (``obj_*=``) cannot be evaluated here: an ``appraise`` rule with them is taken
+  to match (the file counts as covered), a ``dont_appraise`` rule with them is taken not to match.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from imaguard.ima.policy import Action, Func, IdField, MaskFlag, Policy, Rule
+from imaguard.ima.xattr import ImaDigest, ImaSignature, XattrValue
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+__all__ = [
+    "REFUSAL_REASONS",
+    "Decision",
+    "FileFacts",
+    "FileKind",
+    "FsFacts",
+    "GateResult",
+    "Uncovered",
+    "classify",
+    "covering_rules",
+    "covers_plain_files",
+    "fs_excluded",
+    "run_gate",
+]
+
+# The kernel's MAY_* bits (include/linux/fs.h).
+_MAY = {MaskFlag.MAY_EXEC: 0x1, MaskFlag.MAY_WRITE: 0x2, MaskFlag.MAY_READ: 0x4, MaskFlag.MAY_APPEND: 0x8}
+_EXEC, _WRITE, _READ, _APPEND = 0x1, 0x2, 0x4, 0x8
+
+# Stable reason codes of files the policy would deny (STYLE.md §7): spelled once, here.
+REFUSAL_REASONS = frozenset(
+    {"no-signature", "unknown-key", "bad-signature", "unchecked-signature", "digest-only", "bad-digest",
+     "unsupported-form", "malformed", "unsupported-fs", "unreadable"}
+)  # fmt: skip
+
+
+class FileKind(enum.Enum):
+    """What the hooks approximation takes a file for (see the module docstring)."""
+
+    EXECUTABLE = "executable"
+    SHARED_OBJECT = "shared-object"
+    KERNEL_MODULE = "kernel-module"
+    FIRMWARE = "firmware"
+    KEXEC_IMAGE = "kexec-image"
+    OTHER = "other"
+
+
+_SO_NAME = re.compile(r".*\.so(\.[0-9][0-9.]*)?")
+_MODULE_NAME = re.compile(r".*\.ko(\.(xz|gz|zst))?")
+
+
+def classify(path: str, mode: int, *, elf_shared_object: bool = False) -> frozenset[FileKind]:
+    """The kinds of a regular file, from its path, mode bits and (if known) its ELF type."""
+    name = path.rsplit("/", 1)[-1]
+    kinds = set()
+    if mode & 0o111:
+        kinds.add(FileKind.EXECUTABLE)
+    if elf_shared_object or _SO_NAME.fullmatch(name):
+        kinds.add(FileKind.SHARED_OBJECT)
+    if _MODULE_NAME.fullmatch(name):
+        kinds.add(FileKind.KERNEL_MODULE)
+    if "/lib/firmware/" in path:
+        kinds.add(FileKind.FIRMWARE)
+    if path.startswith("/boot/") and name.startswith(("vmlinuz", "initrd")):
+        kinds.add(FileKind.KEXEC_IMAGE)
+    return frozenset(kinds or {FileKind.OTHER})
+
+
+# (hook, access masks the hook is called with) for each kind; FILE_CHECK masks are the usual opens.
+_FILE_OPENS = (_READ, _WRITE, _READ | _WRITE, _APPEND, _WRITE | _APPEND)
+_EXEC_HOOKS = (Func.BPRM_CHECK, Func.CREDS_CHECK, Func.MMAP_CHECK, Func.MMAP_CHECK_REQPROT)
+_HOOKS: dict[FileKind, tuple[tuple[Func, tuple[int, ...]], ...]] = {
+    FileKind.EXECUTABLE: ((Func.BPRM_CHECK, (_EXEC,)), (Func.CREDS_CHECK, (_EXEC,)), (Func.MMAP_CHECK, (_EXEC,)),
+                          (Func.MMAP_CHECK_REQPROT, (_EXEC,))),
+    FileKind.SHARED_OBJECT: ((Func.MMAP_CHECK, (_EXEC,)), (Func.MMAP_CHECK_REQPROT, (_EXEC,))),
+    FileKind.KERNEL_MODULE: ((Func.MODULE_CHECK, (_READ,)),),
+    FileKind.FIRMWARE: ((Func.FIRMWARE_CHECK, (_READ,)),),
+    FileKind.KEXEC_IMAGE: ((Func.KEXEC_KERNEL_CHECK, (_READ,)), (Func.KEXEC_INITRAMFS_CHECK, (_READ,))),
+    FileKind.OTHER: (),
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class FsFacts:
+    """The filesystem a file lives on, as the kernel's rule conditions see it."""
+
+    magic: int
+    name: str
+    uuid: str | None = None  # lower-case, None when it cannot be told
+    noexec: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FileFacts:
+    """What the adapter found out about one file.
+
+    ``xattr_error`` is a reason code when ``security.ima`` could not be read or parsed
+    (``unsupported-fs``, ``unreadable``, ``malformed``). ``signature_valid`` is the result of checking
+    a signature against a certificate with its key id (None: no certificate at hand for that key);
+    ``digest_matches`` whether a bare digest equals the file's content (None: not checked).
+    """
+
+    path: str
+    kinds: frozenset[FileKind]
+    fs: FsFacts
+    uid: int
+    gid: int
+    xattr: XattrValue | None = None
+    xattr_error: str = ""
+    signature_valid: bool | None = None
+    digest_matches: bool | None = None
+
+
+class Decision(enum.Enum):
+    ALLOW = "allow"
+    REFUSE = "refuse"
+
+
+@dataclass(frozen=True, slots=True)
+class Uncovered:
+    """A file the policy would appraise and that would fail: path, stable reason, explanation, rule line."""
+
+    path: str
+    reason: str
+    detail: str
+    rule_line: int
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    decision: Decision
+    in_scope: int
+    uncovered: tuple[Uncovered, ...]
+    appraise_rules: int
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision is Decision.ALLOW
+
+
+class _Match(enum.Enum):
+    NO = 0
+    YES = 1
+    MAYBE = 2
+
+
+def _fs_match(rule: Rule, fs: FsFacts) -> _Match:
+    if rule.fsmagic is not None and rule.fsmagic != fs.magic:
+        return _Match.NO
+    if rule.fsname is not None and rule.fsname != fs.name:
+        return _Match.NO
+    if rule.fsuuid is not None:
+        if fs.uuid is None:
+            return _Match.MAYBE
+        if rule.fsuuid != fs.uuid:
+            return _Match.NO
+    return _Match.YES
+
+
+def _match(rule: Rule, facts: FileFacts, func: Func, mask: int) -> _Match:
+    """ima_match_rules for one hook call, with MAYBE where the outcome depends on the process."""
+    if rule.func is not None and rule.func is not func:
+        return _Match.NO
+    if rule.mask is not None:
+        bit = _MAY[rule.mask.flag]
+        if (rule.mask.inverted and not (mask & bit)) or (not rule.mask.inverted and mask != bit):
+            return _Match.NO
+    result = _fs_match(rule, facts.fs)
+    if result is _Match.NO:
+        return result
+    for cond in rule.ids:
+        if cond.field is IdField.FOWNER and not cond.op.compare(facts.uid, cond.value):
+            return _Match.NO
+        if cond.field is IdField.FGROUP and not cond.op.compare(facts.gid, cond.value):
+            return _Match.NO
+        if cond.field.is_subject:
+            result = _Match.MAYBE
+    return _Match.MAYBE if rule.lsm else result
+
+
+def covering_rules(policy: Policy, facts: FileFacts) -> tuple[Rule, ...]:
+    """The appraise rules that may decide for this file, over every hook it may meet; () if none."""
+    covering: list[Rule] = []
+    for kind in facts.kinds:
+        for func, masks in _HOOKS[kind]:
+            if facts.fs.noexec and func in _EXEC_HOOKS:
+                continue
+            for mask in masks:
+                covering.extend(r for r in _decide(policy, facts, func, mask) if r not in covering)
+    # Any file may be opened; rules without func= match every hook.
+    for mask in _FILE_OPENS:
+        covering.extend(r for r in _decide(policy, facts, Func.FILE_CHECK, mask) if r not in covering)
+    return tuple(sorted(covering, key=lambda r: r.line))
+
+
+def covers_plain_files(policy: Policy) -> bool:
+    """Whether an appraise rule can cover files of no special kind (so every file must be looked at)."""
+    return any(r.action is Action.APPRAISE and r.func in (None, Func.FILE_CHECK) for r in policy.rules)
+
+
+def _decide(policy: Policy, facts: FileFacts, func: Func, mask: int) -> list[Rule]:
+    # First match wins (ima_match_policy); a MAYBE appraise rule covers and the search goes on.
+    found: list[Rule] = []
+    for rule in policy.appraise_rules:
+        result = _match(rule, facts, func, mask)
+        if result is _Match.NO:
+            continue
+        if rule.action is Action.DONT_APPRAISE:
+            if result is _Match.YES:
+                break
+            continue
+        found.append(rule)
+        if result is _Match.YES:
+            break
+    return found
+
+
+def fs_excluded(policy: Policy, fs: FsFacts) -> bool:
+    """True when no appraise rule can cover any file on ``fs`` (the walk may skip it entirely)."""
+    for rule in policy.appraise_rules:
+        result = _fs_match(rule, fs)
+        if result is _Match.NO:
+            continue
+        if rule.action is Action.APPRAISE:
+            return False
+        unconditional = rule.func is None and rule.mask is None and not rule.ids and not rule.lsm
+        if unconditional and result is _Match.YES:
+            return True
+    return True
+
+
+def _failure(facts: FileFacts, loaded_key_ids: frozenset[bytes], needs_signature: bool) -> tuple[str, str] | None:
+    """Why the kernel would deny this file (reason, detail), or None if it would pass."""
+    if facts.xattr_error:
+        return facts.xattr_error, f"security.ima cannot be used ({facts.xattr_error})"
+    value = facts.xattr
+    if value is None:
+        return "no-signature", "no security.ima"
+    if isinstance(value, ImaDigest):
+        if needs_signature:
+            return "digest-only", f"security.ima holds a {value.form} hash, the rule requires a signature"
+        if facts.digest_matches is True:
+            return None
+        return "bad-digest", "the security.ima hash does not match the file"
+    if not isinstance(value, ImaSignature) or value.form != "sigv2":
+        return "unsupported-form", f"security.ima is a {value.form} value"
+    if value.keyid not in loaded_key_ids:
+        return "unknown-key", f"signed with key {value.keyid_hex}, which is not loaded"
+    if facts.signature_valid is None:
+        return "unchecked-signature", f"key {value.keyid_hex} is loaded but no certificate was given to check it"
+    if not facts.signature_valid:
+        return "bad-signature", f"the signature does not verify with key {value.keyid_hex}"
+    return None
+
+
+def run_gate(policy: Policy, files: Iterable[FileFacts], loaded_key_ids: frozenset[bytes]) -> GateResult:
+    """Allow only if every file an appraise rule may cover would pass appraisal with the loaded keys."""
+    uncovered: list[Uncovered] = []
+    in_scope = 0
+    for facts in files:
+        rules = covering_rules(policy, facts)
+        if not rules:
+            continue
+        in_scope += 1
+        needs_signature = any(r.requires_signature for r in rules)
+        failure = _failure(facts, loaded_key_ids, needs_signature)
+        if failure is not None:
+            rule = next((r for r in rules if r.requires_signature), rules[0]) if needs_signature else rules[0]
+            uncovered.append(Uncovered(facts.path, failure[0], failure[1], rule.line))
+    uncovered.sort(key=lambda u: u.path)
+    decision = Decision.REFUSE if uncovered else Decision.ALLOW
+    return GateResult(decision, in_scope, tuple(uncovered), len(policy.appraise_rules))

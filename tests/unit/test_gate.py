@@ -1,0 +1,211 @@
+"""The enforce gate (pure): which files the appraise rules cover, and why a covered file would be denied."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imaguard.digests import HashAlgo
+from imaguard.errors import FormatError
+from imaguard.ima import coverage
+from imaguard.ima.gate import (
+    REFUSAL_REASONS,
+    Decision,
+    FileFacts,
+    FileKind,
+    FsFacts,
+    Uncovered,
+    classify,
+    covering_rules,
+    covers_plain_files,
+    fs_excluded,
+    run_gate,
+)
+from imaguard.ima.policy import parse_policy
+from imaguard.ima.xattr import ImaDigest, ImaSignature, OtherForm, XattrType
+
+ROOT = Path(__file__).resolve().parents[2]
+EXEC_POLICY = parse_policy((ROOT / "policies" / "appraise-exec.policy").read_text())
+EXT4 = FsFacts(0xEF53, "ext4", "8bcbe394-4f13-4144-be8e-5aa9ea2ce2f6")
+TMPFS = FsFacts(0x01021994, "tmpfs")
+KEY = bytes.fromhex("17b7ae8b")
+OTHER_KEY = bytes.fromhex("01020304")
+LOADED = frozenset({KEY})
+
+
+def sig(key: bytes = KEY, version: int = 2) -> ImaSignature:
+    xtype = XattrType.DIGSIG if version == 2 else XattrType.VERITY_DIGSIG
+    return ImaSignature(HashAlgo.SHA256, key, b"\x01" * 256, version, xtype)
+
+
+def facts(path: str = "/usr/bin/prog", mode: int = 0o755, fs: FsFacts = EXT4, uid: int = 0, **kw: object) -> FileFacts:
+    return FileFacts(path, classify(path, mode), fs, uid, 0, **kw)  # type: ignore[arg-type]
+
+
+def test_classify() -> None:
+    assert classify("/usr/bin/ls", 0o755) == {FileKind.EXECUTABLE}
+    assert classify("/usr/lib/x86_64-linux-gnu/libc.so.6", 0o644) == {FileKind.SHARED_OBJECT}
+    assert classify("/usr/lib/python3/dist-packages/_foo.cpython-311-x86_64-linux-gnu.so", 0o644) == {
+        FileKind.SHARED_OBJECT
+    }
+    assert classify("/usr/lib/modules/6.1.0/kernel/fs/ext4/ext4.ko.xz", 0o644) == {FileKind.KERNEL_MODULE}
+    assert classify("/usr/lib/firmware/iwlwifi.ucode", 0o644) == {FileKind.FIRMWARE}
+    assert classify("/boot/vmlinuz-6.1.0-50-amd64", 0o644) == {FileKind.KEXEC_IMAGE}
+    assert classify("/etc/passwd", 0o644) == {FileKind.OTHER}
+    assert classify("/opt/blob", 0o644, elf_shared_object=True) == {FileKind.SHARED_OBJECT}
+    assert classify("/opt/libx.so.old", 0o644) == {FileKind.OTHER}
+
+
+def test_all_signed_allows() -> None:
+    files = [facts(xattr=sig(), signature_valid=True), facts("/usr/lib/libz.so.1", 0o644, xattr=sig(), signature_valid=True)]
+    result = run_gate(EXEC_POLICY, files, LOADED)
+    assert result.decision is Decision.ALLOW
+    assert (result.in_scope, result.uncovered) == (2, ())
+
+
+BPRM_LINE = next(r.line for r in EXEC_POLICY.rules if r.action.value == "appraise" and r.func and r.func.value == "BPRM_CHECK")
+
+
+@pytest.mark.parametrize(
+    ("kw", "reason", "detail"),
+    [
+        ({}, "no-signature", "no security.ima"),
+        ({"xattr": sig(OTHER_KEY), "signature_valid": True}, "unknown-key", "signed with key 01020304, which is not loaded"),
+        ({"xattr": sig(), "signature_valid": False}, "bad-signature", "the signature does not verify with key 17b7ae8b"),
+        ({"xattr": sig()}, "unchecked-signature", "key 17b7ae8b is loaded but no certificate was given to check it"),
+        ({"xattr": ImaDigest(HashAlgo.SHA256, bytes(32)), "digest_matches": True}, "digest-only",
+         "security.ima holds a digest-ng hash, the rule requires a signature"),
+        ({"xattr": sig(version=3)}, "unsupported-form", "security.ima is a fs-verity value"),
+        ({"xattr": OtherForm("sigv1", b"\x03\x01")}, "unsupported-form", "security.ima is a sigv1 value"),
+        ({"xattr_error": "malformed"}, "malformed", "security.ima cannot be used (malformed)"),
+        ({"xattr_error": "unsupported-fs"}, "unsupported-fs", "security.ima cannot be used (unsupported-fs)"),
+    ],
+)  # fmt: skip
+def test_refusal_reasons(kw: dict[str, object], reason: str, detail: str) -> None:
+    result = run_gate(EXEC_POLICY, [facts(**kw), facts("/usr/bin/ok", xattr=sig(), signature_valid=True)], LOADED)
+    assert result.decision is Decision.REFUSE
+    assert result.uncovered == (Uncovered("/usr/bin/prog", reason, detail, BPRM_LINE),)
+    assert reason in REFUSAL_REASONS
+
+
+def test_hash_is_enough_without_imasig() -> None:
+    policy = parse_policy("appraise func=BPRM_CHECK\n")
+    digest = ImaDigest(HashAlgo.SHA256, bytes(32))
+    assert run_gate(policy, [facts(xattr=digest, digest_matches=True)], LOADED).allowed
+    bad = run_gate(policy, [facts(xattr=digest, digest_matches=False)], LOADED)
+    assert [u.reason for u in bad.uncovered] == ["bad-digest"]
+
+
+def test_pseudo_filesystems_and_plain_files_are_out_of_scope() -> None:
+    files = [facts(fs=TMPFS), facts("/etc/passwd", 0o644), facts("/proc/self/exe", fs=FsFacts(0x9FA0, "proc"))]
+    result = run_gate(EXEC_POLICY, files, LOADED)
+    assert (result.decision, result.in_scope) == (Decision.ALLOW, 0)
+
+
+def test_noexec_mount_leaves_exec_hooks_out() -> None:
+    vfat = FsFacts(0x4D44, "vfat", noexec=True)
+    assert covering_rules(EXEC_POLICY, facts("/boot/efi/EFI/debian/shimx64.efi", fs=vfat)) == ()
+    # A module on a noexec mount is still loaded through MODULE_CHECK.
+    assert covering_rules(EXEC_POLICY, facts("/mnt/x.ko", 0o644, fs=vfat))
+    exec_vfat = FsFacts(0x4D44, "vfat")
+    result = run_gate(EXEC_POLICY, [facts("/boot/efi/x", fs=exec_vfat, xattr_error="unsupported-fs")], LOADED)
+    assert [u.reason for u in result.uncovered] == ["unsupported-fs"]
+
+
+def test_fowner_scoped_rule() -> None:
+    # Lab note P2: scope the rule to one owner while testing.
+    policy = parse_policy("appraise func=BPRM_CHECK fowner=4242 appraise_type=imasig\n")
+    result = run_gate(policy, [facts(uid=0), facts("/opt/lab/echo", uid=4242)], LOADED)
+    assert [u.path for u in result.uncovered] == ["/opt/lab/echo"]
+    assert result.in_scope == 1
+
+
+def test_first_match_decides() -> None:
+    excluded = parse_policy("dont_appraise fsuuid=8bcbe394-4f13-4144-be8e-5aa9ea2ce2f6\nappraise func=BPRM_CHECK\n")
+    assert covering_rules(excluded, facts()) == ()
+    covered = parse_policy("appraise func=BPRM_CHECK\ndont_appraise fsname=ext4\n")
+    assert [r.line for r in covering_rules(covered, facts())] == [1]
+    # A dont_appraise for another hook does not exclude BPRM_CHECK.
+    other_hook = parse_policy("dont_appraise func=FILE_CHECK\nappraise func=BPRM_CHECK\n")
+    assert [r.line for r in covering_rules(other_hook, facts())] == [2]
+
+
+def test_unknowable_conditions_are_taken_on_the_safe_side() -> None:
+    # uid= depends on the process: an appraise rule with it covers, a dont_appraise rule does not exclude.
+    maybe_covers = parse_policy("appraise func=BPRM_CHECK uid=1000\nappraise func=BPRM_CHECK appraise_type=imasig\n")
+    assert [r.line for r in covering_rules(maybe_covers, facts())] == [1, 2]
+    digest = ImaDigest(HashAlgo.SHA256, bytes(32))
+    # The later imasig rule may be the one that decides: a hash is not enough.
+    assert [u.reason for u in run_gate(maybe_covers, [facts(xattr=digest, digest_matches=True)], LOADED).uncovered] == [
+        "digest-only"
+    ]
+    not_excluding = parse_policy("dont_appraise obj_type=bin_t\nappraise func=BPRM_CHECK\n")
+    assert [r.line for r in covering_rules(not_excluding, facts())] == [2]
+    unknown_uuid = parse_policy("appraise fsuuid=8bcbe394-4f13-4144-be8e-5aa9ea2ce2f6 func=BPRM_CHECK\n")
+    assert covering_rules(unknown_uuid, facts(fs=FsFacts(0xEF53, "ext4")))
+
+
+def test_masks() -> None:
+    exec_only = parse_policy("appraise func=MMAP_CHECK mask=MAY_EXEC\n")
+    assert covering_rules(exec_only, facts("/usr/lib/libz.so.1", 0o644))
+    reads = parse_policy("appraise func=FILE_CHECK mask=MAY_READ\n")
+    assert covering_rules(reads, facts("/etc/passwd", 0o644))
+    writes = parse_policy("appraise func=FILE_CHECK mask=^MAY_WRITE\n")
+    assert covering_rules(writes, facts("/etc/passwd", 0o644))
+    appends = parse_policy("appraise func=BPRM_CHECK mask=MAY_READ\n")
+    assert covering_rules(appends, facts()) == ()
+
+
+def test_rules_without_func_cover_every_file() -> None:
+    policy = parse_policy("dont_appraise fsmagic=0x1021994\nappraise fowner=0\n")
+    assert covers_plain_files(policy)
+    assert not covers_plain_files(EXEC_POLICY)
+    assert covering_rules(policy, facts("/etc/passwd", 0o644))
+    assert covering_rules(policy, facts("/etc/passwd", 0o644, fs=TMPFS)) == ()
+
+
+def test_modules() -> None:
+    module = facts("/usr/lib/modules/6.1.0-50-amd64/kernel/fs/fat/vfat.ko", 0o644)
+    assert [r.func.value for r in covering_rules(EXEC_POLICY, module) if r.func] == ["MODULE_CHECK"]
+
+
+def test_fs_excluded() -> None:
+    assert fs_excluded(EXEC_POLICY, TMPFS)
+    assert fs_excluded(EXEC_POLICY, FsFacts(0x9FA0, "proc"))
+    assert not fs_excluded(EXEC_POLICY, EXT4)
+    assert fs_excluded(parse_policy("measure func=BPRM_CHECK\n"), EXT4)
+    # A dont_appraise limited to one hook does not exclude the filesystem.
+    assert not fs_excluded(parse_policy("dont_appraise fsname=ext4 func=BPRM_CHECK\nappraise\n"), EXT4)
+
+
+def test_no_appraise_rules_allow() -> None:
+    result = run_gate(parse_policy("measure func=BPRM_CHECK\n"), [facts()], LOADED)
+    assert (result.decision, result.in_scope, result.appraise_rules) == (Decision.ALLOW, 0, 0)
+
+
+# --- pure parsers of the adapter --------------------------------------------------------------
+
+MOUNTINFO = r"""22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+23 22 0:5 / /dev rw,nosuid - devtmpfs udev rw,size=1k
+24 22 0:21 / /tmp\040dir rw,nosuid,nodev,noexec shared:7 - tmpfs tmpfs rw
+"""
+
+
+def test_parse_mountinfo() -> None:
+    assert coverage.parse_mountinfo(MOUNTINFO) == (
+        coverage.Mount("/", "ext4", noexec=False),
+        coverage.Mount("/dev", "devtmpfs", noexec=False),
+        coverage.Mount("/tmp dir", "tmpfs", noexec=True),
+    )
+    with pytest.raises(FormatError, match="line 1"):
+        coverage.parse_mountinfo("garbage\n")
+
+
+def test_key_id_from_description() -> None:
+    # /proc/keys names an x509 key "CN: <SKID hex>"; IMA matches the SKID's last 4 bytes.
+    assert coverage.key_id_from_description("imaguard lab: 5a1b9c2d7e3f40112233445566778899aabbccdd") == bytes.fromhex(
+        "aabbccdd"
+    )
+    assert coverage.key_id_from_description("no skid") is None
+    assert coverage.key_id_from_description("x: zz") is None
