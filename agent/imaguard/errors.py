@@ -88,9 +88,10 @@ class HostStateError(ImaguardError):
 
 
 class PolicyGateError(ImaguardError):
-    """The enforce gate refused: these files would be denied by the policy."""
+    """The enforce gate refused: these files would be denied by the policy (exit 3, like ``policy check``)."""
 
     reason = "gate-refused"
+    exit_code = ExitCode.VERIFICATION_FAILED
 
     def __init__(self, message: str, *, unsigned: tuple[str, ...] = ()) -> None:
         super().__init__(message)

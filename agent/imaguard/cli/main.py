@@ -33,7 +33,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from imaguard.cli import enroll, files, packages, policy  # noqa: PLC0415 - keep `import imaguard.cli.main` light
+    from imaguard.cli import doctor, enroll, files, keys, packages, policy  # noqa: PLC0415 - keep `import imaguard.cli.main` light
 
     parser = Parser(
         prog="imaguard",
@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     packages.register(sub)
     enroll.register(sub)
     policy.register(sub)
+    keys.register(sub)
+    doctor.register(sub)
     return parser
 
 

@@ -1,4 +1,7 @@
-"""``imaguard policy show|check``: print a policy template; run the enforce gate on this host."""
+"""``imaguard policy show|check|apply|install``: print a policy template; run the enforce gate on this host.
+
+``apply`` and ``install`` live in :mod:`imaguard.cli.policy_apply`.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from imaguard.ima.policy import Policy, PolicySyntaxError, parse_policy, render,
 from imaguard.keys import Verifier, load_certificate
 from imaguard.sign.parallel import default_jobs
 
-__all__ = ["STAGE_NOTES", "STAGE_TEMPLATES", "TEMPLATE_DIRS", "register"]
+__all__ = ["STAGE_NOTES", "STAGE_TEMPLATES", "TEMPLATE_DIRS", "gate_keys", "load_policy", "register"]
 
 # Where templates are looked up: the source tree (development), then the packaged copy.
 TEMPLATE_DIRS = (Path(__file__).resolve().parents[3] / "policies", Path("/usr/share/imaguard/policies"))
@@ -38,7 +41,8 @@ the appraise rules of a policy would not deny a file this host needs.
 Stages: measure (template "measure": nothing denied), log (template "appraise-exec", kernel
 booted with ima_appraise=log: failures only logged), enforce (the same template, booted without
 ima_appraise=log: failures denied with EACCES). A loaded policy stays until the next reboot, so
-run `imaguard policy check` before the log and enforce stages.
+run `imaguard policy check` before the log and enforce stages; `policy apply` loads a policy into
+the running kernel (behind the same gate), `policy install` makes the next boots load it.
 
 Templates are read from policies/ in the source tree, or from /usr/share/imaguard/policies.
 Name a policy with --template NAME, --file FILE, or --stage STAGE (the stage's template).
@@ -105,6 +109,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="worker processes for hashing (default: all cores)")
     p.set_defaults(handler=_cmd_check)
 
+    from imaguard.cli import policy_apply  # noqa: PLC0415 - it imports this module
+
+    policy_apply.register_verbs(verbs)
+
 
 def _add_source(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group()
@@ -125,7 +133,7 @@ def _template_path(name: str) -> Path:
     raise UsageError(f"no policy template {name!r} (known: {', '.join(known) or 'none found'})")
 
 
-def _load(args: argparse.Namespace) -> tuple[str, Policy]:
+def load_policy(args: argparse.Namespace) -> tuple[str, Policy]:
     """The policy named on the command line, parsed; exit 2 (usage) when the kernel would refuse it."""
     if args.file is None and args.template is None and args.stage is None:
         raise UsageError("name a policy: --template NAME, --stage STAGE or --file FILE")
@@ -141,7 +149,7 @@ def _load(args: argparse.Namespace) -> tuple[str, Policy]:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    source, policy = _load(args)
+    source, policy = load_policy(args)
     if args.json:
         json.dump({"source": source, "rules": [render_rule(r) for r in policy.rules]}, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -150,7 +158,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _keys(certs: list[Path]) -> tuple[str, frozenset[bytes], Verifier]:
+def gate_keys(certs: list[Path]) -> tuple[str, frozenset[bytes], Verifier]:
     verifier = Verifier.of(load_certificate(p) for p in certs)
     try:
         loaded = coverage.kernel_key_ids()
@@ -178,10 +186,10 @@ class _Check:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    source, policy = _load(args)
+    source, policy = load_policy(args)
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    keys_from, loaded, verifier = _keys(args.cert)
+    keys_from, loaded, verifier = gate_keys(args.cert)
     if policy.appraise_rules:
         facts = coverage.collect(policy, args.root, verifier, loaded, Limits(), jobs=args.jobs)
         result = run_gate(policy, facts, loaded)

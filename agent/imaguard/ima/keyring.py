@@ -53,8 +53,11 @@ __all__ = [
     "parse_key_description",
     "parse_proc_keys",
     "read_proc_keys",
+    "request_keyring",
+    "search_keyring",
     "trusted_ima_keyring",
     "trusted_ima_requirement",
+    "unlink_key",
 ]
 
 IMA_KEYRING = "_ima"  # root-creatable keyring (digsig.c keyring_name[INTEGRITY_KEYRING_IMA])
@@ -65,6 +68,7 @@ KEY_SPEC_USER_KEYRING = -4
 _KEYCTL_DESCRIBE = 6
 _KEYCTL_READ = 11
 _KEYCTL_SEARCH = 10
+_KEYCTL_UNLINK = 9
 
 # System call numbers: arch/x86/entry/syscalls/syscall_64.tbl, include/uapi/asm-generic/unistd.h.
 _SYSCALLS: dict[str, tuple[int, int]] = {
@@ -77,6 +81,9 @@ ECDSA_MISSING_MESSAGE = (
     "the running kernel cannot use EC (ECDSA) keys: it was built without CONFIG_CRYPTO_ECDSA "
     "(Debian 12's 6.1 kernel is one); use an RSA certificate (e.g. RSA-2048) for IMA"
 )
+
+# request_key(2): arch/x86/entry/syscalls/syscall_64.tbl, include/uapi/asm-generic/unistd.h.
+_REQUEST_KEY: dict[str, int] = {"x86_64": 249, "aarch64": 218, "riscv64": 218}
 
 # Upper bound for a keyring's link list read back (4 bytes per key; keyrings hold few keys).
 _MAX_KEYRING_LINKS = 4096
@@ -338,6 +345,42 @@ def keyring_links(keyring: int) -> tuple[int, ...]:
     return tuple(int.from_bytes(raw[i : i + 4], "little", signed=True) for i in range(0, n - n % 4, 4))
 
 
+def search_keyring(name: str = IMA_KEYRING, *, parent: int = KEY_SPEC_USER_KEYRING) -> int | None:
+    """Serial of keyring ``name`` reachable from ``parent`` (``KEYCTL_SEARCH``, links nothing); None if absent."""
+    try:
+        return _keyctl(_KEYCTL_SEARCH, parent, b"keyring", name.encode(), 0)
+    except OSError as exc:
+        if exc.errno in (errno_mod.ENOKEY, errno_mod.ENOENT):
+            return None
+        raise HostStateError(
+            f"searching for keyring {name}: {exc.strerror}", reason="keyctl-failed", errno=exc.errno
+        ) from exc
+
+
+def request_keyring(name: str = IMA_KEYRING) -> int | None:
+    """``request_key("keyring", name)`` from this process; the serial found, None if not found.
+
+    This is the lookup ``integrity_digsig_verify`` (digsig.c, 6.1) makes in the context of the
+    process being appraised: thread, process and session keyrings (or, without a session
+    keyring, root's user-session keyring, which links ``@u``). A success proves the kernel's
+    lookup would succeed *from this process*. It does not fill the kernel's own cache of the
+    keyring pointer: only the kernel's first successful lookup during a signature verification
+    does, which needs an appraise policy in force (see ``imaguard policy apply``). Nothing is
+    linked (no destination keyring) and no upcall is made (no callout info).
+    """
+    nr = _REQUEST_KEY.get(platform.machine())
+    if nr is None:
+        raise UnsupportedError(f"request_key is not mapped for architecture {platform.machine()!r}")
+    res = _libc().syscall(ctypes.c_long(nr), ctypes.c_char_p(b"keyring"), ctypes.c_char_p(name.encode()),
+                          ctypes.c_char_p(None), ctypes.c_long(0))  # fmt: skip
+    if res < 0:
+        err = ctypes.get_errno()
+        if err in (errno_mod.ENOKEY, errno_mod.ENOENT):
+            return None
+        raise HostStateError(f"request_key keyring {name}: {os.strerror(err)}", reason="keyctl-failed", errno=err)
+    return int(res)
+
+
 def find_or_create_ima_keyring(*, parent: int = KEY_SPEC_USER_KEYRING) -> int:
     """Serial of the ``_ima`` keyring linked into ``parent`` (default ``@u``), made if missing.
 
@@ -347,19 +390,25 @@ def find_or_create_ima_keyring(*, parent: int = KEY_SPEC_USER_KEYRING) -> int:
     trusted = trusted_ima_keyring(read_proc_keys())
     if trusted is not None:
         raise UnsupportedError(trusted_ima_requirement(trusted), reason="trusted-ima-keyring")
-    try:
-        return _keyctl(_KEYCTL_SEARCH, parent, b"keyring", IMA_KEYRING.encode(), 0)
-    except OSError as exc:
-        if exc.errno not in (errno_mod.ENOKEY, errno_mod.ENOENT):
-            raise HostStateError(
-                f"searching for keyring {IMA_KEYRING}: {exc.strerror}", reason="keyctl-failed", errno=exc.errno
-            ) from exc
+    found = search_keyring(IMA_KEYRING, parent=parent)
+    if found is not None:
+        return found
     # add_key of a keyring never updates an existing one, so it is created only after the search.
     try:
         return _add_key(b"keyring", IMA_KEYRING.encode(), None, parent)
     except OSError as exc:
         raise HostStateError(
             f"creating keyring {IMA_KEYRING}: {exc.strerror}", reason="keyring-create-failed", errno=exc.errno
+        ) from exc
+
+
+def unlink_key(serial: int, keyring: int) -> None:
+    """Unlink a key from a keyring (``KEYCTL_UNLINK``): undo an ``add_certificate`` of this run."""
+    try:
+        _keyctl(_KEYCTL_UNLINK, serial, keyring)
+    except OSError as exc:
+        raise HostStateError(
+            f"keyctl unlink {serial:08x} from {keyring:08x}: {exc.strerror}", reason="keyctl-failed", errno=exc.errno
         ) from exc
 
 

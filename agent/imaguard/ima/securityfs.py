@@ -28,6 +28,7 @@ __all__ = [
     "IMA_DIR",
     "POLICY_ACTIONS",
     "SECURITYFS",
+    "PolicyRuleRejectedError",
     "ensure_mounted",
     "is_mounted",
     "policy_rules",
@@ -45,6 +46,16 @@ DEFAULT_MEASUREMENTS_LIMIT = 256 << 20
 
 # Actions ima_parse_rule accepts (ima_policy.c policy_tokens, 6.1).
 POLICY_ACTIONS = frozenset(action.value for action in policy.Action)
+
+class PolicyRuleRejectedError(HostStateError):
+    """The kernel refused one rule; ``index`` (1-based) and ``line`` (in the source, 0 if unknown) say which."""
+
+    def __init__(self, message: str, *, rule: str, index: int, line: int, errno: int | None, path: str) -> None:
+        super().__init__(message, reason="policy-rule-rejected", errno=errno, path=path)
+        self.rule = rule
+        self.index = index
+        self.line = line
+
 
 _MS_NOSUID = 2
 _MS_NODEV = 4
@@ -117,10 +128,12 @@ def _ima_dir(ima_dir: str) -> Path:
     return path
 
 
-def write_policy(rules: Sequence[str], *, ima_dir: str = IMA_DIR) -> int:
+def write_policy(rules: Sequence[str], *, ima_dir: str = IMA_DIR, lines: Sequence[int] = ()) -> int:
     """Load ``rules`` as the IMA policy: one open, one ``write()`` per rule, each checked.
 
-    Returns the number of rules written. On any refusal nothing of this policy is in force.
+    ``lines`` are the rules' line numbers in their source, for the message of a rejected rule
+    (:class:`PolicyRuleRejectedError`). Returns the number of rules written. On any refusal nothing
+    of this policy is in force.
     """
     checked = [validate_rule(rule) for rule in rules]
     if not checked:
@@ -146,7 +159,7 @@ def write_policy(rules: Sequence[str], *, ima_dir: str = IMA_DIR) -> int:
         ) from exc
     try:
         for index, rule in enumerate(checked, start=1):
-            _write_rule(fd, path, rule, f"{index} of {len(checked)}")
+            _write_rule(fd, path, rule, (index, len(checked), lines[index - 1] if index <= len(lines) else 0))
     except BaseException:
         os.close(fd)
         raise
@@ -163,15 +176,19 @@ def write_policy(rules: Sequence[str], *, ima_dir: str = IMA_DIR) -> int:
     return len(checked)
 
 
-def _write_rule(fd: int, path: Path, rule: str, which: str) -> None:
+def _write_rule(fd: int, path: Path, rule: str, where: tuple[int, int, int]) -> None:
+    index, total, line = where
     data = (rule + "\n").encode("ascii")
+    which = f"{index} of {total}" + (f" (line {line})" if line else "")
     try:
         written = os.write(fd, data)
     except OSError as exc:
-        raise HostStateError(
-            f"the kernel rejected IMA policy rule {which} ({exc.strerror}): {rule!r}; "
-            "no rule of this policy is in force (see the audit log, type=1807 and 1802)",
-            reason="policy-rule-rejected",
+        raise PolicyRuleRejectedError(
+            f"the kernel rejected IMA policy rule {which} with {errno_mod.errorcode.get(exc.errno or 0, exc.errno)} "
+            f"({exc.strerror}): {rule!r}; no rule of this policy is in force (see the audit log, type=1807 and 1802)",
+            rule=rule,
+            index=index,
+            line=line,
             errno=exc.errno,
             path=str(path),
         ) from exc

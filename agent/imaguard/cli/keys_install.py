@@ -1,0 +1,157 @@
+"""``imaguard keys install``: certificates in ROOT/etc/keys/ima and their loading at every boot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from imaguard.errors import ExitCode
+from imaguard.ima import bootfiles
+from imaguard.ima.hostfacts import KernelFacts, parse_kernel_config
+from imaguard.ima.keyload import certificate_refusals
+from imaguard.ima.rootfiles import Change, FileChange, install_file, read_root_file, root_dir
+from imaguard.keys import Certificate, load_certificate
+from imaguard.keys.revocation_store import load_revoked
+
+if TYPE_CHECKING:
+    import argparse
+    from pathlib import Path
+
+__all__ = ["INSTALL_HELP", "cmd_install"]
+
+INSTALL_HELP = f"""\
+Install IMA certificates under a root filesystem (--root DIR, default /) so that they are in the
+kernel keyring at every boot, before the policy is loaded and before the first appraised exec.
+Nothing is loaded into the running kernel (that is `imaguard keys load`).
+
+Written, each atomically (temp file, fsync, rename), and listed as created, updated or unchanged:
+
+  ROOT/{bootfiles.KEY_DIR}/imaguard-KEYID.der
+      each certificate, DER, mode 0644 (one file per key id: reinstalling changes nothing)
+  ROOT/{bootfiles.INITRAMFS_HOOK}
+      initramfs-tools hook: copies keyctl and the certificates into the initramfs; it fails,
+      and with it update-initramfs, if keyctl (keyutils) is missing
+  ROOT/{bootfiles.INITRAMFS_SCRIPT}
+      loads them with keyctl at init-top, before the root filesystem is mounted, into '.ima'
+      if the kernel has it, else into '_ima' linked into root's user keyring
+  ROOT/{bootfiles.DRACUT_CONF}
+      turns on dracut's own integrity module (98integrity), which loads ROOT/{bootfiles.KEY_DIR}
+      (its IMAKEYSDIR) with evmctl at pre-pivot; imaguard ships no second loader for dracut
+
+The initramfs-tools files are written when ROOT has initramfs-tools (etc/initramfs-tools or
+usr/share/initramfs-tools), the dracut file when ROOT has {bootfiles.DRACUT_MODULE_DIR}.
+Warnings with stable ids: W-DRACUT-NO-KEYS (this dracut's integrity module cannot load keys),
+W-DRACUT-KEYSDIR (/etc/sysconfig/ima points IMAKEYSDIR elsewhere), W-DRACUT-POLICY
+(/etc/sysconfig/ima-policy exists: dracut would load it before systemd loads /etc/ima/ima-policy),
+W-NO-BOOT-LOADING (no initramfs generator found), W-EC-KEY (EC key, ECDSA support of the target
+kernel unknown). Other imaguard-*.der files already there are kept (rotation: the old key stays
+until retired by removing its file) and listed.
+
+Refused before anything is written: CA certificates, revoked keys (--revocation-list,
+--revocation-ca), EC keys when every kernel config in ROOT/boot says CONFIG_CRYPTO_ECDSA is off.
+Afterwards rebuild the initramfs (update-initramfs -u, or dracut -f); install prints the command.
+
+Exit status: 0 installed (or unchanged); 2 CA or unreadable certificate; 3 revoked key;
+77 EC key for a kernel without ECDSA; 1 a file could not be written.
+"""
+
+
+def _target_ecdsa(root: Path) -> bool | None:
+    """Whether the kernels installed in ROOT/boot can load EC keys: False only if every config says no."""
+    configs = sorted((root / "boot").glob("config-*")) if (root / "boot").is_dir() else []
+    verdicts = []
+    for path in configs:
+        data = read_root_file(root, f"boot/{path.name}")
+        if data is not None:
+            verdicts.append(parse_kernel_config(data.decode("utf-8", "replace"), str(path)).enabled("CRYPTO_ECDSA"))
+    if not verdicts:
+        return None
+    return any(verdicts)
+
+
+def _dracut(root: Path, warnings: list[str]) -> FileChange | None:
+    if not (root / bootfiles.DRACUT_MODULE_DIR).is_dir():
+        return None
+    if not (root / bootfiles.DRACUT_MODULE_DIR / "ima-keys-load.sh").is_file():
+        warnings.append("W-DRACUT-NO-KEYS: this dracut's integrity module has no ima-keys-load.sh: it does not "
+                        f"load /{bootfiles.KEY_DIR} at boot (newer dracut releases do)")  # fmt: skip
+    sysconfig = read_root_file(root, "etc/sysconfig/ima")
+    keysdir = bootfiles.parse_imakeysdir(sysconfig.decode("utf-8", "replace")) if sysconfig is not None else None
+    if keysdir not in (None, f"/{bootfiles.KEY_DIR}"):
+        warnings.append(f"W-DRACUT-KEYSDIR: {root}/etc/sysconfig/ima sets IMAKEYSDIR={keysdir}: dracut loads keys "
+                        f"from there, not from /{bootfiles.KEY_DIR}")  # fmt: skip
+    if read_root_file(root, "etc/sysconfig/ima-policy") is not None:
+        warnings.append("W-DRACUT-POLICY: /etc/sysconfig/ima-policy exists: dracut's integrity module loads it "
+                        "before systemd, which then cannot load /etc/ima/ima-policy (one policy per boot)")  # fmt: skip
+    if not any((root / d / "evmctl").exists() for d in ("usr/bin", "bin", "usr/sbin", "sbin")):
+        warnings.append("W-DRACUT-NO-KEYS: evmctl (ima-evm-utils) is not installed in ROOT: dracut's integrity "
+                        "module needs it to load keys")  # fmt: skip
+    return install_file(root, bootfiles.DRACUT_CONF, bootfiles.dracut_conf().encode(), 0o644)
+
+
+def _refuse(args: argparse.Namespace, certs: list[Certificate], root: Path) -> int | None:
+    revoked = load_revoked(args.revocation_list, args.revocation_ca)
+    refusals = certificate_refusals(certs, KernelFacts(ecdsa=_target_ecdsa(root)), revoked)
+    if not refusals:
+        return None
+    reasons = {r.reason for r in refusals}
+    code = (ExitCode.VERIFICATION_FAILED if "revoked-key" in reasons else
+            ExitCode.UNSUPPORTED if "no-ecdsa" in reasons else ExitCode.USAGE)  # fmt: skip
+    if args.json:
+        json.dump({"command": "keys install", "installed": False,
+                   "refused": [{"cert": r.source, "reason": r.reason, "detail": r.detail} for r in refusals],
+                   "exit_code": int(code)}, sys.stdout, indent=1)  # fmt: skip
+        sys.stdout.write("\n")
+    for refusal in refusals:
+        print(f"imaguard: refused: {refusal.source}: {refusal.reason}: {refusal.detail}", file=sys.stderr)
+    print("imaguard: error: nothing was installed", file=sys.stderr)
+    return code
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    root = root_dir(args.root)
+    certs = list({c.key_id: c for c in (load_certificate(p) for p in args.certs)}.values())
+    refused = _refuse(args, certs, root)
+    if refused is not None:
+        return refused
+    warnings: list[str] = []
+    if any(c.key_kind.startswith("EC") for c in certs) and _target_ecdsa(root) is None:
+        warnings.append("W-EC-KEY: EC certificate and no kernel config in ROOT/boot to tell whether the kernel "
+                        "has ECDSA (Debian 12's does not: such keys fail to load at boot)")  # fmt: skip
+    changes: list[FileChange] = []
+    names = set()
+    for cert in certs:
+        name = bootfiles.cert_file_name(cert.key_id)
+        names.add(name)
+        changes.append(install_file(root, f"{bootfiles.KEY_DIR}/{name}", cert.der, 0o644))
+    kept = sorted(p.name for p in (root / bootfiles.KEY_DIR).glob("*.der") if p.name not in names)
+    rebuild: list[str] = []
+    if (root / "etc/initramfs-tools").is_dir() or (root / "usr/share/initramfs-tools").is_dir():
+        changes.append(install_file(root, bootfiles.INITRAMFS_HOOK, bootfiles.initramfs_hook().encode(), 0o755))
+        changes.append(install_file(root, bootfiles.INITRAMFS_SCRIPT, bootfiles.initramfs_script().encode(), 0o755))
+        rebuild.append("update-initramfs -u -k all")
+    dracut = _dracut(root, warnings)
+    if dracut is not None:
+        changes.append(dracut)
+        rebuild.append("dracut -f --regenerate-all")
+    if not rebuild:
+        warnings.append("W-NO-BOOT-LOADING: neither initramfs-tools nor dracut's integrity module found under "
+                        f"{root}: the certificates are installed but nothing loads them at boot")  # fmt: skip
+    changed = any(c.change is not Change.UNCHANGED for c in changes)
+    if args.json:
+        json.dump({"command": "keys install", "installed": True, "root": str(root),
+                   "files": [{"path": c.path, "change": c.change.value, "mode": f"{c.mode:04o}"} for c in changes],
+                   "kept": kept, "warnings": warnings, "rebuild": rebuild if changed else [],
+                   "exit_code": int(ExitCode.OK)}, sys.stdout, indent=1)  # fmt: skip
+        sys.stdout.write("\n")
+    else:
+        for c in changes:
+            print(f"{c.change.value:9} {c.path} ({c.mode:04o})")
+        for name in kept:
+            print(f"kept      {root / bootfiles.KEY_DIR / name} (not named here; remove it to retire that key)")
+        if changed and rebuild:
+            print(f"next: rebuild the initramfs so the next boot loads the keys: {' ; '.join(rebuild)}")
+    for warning in warnings:
+        print(f"imaguard: warning [{warning.split(':', 1)[0]}]:{warning.split(':', 1)[1]}", file=sys.stderr)
+    return ExitCode.OK

@@ -1,0 +1,382 @@
+"""``imaguard policy apply|install``: load a policy into the running kernel behind the gate; persist it for boot."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from imaguard.cli import policy as policy_cli
+from imaguard.config import Limits
+from imaguard.errors import ExitCode, HostStateError, ImaguardError, PolicyGateError, UnsupportedError, UsageError
+from imaguard.ima import bootfiles, coverage, keyring, probe, securityfs
+from imaguard.ima.doctor import diagnose
+from imaguard.ima.gate import Decision, GateResult, run_gate
+from imaguard.ima.hostfacts import IMA_KEYRING, AppraiseMode, appraise_mode, parse_cmdline
+from imaguard.ima.policy import Policy, render, render_rule
+from imaguard.ima.rootfiles import Change, install_file, read_root_file, root_dir
+from imaguard.keys import Verifier, load_certificate
+from imaguard.sign.parallel import default_jobs
+
+__all__ = ["IMA_DIR", "PRIME_PROGRAM", "W_UNSAFE_ENFORCE", "read_cmdline", "register_verbs"]
+
+IMA_DIR = securityfs.IMA_DIR  # read at call time, so tests can point it at a stand-in directory
+PRIME_PROGRAM = "/bin/true"
+W_UNSAFE_ENFORCE = "W-UNSAFE-ENFORCE"
+
+_APPLY_HELP = """\
+Load a policy into the running kernel (/sys/kernel/security/ima/policy), one write() per rule.
+
+Order of checks; the first that fails stops everything, and nothing is written to securityfs:
+  1. the policy is parsed and validated against the kernel's grammar (exit 2 with line and
+     column); --stage measure refuses a policy with appraise rules;
+  2. the kernel has IMA and the policy file is still there (exit 77 without IMA or securityfs;
+     exit 1 if a policy was already loaded this boot: without CONFIG_IMA_WRITE_POLICY the next
+     one takes a reboot);
+  3. --stage log needs a kernel booted with ima_appraise=log (otherwise its appraise rules would
+     deny at once: exit 1); --stage enforce on such a kernel warns that failures are only logged;
+  4. for log and enforce, the gate (as `imaguard policy check`): every file the appraise rules
+     cover on the filesystems under --root must carry a signature that verifies with a key
+     loaded in the kernel's _ima/.ima keyring now (--cert gives the certificates to check the
+     signatures with). enforce refuses on any gap (exit 3, the files listed); log warns and goes
+     on (failures are logged, not denied).
+     --unsafe-enforce-with-unsigned-files loads the enforce policy anyway: it prints warning
+     W-UNSAFE-ENFORCE and the JSON output records it (unsafe_enforce_with_unsigned_files) with
+     the files that will be denied. Those files will not run until the next reboot.
+
+The rules are written one per write(); the kernel activates them when the file is closed, and
+only if it accepted every rule. The first rule it rejects is reported with its errno, its
+number and its line in the source; then nothing of the policy is in force (what the kernel does
+with the policy file after a rejection is kernel-dependent: check `imaguard doctor`). After a
+successful load the policy file disappears on kernels without CONFIG_IMA_WRITE_POLICY (Debian 12):
+the output says whether it did.
+
+Priming (lab note P3): right after a policy with appraise rules is loaded, apply executes a
+signed program (--prime, default /bin/true) from its own process, whose keyrings reach '_ima':
+the kernel caches the keyring at this first signature verification, after which services with
+private keyrings find it too. A failure (EACCES) is reported loudly: check `dmesg` for
+"no _ima keyring" or "Request for unknown key".
+
+Exit status: 0 loaded; 2 invalid policy or usage; 3 the gate refused; 77 no IMA here; 1 the kernel
+rejected a rule, or a policy is already loaded.
+"""
+
+_INSTALL_HELP = f"""\
+Install the policy for the next boots: write ROOT/{bootfiles.POLICY_PATH} atomically (temp
+file, fsync, rename; mode 0644), which systemd loads into the kernel at boot before any unit
+starts. The file starts with comment lines naming the source and the stage (the kernel and
+systemd skip them), then the rules as `imaguard policy show` prints them. Reruns with the same
+policy change nothing ("unchanged").
+
+For --stage log and enforce the gate runs first over the filesystems under ROOT, with the keys
+the next boot will load: the certificates in ROOT/{bootfiles.KEY_DIR} (see `imaguard keys install`)
+and any --cert. enforce refuses on a gap (exit 3) unless --unsafe-enforce-with-unsigned-files
+(warning W-UNSAFE-ENFORCE); log warns. With no certificate in ROOT/{bootfiles.KEY_DIR}, enforce
+is refused (every appraised file would be denied at boot).
+
+Kernel command line: install prints what the stage needs (log: ima_appraise=log; enforce: no
+ima_appraise=, or ima_appraise=enforce; measure: nothing) and what must go (ima_policy=
+appraise_tcb or secure_boot: built-in appraise rules that would apply before the policy is
+loaded). The words are taken from ROOT/{bootfiles.GRUB_DEFAULT} when it exists, else (for --root /)
+from /proc/cmdline. If ROOT/{bootfiles.GRUB_DEFAULT} exists, install prints the exact lines to
+change and does NOT edit the file unless --edit-grub is given: the boot loader configuration is
+often owned by configuration management, and a silent edit that is never followed by update-grub
+would be a change nobody sees. With --edit-grub the file is rewritten atomically (only plain
+double-quoted GRUB_CMDLINE_LINUX/_DEFAULT lines are touched); run update-grub afterwards.
+
+Exit status: 0 installed or unchanged; 2 invalid policy or usage; 3 the gate refused.
+"""
+
+
+def register_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = verbs.add_parser("apply", help="load a policy into the running kernel, behind the gate",
+                         description=_APPLY_HELP, formatter_class=fmt)  # fmt: skip
+    _source(p)
+    p.add_argument("--cert", type=Path, action="append", default=[], metavar="CERT",
+                   help="certificate (PEM or DER) to check signatures with; repeat for several")  # fmt: skip
+    p.add_argument("--root", default="/", metavar="DIR", help="the gate checks files under DIR (default: all)")
+    p.add_argument("--prime", default=PRIME_PROGRAM, metavar="PROGRAM",
+                   help=f"signed program executed after loading appraise rules (default {PRIME_PROGRAM})")
+    p.add_argument("-j", "--jobs", type=int, default=default_jobs(), metavar="N", help="hashing processes")
+    _common(p)
+    p.set_defaults(handler=_cmd_apply)
+
+    p = verbs.add_parser("install", help="install the policy for the next boots (/etc/ima/ima-policy)",
+                         description=_INSTALL_HELP, formatter_class=fmt)  # fmt: skip
+    _source(p)
+    p.add_argument("--cert", type=Path, action="append", default=[], metavar="CERT",
+                   help=f"certificate in addition to those in ROOT/{bootfiles.KEY_DIR}")  # fmt: skip
+    p.add_argument("--root", default="/", metavar="DIR", help="the root filesystem to install into (default: /)")
+    p.add_argument("--edit-grub", action="store_true",
+                   help=f"apply the command line change to ROOT/{bootfiles.GRUB_DEFAULT}")
+    p.add_argument("-j", "--jobs", type=int, default=default_jobs(), metavar="N", help="hashing processes")
+    _common(p)
+    p.set_defaults(handler=_cmd_install)
+
+
+def _source(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--template", metavar="NAME", help="a template from policies/ (default: the stage's)")
+    source.add_argument("--file", type=Path, metavar="FILE", help="a policy file in the kernel's syntax")
+    p.add_argument("--stage", choices=bootfiles.STAGES, required=True, help="measure, log or enforce")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--unsafe-enforce-with-unsigned-files", action="store_true",
+                   help="enforce even though the gate found files that would be denied (W-UNSAFE-ENFORCE)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
+
+
+def _emit(doc: dict[str, object]) -> None:
+    json.dump(doc, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+
+
+def _warn(ident: str, message: str) -> None:
+    print(f"imaguard: warning [{ident}]: {message}", file=sys.stderr)
+
+
+def _checked_policy(args: argparse.Namespace) -> tuple[str, Policy]:
+    source, policy = policy_cli.load_policy(args)
+    if args.stage == "measure" and policy.appraise_rules:
+        raise UsageError(f"{source}: --stage measure, but the policy has {len(policy.appraise_rules)} appraise "
+                         "rules (use --stage log or enforce)", reason="stage-mismatch")  # fmt: skip
+    return source, policy
+
+
+def _gate_doc(result: GateResult | None) -> dict[str, object] | None:
+    if result is None:
+        return None
+    return {"decision": result.decision.value, "in_scope": result.in_scope,
+            "uncovered": [{"path": u.path, "reason": u.reason, "detail": u.detail, "rule_line": u.rule_line}
+                          for u in result.uncovered]}  # fmt: skip
+
+
+def _judge(args: argparse.Namespace, result: GateResult, doc: dict[str, object]) -> int | None:
+    """On gaps: for enforce refuse (exit 3, the document and one error line printed); warn for log
+    or with the unsafe flag. None: go on."""
+    if result.allowed:
+        return None
+    paths = tuple(u.path for u in result.uncovered)
+    listing = "; ".join(f"{u.path} ({u.reason})" for u in result.uncovered[:20])
+    more = f"; and {len(paths) - 20} more" if len(paths) > 20 else ""
+    if args.stage == "log":
+        _warn("W-LOG-GAPS", f"{len(paths)} file(s) would fail appraisal; in the log stage they are logged, not "
+              f"denied: {listing}{more}")  # fmt: skip
+        return None
+    if args.unsafe_enforce_with_unsigned_files:
+        doc["unsafe_enforce_with_unsigned_files"] = True
+        _warn(W_UNSAFE_ENFORCE, f"--unsafe-enforce-with-unsigned-files: enforcing although {len(paths)} file(s) "
+              f"will be DENIED until the next reboot: {listing}{more}")  # fmt: skip
+        return None
+    err = PolicyGateError(f"the gate refused: {len(paths)} of {result.in_scope} file(s) in scope would be denied; "
+                          "nothing was written (sign them, or see --unsafe-enforce-with-unsigned-files)",
+                          unsigned=paths)  # fmt: skip
+    return _fail(args, doc, err)
+
+
+def _fail(args: argparse.Namespace, doc: dict[str, object], err: ImaguardError) -> int:
+    """Print the command's document (with the error) and the error line; the error's exit code."""
+    if args.json:
+        _emit({**doc, "loaded": False, "error": {"reason": err.reason, "message": str(err)},
+               "exit_code": int(err.exit_code)})  # fmt: skip
+    gate = doc.get("gate")
+    if isinstance(gate, dict) and not args.json:
+        for u in gate["uncovered"]:
+            print(f"  {u['reason']:20} {u['path']}  (rule line {u['rule_line']}: {u['detail']})", file=sys.stderr)
+    print(f"imaguard: error: {err}", file=sys.stderr)
+    return err.exit_code
+
+
+# --- apply ---------------------------------------------------------------------------------------
+
+
+def read_cmdline() -> tuple[str, ...]:
+    """The running kernel's command line words (empty if /proc/cmdline cannot be read)."""
+    try:
+        return parse_cmdline(Path("/proc/cmdline").read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return ()
+
+
+def _preflight(args: argparse.Namespace) -> AppraiseMode:
+    """IMA present, policy file still there, the boot mode fits the stage; nothing written."""
+    ima_dir = Path(IMA_DIR)
+    if not ima_dir.is_dir():
+        facts = probe.read_kernel_facts(with_xattrs=False)
+        ima = diagnose(facts)[0]
+        if facts.ima is True and not facts.securityfs_mounted:
+            raise HostStateError(f"cannot load a policy: securityfs is not mounted ({ima.reason}); mount it "
+                                 "(mount -t securityfs securityfs /sys/kernel/security) and retry; nothing was "
+                                 "written", reason="securityfs-not-mounted")  # fmt: skip
+        raise UnsupportedError(f"cannot load a policy here: {ima_dir} does not exist ({ima.summary}: {ima.reason}); "
+                               "nothing was written", reason="no-ima")  # fmt: skip
+    if not (ima_dir / "policy").exists():
+        raise HostStateError(f"{ima_dir / 'policy'} is gone: a policy was already loaded this boot and this kernel "
+                             "lacks CONFIG_IMA_WRITE_POLICY; the next policy takes a reboot (`imaguard policy "
+                             "install` makes it the boot policy)", reason="policy-already-loaded",
+                             path=str(ima_dir / "policy"))  # fmt: skip
+    mode, why = appraise_mode(read_cmdline())
+    if args.stage == "log" and mode is not AppraiseMode.LOG:
+        raise HostStateError(f"--stage log needs a kernel booted with ima_appraise=log, and this one was not "
+                             f"({why}): its appraise rules would deny at once. Reboot with ima_appraise=log "
+                             "(`imaguard policy install --stage log` says how) or use --stage enforce behind the "
+                             "gate", reason="not-booted-for-log")  # fmt: skip
+    if args.stage == "enforce" and mode is AppraiseMode.LOG:
+        _warn("W-LOG-MODE", "this kernel was booted with ima_appraise=log: appraisal failures are logged, not denied")
+    return mode
+
+
+def _prime(program: str, mode: AppraiseMode) -> dict[str, object]:
+    reach = keyring.request_keyring(IMA_KEYRING) is not None
+    try:
+        proc = subprocess.run([program], check=False, capture_output=True, timeout=30)
+    except PermissionError:
+        _warn("W-PRIME-DENIED", f"executing {program} after the load was DENIED (EACCES): the kernel could not "
+              f"verify it. {'_ima is reachable from this process; ' if reach else '_ima is NOT reachable from '}"
+              f"{'' if reach else 'this process (KeyringMode=private?); '}check dmesg for 'no _ima keyring' "
+              "or 'Request for unknown key'")  # fmt: skip
+        return {"program": program, "result": "denied", "errno": errno.EACCES, "ima_keyring_reachable": reach}
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"program": program, "result": f"not-run: {exc}", "ima_keyring_reachable": reach}
+    result = "executed" if mode is AppraiseMode.LOG else ("ok" if proc.returncode == 0 else f"exit {proc.returncode}")
+    return {"program": program, "result": result, "ima_keyring_reachable": reach}
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    source, policy = _checked_policy(args)
+    mode = _preflight(args)
+    doc: dict[str, object] = {"command": "policy apply", "policy": source, "stage": args.stage,
+                              "rules": len(policy.rules), "appraise_rules": len(policy.appraise_rules),
+                              "unsafe_enforce_with_unsigned_files": False}  # fmt: skip
+    result: GateResult | None = None
+    if policy.appraise_rules:
+        keys_from, loaded, verifier = policy_cli.gate_keys(args.cert)
+        if keys_from != "kernel":
+            raise PolicyGateError("the kernel has no IMA keyring (_ima or .ima): every appraised file would be "
+                                  "denied; load the keys first (imaguard keys load CERT)", unsigned=())  # fmt: skip
+        facts = coverage.collect(policy, args.root, verifier, loaded, Limits(), jobs=args.jobs)
+        result = run_gate(policy, facts, loaded)
+        doc["gate"] = _gate_doc(result)
+        refused = _judge(args, result, doc)
+        if refused is not None:
+            return refused
+    rules = [render_rule(r) for r in policy.rules]
+    try:
+        count = securityfs.write_policy(rules, ima_dir=IMA_DIR, lines=[r.line for r in policy.rules])
+    except securityfs.PolicyRuleRejectedError as exc:
+        doc["rejected"] = {"index": exc.index, "line": exc.line, "rule": exc.rule,
+                           "errno": errno.errorcode.get(exc.errno or 0)}  # fmt: skip
+        return _fail(args, doc, exc)
+    gone = not (Path(IMA_DIR) / "policy").exists()
+    doc.update({"loaded": True, "rules_written": count,
+                "policy_file_after_load": "gone" if gone else "present"})  # fmt: skip
+    if policy.appraise_rules:
+        doc["prime"] = _prime(args.prime, mode)
+    doc["exit_code"] = int(ExitCode.OK)
+    if args.json:
+        _emit(doc)
+    else:
+        print(f"loaded: {count} rules from {source} (stage {args.stage})")
+        if result is not None:
+            print(f"gate: {result.decision.value} ({result.in_scope} files in scope)")
+        print("policy file: " + ("gone (one policy per boot on this kernel)" if gone else
+                                 "still present (CONFIG_IMA_WRITE_POLICY: rules can be added)"))  # fmt: skip
+        if "prime" in doc:
+            print(f"prime: {doc['prime']}")
+    return ExitCode.OK
+
+
+# --- install -------------------------------------------------------------------------------------
+
+
+def _boot_keys(root: Path, certs: list[Path]) -> tuple[frozenset[bytes], Verifier, list[str]]:
+    key_dir = root / bootfiles.KEY_DIR
+    files = sorted(key_dir.glob("*.der")) if key_dir.is_dir() else []
+    loaded = [load_certificate(p) for p in [*files, *certs]]
+    return frozenset(c.key_id for c in loaded), Verifier.of(loaded), [str(p) for p in files]
+
+
+def _cmd_install(args: argparse.Namespace) -> int:
+    source, policy = _checked_policy(args)
+    root = root_dir(args.root)
+    doc: dict[str, object] = {"command": "policy install", "policy": source, "stage": args.stage, "root": str(root),
+                              "unsafe_enforce_with_unsigned_files": False}  # fmt: skip
+    if policy.appraise_rules:
+        ids, verifier, files = _boot_keys(root, args.cert)
+        doc["boot_keys"] = files
+        if not ids and args.stage == "enforce" and not args.unsafe_enforce_with_unsigned_files:
+            raise PolicyGateError(f"no certificate in {root / bootfiles.KEY_DIR} (and no --cert): at boot no key "
+                                  "would verify anything and every appraised file would be denied; run `imaguard "
+                                  "keys install` first", unsigned=())  # fmt: skip
+        result = run_gate(policy, coverage.collect(policy, str(root), verifier, ids, Limits(), jobs=args.jobs), ids)
+        doc["gate"] = _gate_doc(result)
+        refused = _judge(args, result, doc)
+        if refused is not None:
+            return refused
+    else:
+        result = GateResult(Decision.ALLOW, 0, (), 0)
+    text = bootfiles.policy_file(render(policy), stage=args.stage, source=Path(source).name)
+    change = install_file(root, bootfiles.POLICY_PATH, text.encode("ascii"), 0o644)
+    doc["files"] = [{"path": change.path, "change": change.change.value, "mode": f"{change.mode:04o}"}]
+    advice, grub = _advice(args, root)
+    doc.update(advice)
+    if grub is not None:
+        doc["files"].append(grub)  # type: ignore[attr-defined]
+    doc["exit_code"] = int(ExitCode.OK)
+    if args.json:
+        _emit(doc)
+        return ExitCode.OK
+    print(f"{change.change.value:9} {change.path} ({change.mode:04o}): {len(policy.rules)} rules, stage {args.stage}")
+    if policy.appraise_rules:
+        print(f"gate: {result.decision.value} ({result.in_scope} files in scope under {root})")
+    for line in advice["cmdline_text"]:  # type: ignore[attr-defined]
+        print(line)
+    if grub is not None:
+        print(f"{grub['change']:9} {grub['path']} ({grub['mode']}); now run update-grub")
+    return ExitCode.OK
+
+
+def _advice(args: argparse.Namespace, root: Path) -> tuple[dict[str, object], dict[str, str] | None]:
+    grub_bytes = read_root_file(root, bootfiles.GRUB_DEFAULT)
+    grub_text = grub_bytes.decode("utf-8", "replace") if grub_bytes is not None else None
+    if grub_text is not None:
+        words = tuple(w for line in grub_text.splitlines() if line.startswith("GRUB_CMDLINE_LINUX")
+                      for w in line.partition("=")[2].strip().strip("\"'").split())  # fmt: skip
+        words_from = str(root / bootfiles.GRUB_DEFAULT)
+    elif root.resolve() == Path("/"):
+        words = read_cmdline()
+        words_from = "/proc/cmdline"
+    else:
+        words, words_from = (), "nothing (no /etc/default/grub under the root)"
+    advice = bootfiles.cmdline_advice(args.stage, words)
+    lines = [f"kernel command line for stage {args.stage} (from {words_from}):"]
+    lines += [f"  add:    {w}" for w in advice.add] + [f"  remove: {w}" for w in advice.remove]
+    if not advice.needs_change:
+        lines.append("  nothing to change")
+    lines += [f"  note: {n}" for n in advice.notes]
+    grub_change: dict[str, str] | None = None
+    if grub_text is not None and advice.needs_change:
+        edit = bootfiles.grub_edit(grub_text, advice)
+        if edit is None:
+            lines.append(f"  {root / bootfiles.GRUB_DEFAULT}: not plain double-quoted GRUB_CMDLINE_LINUX lines; "
+                         "edit it by hand as above, then run update-grub")  # fmt: skip
+        elif args.edit_grub:
+            mode = (root / bootfiles.GRUB_DEFAULT).stat().st_mode & 0o7777
+            change = install_file(root, bootfiles.GRUB_DEFAULT, edit.new_text.encode(), mode)
+            grub_change = {"path": change.path, "change": change.change.value, "mode": f"{mode:04o}"}
+        else:
+            lines.append(f"  in {root / bootfiles.GRUB_DEFAULT} (not edited; --edit-grub does it), then run "
+                         "update-grub:")
+            for old, new in edit.changes:
+                lines += ([f"    - {old}"] if old is not None else []) + [f"    + {new}"]
+    doc: dict[str, object] = {"cmdline": {"from": words_from, "add": list(advice.add), "remove": list(advice.remove),
+                                          "notes": list(advice.notes)}, "cmdline_text": lines}  # fmt: skip
+    if grub_change is not None and grub_change["change"] == Change.UNCHANGED.value:
+        grub_change = None
+    return doc, grub_change

@@ -1,0 +1,293 @@
+"""The files that make keys and policy survive a reboot, and the kernel command line advice (pure).
+
+Boot order on a systemd host, and where each piece goes (why the keys are in the keyring before
+the policy is loaded and before the first appraised exec):
+
+1. the initramfs runs. initramfs-tools: our ``init-top`` script loads the certificates that the
+   hook copied into the initramfs (``/etc/keys/ima/*.der``) with ``keyctl padd asymmetric``,
+   before the root filesystem is even mounted, so nothing of the real root is read or executed
+   without the keys. dracut: its own ``98integrity`` module (``ima-keys-load.sh``, pre-pivot 61)
+   loads every file in ``$NEWROOT$IMAKEYSDIR`` (default ``/etc/keys/ima``) with ``evmctl import``
+   into ``.ima`` or ``_ima``; imaguard only turns the module on (``check()`` returns 255: dracut
+   includes it only on request) instead of shipping a second loader;
+2. PID 1 (systemd) starts from the real root and, before any unit, writes ``/etc/ima/ima-policy``
+   to ``/sys/kernel/security/ima/policy`` (``src/core/ima-setup.c``). From here on files are
+   appraised, against keys that are already loaded.
+
+The keys land in ``_ima`` linked into root's user keyring ``@u``. PID 1 has no session keyring, so
+the kernel's ``request_key`` from PID 1 and from the processes it forks before setting up their
+keyrings (generators) falls back to root's user-session keyring, which links ``@u``: the first
+appraisals of the boot happen there and cache the keyring for everyone (lab note P3).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+from imaguard.ima.hostfacts import cmdline_value
+
+__all__ = [
+    "DRACUT_CONF",
+    "DRACUT_MODULE_DIR",
+    "GRUB_DEFAULT",
+    "INITRAMFS_HOOK",
+    "INITRAMFS_SCRIPT",
+    "KEY_DIR",
+    "POLICY_PATH",
+    "STAGES",
+    "CmdlineAdvice",
+    "GrubEdit",
+    "cert_file_name",
+    "cmdline_advice",
+    "dracut_conf",
+    "grub_edit",
+    "initramfs_hook",
+    "initramfs_script",
+    "parse_imakeysdir",
+    "policy_file",
+    "stage_of_policy_file",
+]
+
+KEY_DIR = "etc/keys/ima"  # relative to the root; the convention dracut and evmctl users share
+POLICY_PATH = "etc/ima/ima-policy"  # what systemd loads at boot
+INITRAMFS_HOOK = "etc/initramfs-tools/hooks/imaguard"
+INITRAMFS_SCRIPT = "etc/initramfs-tools/scripts/init-top/imaguard"
+DRACUT_MODULE_DIR = "usr/lib/dracut/modules.d/98integrity"
+DRACUT_CONF = "etc/dracut.conf.d/90-imaguard.conf"
+GRUB_DEFAULT = "etc/default/grub"
+STAGES = ("measure", "log", "enforce")
+
+_STAGE_MARK = "# imaguard-stage: "
+
+
+def cert_file_name(key_id: bytes) -> str:
+    """``imaguard-<keyid>.der``: one file per key, so reinstalling the same key changes nothing."""
+    return f"imaguard-{key_id.hex()}.der"
+
+
+def initramfs_hook() -> str:
+    """initramfs-tools hook: copy keyctl and the DER certificates into the initramfs.
+
+    A missing keyctl fails the hook, and with it ``update-initramfs``: an initramfs that would boot
+    without the IMA keys is worse than none (under enforce every signed file would be denied).
+    """
+    return f"""\
+#!/bin/sh
+# Written by `imaguard keys install`. Copies the IMA certificates in /{KEY_DIR} and keyctl into
+# the initramfs; scripts/init-top/imaguard loads them into the kernel keyring at boot.
+# Rerun `update-initramfs -u` after changing /{KEY_DIR}.
+PREREQ=""
+prereqs() {{ echo "$PREREQ"; }}
+case "$1" in
+prereqs) prereqs; exit 0 ;;
+esac
+
+. /usr/share/initramfs-tools/hook-functions
+
+KEYCTL=$(command -v keyctl) || {{
+	echo "E: imaguard: keyctl (package keyutils) is needed to load IMA keys at boot" >&2
+	exit 1
+}}
+copy_exec "$KEYCTL" /bin/keyctl
+for cert in /{KEY_DIR}/*.der; do
+	[ -f "$cert" ] || continue
+	copy_file cert "$cert" "/{KEY_DIR}/${{cert##*/}}"
+done
+exit 0
+"""
+
+
+def initramfs_script() -> str:
+    """initramfs-tools ``init-top`` script: load the copied certificates, before the root is mounted."""
+    return f"""\
+#!/bin/sh
+# Written by `imaguard keys install`. Loads the IMA certificates copied by hooks/imaguard into the
+# kernel keyring.
+# Why init-top: it runs first, before the root filesystem is mounted and long before systemd loads
+# /etc/ima/ima-policy, so the keys are in the keyring before the policy exists and before the first
+# appraised exec (nothing of the real root runs before run-init starts /sbin/init).
+# Keyring: the kernel-made, restricted '.ima' if this kernel has one (CONFIG_INTEGRITY_TRUSTED_KEYRING),
+# else '_ima' linked into root's user keyring, where the kernel's request_key finds it.
+# A key that fails to load is reported on the console and in dmesg; the boot goes on.
+PREREQ=""
+prereqs() {{ echo "$PREREQ"; }}
+case "$1" in
+prereqs) prereqs; exit 0 ;;
+esac
+
+say() {{
+	echo "imaguard: $*"
+	echo "imaguard: $*" > /dev/kmsg 2>/dev/null || true
+}}
+
+[ -x /bin/keyctl ] || {{ say "keyctl missing from the initramfs: IMA keys not loaded"; exit 0; }}
+set -- /{KEY_DIR}/*.der
+[ -f "$1" ] || exit 0
+
+if line=$(keyctl describe %keyring:.ima 2>/dev/null); then
+	ring=${{line%%:*}}
+else
+	ring=$(keyctl search @u keyring _ima 2>/dev/null) || ring=$(keyctl newring _ima @u) || {{
+		say "cannot create the _ima keyring: IMA keys not loaded"
+		exit 0
+	}}
+fi
+for cert in "$@"; do
+	if keyctl padd asymmetric "" "$ring" < "$cert" > /dev/null; then
+		say "loaded IMA certificate ${{cert##*/}} into keyring $ring"
+	else
+		say "FAILED to load IMA certificate ${{cert##*/}} into keyring $ring"
+	fi
+done
+exit 0
+"""
+
+
+def dracut_conf() -> str:
+    """dracut drop-in that includes dracut's own ``integrity`` module (it loads ``/etc/keys/ima``)."""
+    return f"""\
+# Written by `imaguard keys install`. dracut's integrity module (98integrity, ima-keys-load.sh)
+# loads every certificate in $IMAKEYSDIR (default /{KEY_DIR}) into '.ima' or '_ima' at pre-pivot,
+# before systemd loads /etc/ima/ima-policy; it is only included on request.
+add_dracutmodules+=" integrity "
+"""
+
+
+def parse_imakeysdir(sysconfig_ima: str) -> str | None:
+    """``IMAKEYSDIR=`` from dracut's ``/etc/sysconfig/ima`` (a shell fragment), if it sets one."""
+    found: str | None = None
+    for raw in sysconfig_ima.splitlines():
+        line = raw.strip()
+        if line.startswith("IMAKEYSDIR="):
+            try:
+                words = shlex.split(line.partition("=")[2])
+            except ValueError:
+                continue
+            found = words[0] if words else ""
+    return found
+
+
+def policy_file(rules_text: str, *, stage: str, source: str) -> str:
+    """``/etc/ima/ima-policy``: a comment header (the kernel and systemd skip ``#`` lines), then the rules."""
+    return (
+        "# Written by `imaguard policy install`; do not edit, rerun it.\n"
+        "# systemd loads this file into /sys/kernel/security/ima/policy at boot, before any unit starts.\n"
+        f"# source: {source}\n"
+        f"{_STAGE_MARK}{stage}\n"
+        f"{rules_text}"
+    )
+
+
+def stage_of_policy_file(text: str) -> str | None:
+    """The stage an installed ``/etc/ima/ima-policy`` was written for, if imaguard wrote it."""
+    for line in text.splitlines():
+        if line.startswith(_STAGE_MARK):
+            stage = line[len(_STAGE_MARK) :].strip()
+            return stage if stage in STAGES else None
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CmdlineAdvice:
+    """Kernel command line words to add and remove for a stage, and why."""
+
+    stage: str
+    add: tuple[str, ...]
+    remove: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def needs_change(self) -> bool:
+        return bool(self.add or self.remove)
+
+
+_APPRAISING_BUILTINS = ("appraise_tcb", "secure_boot")
+
+
+def cmdline_advice(stage: str, words: tuple[str, ...]) -> CmdlineAdvice:
+    """What the kernel command line (``words``) needs for ``stage`` (measure, log or enforce)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}")
+    add: list[str] = []
+    remove: list[str] = []
+    notes: list[str] = []
+    appraise = [w for w in words if w.partition("=")[0] == "ima_appraise"]
+    if stage == "log":
+        remove += [w for w in appraise if w != "ima_appraise=log"]
+        if "ima_appraise=log" not in appraise:
+            add.append("ima_appraise=log")
+        notes.append("ima_appraise=log makes appraisal failures logged (audit type 1800), not denied; the kernel "
+                     "honours it only with CONFIG_IMA_APPRAISE_BOOTPARAM=y and ignores it under secure boot "
+                     "with an architecture policy (dmesg: 'ignoring ima_appraise=log')")  # fmt: skip
+    elif stage == "enforce":
+        remove += [w for w in appraise if w != "ima_appraise=enforce"]
+        notes.append("without ima_appraise= the kernel enforces (ima_appraise=enforce says the same explicitly): "
+                     "files that fail appraisal are denied with EACCES")  # fmt: skip
+    else:
+        notes.append("the measure policy appraises nothing, so ima_appraise= makes no difference")
+    builtin = cmdline_value(words, "ima_policy")
+    if builtin is not None:
+        names = builtin.split("|")
+        if any(name in _APPRAISING_BUILTINS for name in names):
+            remove += [w for w in words if w.partition("=")[0] == "ima_policy" and w not in remove]
+            notes.append(f"ima_policy={builtin} loads built-in appraise rules that apply to every file root owns "
+                         "from the start of the boot until systemd replaces them with /etc/ima/ima-policy: "
+                         "remove it")  # fmt: skip
+        else:
+            notes.append(f"ima_policy={builtin}: built-in measurement rules, replaced at boot by /etc/ima/ima-policy")
+    else:
+        notes.append("no ima_policy=: the kernel starts without rules and systemd loads /etc/ima/ima-policy")
+    return CmdlineAdvice(stage, tuple(add), tuple(dict.fromkeys(remove)), tuple(notes))
+
+
+@dataclass(frozen=True, slots=True)
+class GrubEdit:
+    """The lines of ``/etc/default/grub`` to change: (old line or None for a new one, new line)."""
+
+    changes: tuple[tuple[str | None, str], ...]
+    new_text: str
+
+
+_GRUB_LINE = re.compile(r'^(GRUB_CMDLINE_LINUX(?:_DEFAULT)?)="([^"$`\\]*)"\s*$')
+
+
+def grub_edit(text: str, advice: CmdlineAdvice) -> GrubEdit | None:
+    """The edit of ``/etc/default/grub`` that applies ``advice``; None when a line is not a plain
+    double-quoted value this function can rewrite safely (then the advice is printed for a person).
+
+    Words are removed from ``GRUB_CMDLINE_LINUX`` and ``GRUB_CMDLINE_LINUX_DEFAULT`` and added to
+    ``GRUB_CMDLINE_LINUX`` (every boot entry, recovery included).
+    """
+    lines = text.split("\n")
+    found: dict[str, int] = {}
+    for index, line in enumerate(lines):
+        name = line.partition("=")[0].strip()
+        if name in ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"):
+            if _GRUB_LINE.match(line) is None or name in found:
+                return None
+            found[name] = index
+    changes: list[tuple[str | None, str]] = []
+    for name in ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"):
+        words: list[str] = []
+        if name in found:
+            match = _GRUB_LINE.match(lines[found[name]])
+            assert match is not None  # noqa: S101 - checked above
+            words = match.group(2).split()
+        kept = [w for w in words if w not in advice.remove]
+        if name == "GRUB_CMDLINE_LINUX":
+            kept += [w for w in advice.add if w not in kept]
+        if kept == words:
+            continue
+        new = f'{name}="{" ".join(kept)}"'
+        if name in found:
+            changes.append((lines[found[name]], new))
+            lines[found[name]] = new
+        else:
+            changes.append((None, new))
+            if lines and lines[-1] == "":
+                lines.insert(len(lines) - 1, new)
+            else:
+                lines.append(new)
+    return GrubEdit(tuple(changes), "\n".join(lines))

@@ -1,0 +1,201 @@
+"""``imaguard keys install`` and ``imaguard policy install`` into temporary roots (root tier).
+
+Never the host's /etc: every run gets its own ``--root``. Checked: the files and their modes,
+the initramfs and dracut integration, idempotent reruns ("unchanged", same inode), atomic
+replacement (no temp file left, the old inode replaced whole), symlinked directories refused,
+refusals that write nothing, and the grub advice (printed, edited only with --edit-grub).
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from certlib import pki
+
+from imaguard.cli.main import main
+from imaguard.ima import bootfiles
+from imaguard.ima.policy import parse_policy, render
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+pytestmark = pytest.mark.root
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_CERT = REPO / "tests" / "data" / "keys" / "ima-test-rsa2048.pem"
+TEST_KEY_FILE = "imaguard-17b7ae8b.der"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A root with initramfs-tools, dracut's integrity module (with its key loader) and evmctl."""
+    r = tmp_path / "root"
+    (r / "etc/initramfs-tools").mkdir(parents=True)
+    (r / bootfiles.DRACUT_MODULE_DIR).mkdir(parents=True)
+    (r / bootfiles.DRACUT_MODULE_DIR / "ima-keys-load.sh").write_text("#!/bin/sh\n")
+    (r / "usr/bin").mkdir(parents=True)
+    (r / "usr/bin/evmctl").write_text("")
+    return r
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, dict, str]]:
+    def call(*argv: str) -> tuple[int, dict, str]:
+        capsys.readouterr()
+        code = main([*argv, "--json"])
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err, err
+        return code, json.loads(out), err
+
+    return call
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_keys_install_writes_certs_and_boot_loading_then_is_idempotent(
+    root: Path, run: Callable[..., tuple[int, dict, str]]
+) -> None:
+    code, doc, err = run("keys", "install", "--root", str(root), str(TEST_CERT))
+    assert (code, err) == (0, "")
+    assert {Path(f["path"]).relative_to(root).as_posix(): f["change"] for f in doc["files"]} == {
+        f"etc/keys/ima/{TEST_KEY_FILE}": "created",
+        bootfiles.INITRAMFS_HOOK: "created",
+        bootfiles.INITRAMFS_SCRIPT: "created",
+        bootfiles.DRACUT_CONF: "created",
+    }
+    der = root / "etc/keys/ima" / TEST_KEY_FILE
+    assert der.read_bytes() == (REPO / "tests/data/keys/ima-test-rsa2048.der").read_bytes()
+    assert (mode(der), mode(root / bootfiles.INITRAMFS_HOOK), mode(root / bootfiles.INITRAMFS_SCRIPT)) == (0o644, 0o755, 0o755)
+    assert mode(root / "etc/keys/ima") == 0o755
+    assert (root / bootfiles.INITRAMFS_SCRIPT).read_text() == bootfiles.initramfs_script()
+    assert (root / bootfiles.DRACUT_CONF).read_text() == bootfiles.dracut_conf()
+    assert doc["rebuild"] == ["update-initramfs -u -k all", "dracut -f --regenerate-all"]
+    inode = der.stat().st_ino
+    code, doc, _ = run("keys", "install", "--root", str(root), str(TEST_CERT))
+    assert code == 0
+    assert {f["change"] for f in doc["files"]} == {"unchanged"}
+    assert doc["rebuild"] == []
+    assert der.stat().st_ino == inode  # untouched
+    assert sorted(p.name for p in (root / "etc/keys/ima").iterdir()) == [TEST_KEY_FILE]  # no temp files left
+
+
+def test_keys_install_text_output_says_exactly_what_changed(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "install", "--root", str(root), str(TEST_CERT)]) == 0
+    assert main(["keys", "install", "--root", str(root), str(TEST_CERT)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"created   {root}/etc/keys/ima/{TEST_KEY_FILE} (0644)"
+    assert out[4].startswith("next: rebuild the initramfs")
+    assert out[5:] == [
+        f"unchanged {root}/etc/keys/ima/{TEST_KEY_FILE} (0644)",
+        f"unchanged {root}/{bootfiles.INITRAMFS_HOOK} (0755)",
+        f"unchanged {root}/{bootfiles.INITRAMFS_SCRIPT} (0755)",
+        f"unchanged {root}/{bootfiles.DRACUT_CONF} (0644)",
+    ]
+
+
+def test_rotation_keeps_the_old_key_and_a_changed_script_is_replaced_atomically(
+    root: Path, tmp_path: Path, run: Callable[..., tuple[int, dict, str]]
+) -> None:
+    assert run("keys", "install", "--root", str(root), str(TEST_CERT))[0] == 0
+    script = root / bootfiles.INITRAMFS_SCRIPT
+    script.write_text("#!/bin/sh\n# edited by hand\n")
+    old_inode = script.stat().st_ino
+    new = pki().write(tmp_path, "rsa_cert")
+    code, doc, _ = run("keys", "install", "--root", str(root), str(new))
+    assert code == 0
+    changes = {Path(f["path"]).relative_to(root).as_posix(): f["change"] for f in doc["files"]}
+    assert changes[bootfiles.INITRAMFS_SCRIPT] == "updated"
+    assert changes[bootfiles.INITRAMFS_HOOK] == "unchanged"
+    assert changes[f"etc/keys/ima/imaguard-{pki().cert('rsa_cert').key_id.hex()}.der"] == "created"
+    assert script.read_text() == bootfiles.initramfs_script()
+    assert script.stat().st_ino != old_inode  # renamed into place, never rewritten in place
+    assert doc["kept"] == [TEST_KEY_FILE]
+
+
+def test_keys_install_refusals_write_nothing(root: Path, tmp_path: Path, run: Callable[..., tuple[int, dict, str]]) -> None:
+    (root / "boot").mkdir()
+    (root / "boot/config-6.1.0-50-amd64").write_text("CONFIG_IMA=y\n# CONFIG_CRYPTO_ECDSA is not set\n")
+    code, doc, _ = run("keys", "install", "--root", str(root), str(pki().write(tmp_path, "ec_cert")))
+    assert code == 77
+    assert [r["reason"] for r in doc["refused"]] == ["no-ecdsa"]
+    code, doc, _ = run("keys", "install", "--root", str(root), str(pki().write(tmp_path, "signing_ca_cert")))
+    assert (code, [r["reason"] for r in doc["refused"]]) == (2, ["ca-certificate"])
+    assert not (root / "etc/keys").exists()
+    assert not (root / bootfiles.INITRAMFS_HOOK).exists()
+
+
+def test_keys_install_warnings(tmp_path: Path, run: Callable[..., tuple[int, dict, str]]) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    code, doc, err = run("keys", "install", "--root", str(bare), str(TEST_CERT))
+    assert code == 0
+    assert [w.split(":")[0] for w in doc["warnings"]] == ["W-NO-BOOT-LOADING"]
+    assert "imaguard: warning [W-NO-BOOT-LOADING]: neither initramfs-tools nor dracut" in err
+    dracut = tmp_path / "dracut"
+    (dracut / bootfiles.DRACUT_MODULE_DIR).mkdir(parents=True)
+    (dracut / "etc/sysconfig").mkdir(parents=True)
+    (dracut / "etc/sysconfig/ima").write_text('IMAKEYSDIR="/etc/keys/elsewhere"\n')
+    (dracut / "etc/sysconfig/ima-policy").write_text("measure func=BPRM_CHECK\n")
+    code, doc, _ = run("keys", "install", "--root", str(dracut), str(TEST_CERT))
+    assert code == 0
+    assert sorted({w.split(":")[0] for w in doc["warnings"]}) == ["W-DRACUT-KEYSDIR", "W-DRACUT-NO-KEYS", "W-DRACUT-POLICY"]
+
+
+def test_symlinked_etc_is_refused(tmp_path: Path, run: Callable[..., tuple[int, dict, str]]) -> None:
+    root = tmp_path / "image"
+    root.mkdir()
+    elsewhere = tmp_path / "host-etc"
+    elsewhere.mkdir()
+    (root / "etc").symlink_to(elsewhere)
+    code, doc, _ = run("keys", "install", "--root", str(root), str(TEST_CERT))
+    assert (code, doc["error"]["reason"]) == (1, "symlink-in-path")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_policy_install_measure_then_log_with_grub_advice(root: Path, run: Callable[..., tuple[int, dict, str]]) -> None:
+    (root / "etc/default").mkdir(parents=True)
+    grub = root / bootfiles.GRUB_DEFAULT
+    grub.write_text('GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX=""\n')
+    code, doc, _ = run("policy", "install", "--stage", "measure", "--root", str(root))
+    assert code == 0
+    installed = root / bootfiles.POLICY_PATH
+    measure = parse_policy((REPO / "policies/measure.policy").read_text())
+    assert installed.read_text() == bootfiles.policy_file(render(measure), stage="measure", source="measure.policy")
+    assert (mode(installed), doc["files"][0]["change"], doc["cmdline"]["add"]) == (0o644, "created", [])
+    assert run("policy", "install", "--stage", "measure", "--root", str(root))[1]["files"][0]["change"] == "unchanged"
+    # log: keys for boot, then the advice says ima_appraise=log and grub is NOT edited without --edit-grub.
+    assert run("keys", "install", "--root", str(root), str(TEST_CERT))[0] == 0
+    code, doc, _ = run("policy", "install", "--stage", "log", "--root", str(root))
+    assert code == 0
+    assert doc["files"][0]["change"] == "updated"
+    assert doc["boot_keys"] == [str(root / "etc/keys/ima" / TEST_KEY_FILE)]
+    assert doc["cmdline"]["add"] == ["ima_appraise=log"]
+    assert '    + GRUB_CMDLINE_LINUX="ima_appraise=log"' in doc["cmdline_text"]
+    assert grub.read_text() == 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX=""\n'
+    code, doc, _ = run("policy", "install", "--stage", "log", "--root", str(root), "--edit-grub")
+    assert code == 0
+    assert grub.read_text() == 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX="ima_appraise=log"\n'
+    assert doc["files"][1]["change"] == "updated"
+    assert bootfiles.stage_of_policy_file(installed.read_text()) == "log"
+
+
+def test_policy_install_enforce_refusals_write_nothing(tmp_path: Path, run: Callable[..., tuple[int, dict, str]]) -> None:
+    root = tmp_path / "r"
+    root.mkdir()
+    code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
+    assert (code, doc["error"]["reason"]) == (3, "gate-refused")
+    assert "no certificate in" in err
+    bad = tmp_path / "bad.policy"
+    bad.write_text("appraise func=BPRM_CHECK appraise_type=imasig template=ima-sig\n")
+    code, doc, _ = run("policy", "install", "--stage", "enforce", "--file", str(bad), "--root", str(root))
+    assert (code, doc["error"]["reason"]) == (2, "invalid-policy")
+    assert not (root / "etc").exists()

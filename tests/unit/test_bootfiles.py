@@ -1,0 +1,92 @@
+"""Boot files and command line advice (pure): initramfs hook and script, dracut drop-in, grub edits."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from imaguard.ima import bootfiles
+from imaguard.ima.bootfiles import cmdline_advice, grub_edit
+
+
+def test_initramfs_hook_copies_keyctl_and_certificates_and_fails_without_keyctl() -> None:
+    hook = bootfiles.initramfs_hook()
+    assert hook.startswith("#!/bin/sh\n")
+    assert ". /usr/share/initramfs-tools/hook-functions\n" in hook
+    assert 'copy_exec "$KEYCTL" /bin/keyctl\n' in hook
+    assert 'copy_file cert "$cert" "/etc/keys/ima/${cert##*/}"\n' in hook
+    assert "\texit 1\n" in hook  # no keyctl: update-initramfs fails instead of building a keyless initramfs
+    assert 'prereqs) prereqs; exit 0 ;;' in hook
+
+
+def test_initramfs_script_loads_into_dot_ima_or_underscore_ima() -> None:
+    script = bootfiles.initramfs_script()
+    assert "keyctl describe %keyring:.ima" in script
+    assert "keyctl search @u keyring _ima" in script
+    assert "keyctl newring _ima @u" in script
+    assert 'keyctl padd asymmetric "" "$ring" < "$cert"' in script
+    assert "init-top" in script  # the comment says why this phase
+
+
+@pytest.mark.parametrize("text", [bootfiles.initramfs_hook(), bootfiles.initramfs_script()])
+def test_boot_scripts_are_valid_posix_sh(text: str) -> None:
+    for shell in ("sh", "dash", "busybox"):
+        exe = shutil.which(shell)
+        if exe is None:
+            continue
+        argv = [exe, "sh", "-n"] if shell == "busybox" else [exe, "-n"]
+        subprocess.run(argv, input=text, text=True, check=True)
+
+
+def test_dracut_uses_its_own_integrity_module() -> None:
+    assert 'add_dracutmodules+=" integrity "\n' in bootfiles.dracut_conf()
+    assert bootfiles.parse_imakeysdir('IMAPOLICY=/x\nIMAKEYSDIR="/etc/keys/other"\n') == "/etc/keys/other"
+    assert bootfiles.parse_imakeysdir("# nothing\n") is None
+
+
+def test_cert_file_name_is_per_key() -> None:
+    assert bootfiles.cert_file_name(bytes.fromhex("17b7ae8b")) == "imaguard-17b7ae8b.der"
+
+
+def test_policy_file_header_round_trip() -> None:
+    text = bootfiles.policy_file("measure func=BPRM_CHECK\n", stage="log", source="appraise-exec.policy")
+    assert text.endswith("\nmeasure func=BPRM_CHECK\n")
+    assert all(line.startswith("#") for line in text.splitlines()[:-1])
+    assert bootfiles.stage_of_policy_file(text) == "log"
+    assert bootfiles.stage_of_policy_file("measure func=BPRM_CHECK\n") is None
+
+
+def test_cmdline_advice_per_stage() -> None:
+    log = cmdline_advice("log", ("root=/dev/vda", "ima_appraise=fix"))
+    assert (log.add, log.remove) == (("ima_appraise=log",), ("ima_appraise=fix",))
+    assert cmdline_advice("log", ("ima_appraise=log",)).needs_change is False
+    enforce = cmdline_advice("enforce", ("ima_appraise=log", "quiet"))
+    assert (enforce.add, enforce.remove) == ((), ("ima_appraise=log",))
+    assert cmdline_advice("enforce", ("ima_appraise=enforce",)).needs_change is False
+    measure = cmdline_advice("measure", ("ima_policy=appraise_tcb",))
+    assert measure.remove == ("ima_policy=appraise_tcb",)
+    assert any("appraise_tcb" in n and "remove it" in n for n in measure.notes)
+    assert cmdline_advice("measure", ("ima_policy=tcb",)).needs_change is False
+    with pytest.raises(ValueError, match="unknown stage"):
+        cmdline_advice("audit", ())
+
+
+def test_grub_edit_replaces_and_adds_lines() -> None:
+    text = 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet ima_appraise=log"\nGRUB_CMDLINE_LINUX=""\n'
+    edit = grub_edit(text, cmdline_advice("enforce", ("quiet", "ima_appraise=log")))
+    assert edit is not None
+    assert edit.changes == (('GRUB_CMDLINE_LINUX_DEFAULT="quiet ima_appraise=log"', 'GRUB_CMDLINE_LINUX_DEFAULT="quiet"'),)
+    assert edit.new_text == 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX=""\n'
+    edit = grub_edit("GRUB_DEFAULT=0\n", cmdline_advice("log", ()))
+    assert edit is not None
+    assert edit.changes == ((None, 'GRUB_CMDLINE_LINUX="ima_appraise=log"'),)
+    assert edit.new_text == 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX="ima_appraise=log"\n'
+
+
+def test_grub_edit_refuses_what_it_cannot_rewrite_safely() -> None:
+    advice = cmdline_advice("log", ())
+    assert grub_edit('GRUB_CMDLINE_LINUX="$EXTRA quiet"\n', advice) is None
+    assert grub_edit("GRUB_CMDLINE_LINUX='quiet'\n", advice) is None
+    assert grub_edit('GRUB_CMDLINE_LINUX="a"\nGRUB_CMDLINE_LINUX="b"\n', advice) is None
