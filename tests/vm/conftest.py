@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "vagrant" / "lab"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from imaguard_lab.build import Image, build
+from imaguard_lab.enrolled import Enrolled, build_enrolled
 from imaguard_lab.runner import RunResult, RunSpec, alive, run
 
 _TOOLS = ("qemu-system-x86_64", "qemu-img", "swtpm", "debootstrap", "mkfs.ext4", "debugfs")
@@ -44,8 +45,11 @@ def lab_image() -> Image:
     return build()
 
 
-def boot(image: Image, params: dict[str, object], **kw: object) -> RunResult:
-    result = run(RunSpec(entry="appraise.py", params=params, **kw), image)  # type: ignore[arg-type]
+def boot(
+    image: Image, params: dict[str, object], *, entry: str = "appraise.py", keys_dir: Path | None = None, **kw: object
+) -> RunResult:
+    spec = RunSpec(entry=entry, params=params, **kw)  # type: ignore[arg-type]
+    result = run(spec, image, keys_dir=keys_dir)
     _started.extend(result.started_pids)
     return result
 
@@ -65,6 +69,27 @@ def skip_sign_run(lab_image: Image) -> RunResult:
     problem = result.problem()
     assert problem is None, problem
     return result
+
+
+@pytest.fixture(scope="session")
+def enrolled(lab_image: Image) -> Enrolled:
+    """The lab image labelled by `imaguard enroll --root` on the host (cached; ~25 s to make)."""
+    return build_enrolled()
+
+
+@pytest.fixture(scope="session")
+def enforce_run(enrolled: Enrolled) -> RunResult:
+    result = boot(enrolled.image, {}, entry="enforce_enrolled.py", keys_dir=enrolled.guest_keys)
+    problem = result.problem()
+    assert problem is None, problem
+    assert result.status == 0, f"guest scenario exited {result.status}; serial tail:\n{result.serial_tail()}"
+    return result
+
+
+@pytest.fixture(scope="session")
+def skip_enroll_run(lab_image: Image, enrolled: Enrolled) -> RunResult:
+    """The same scenario and certificate on the *unenrolled* base image (test-only mutation)."""
+    return boot(lab_image, {"mutation": "skip-enroll"}, entry="enforce_enrolled.py", keys_dir=enrolled.guest_keys)
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from enforce_expectations import REFUSED_EXECS, expect_everyday_runs, expect_exec_refused, expect_no_other_denials
 from expectations import (
     expect_signed_runs,
     expect_tampered_refused,
@@ -16,6 +17,7 @@ from expectations import (
     replay_pcr10,
 )
 
+from imaguard_lab.enrolled import pruned, unexpected_refusals
 from imaguard_lab.recipe import Recipe
 from imaguard_lab.runner import RunResult, _kill_group, alive
 
@@ -120,3 +122,67 @@ def test_problem_names_timeout_and_shows_serial_tail(tmp_path: Path) -> None:
     assert "timed out" in problem
     assert "line 99" in problem
     assert "line 10\n" not in problem
+
+
+def test_pruned_paths_are_exactly_the_recipe_prunes() -> None:
+    assert pruned("/usr/share/doc/coreutils/copyright")
+    assert pruned("/usr/lib/modules/6.1.0-50-amd64/kernel/drivers/gpu/drm/drm.ko")
+    assert pruned("/lib/modules/6.1.0-50-amd64/kernel/sound/core/snd.ko")  # as dpkg lists it (merged /usr)
+    assert not pruned("/usr/lib/modules/6.1.0-50-amd64/kernel/drivers/net/virtio_net.ko")
+    assert not pruned("/usr/bin/ls")
+    assert not pruned("/usr/share/documentation")  # a prefix of a name is not its directory
+    report = {"files": [
+        {"path": "/usr/share/man/man1/ls.1.gz", "outcome": "refused", "reason": "missing"},
+        {"path": "/usr/bin/ls", "outcome": "refused", "reason": "digest-mismatch"},
+        {"path": "/usr/share/doc/x", "outcome": "refused", "reason": "digest-mismatch"},
+    ]}  # fmt: skip
+    assert [f["path"] for f in unexpected_refusals(report)] == ["/usr/bin/ls", "/usr/share/doc/x"]
+
+
+def _enforce_checks(*, enrolled: bool) -> dict[str, dict[str, object]]:
+    def ran(argv: list[str], out: str = "") -> dict[str, object]:
+        return {"argv": argv, "started": True, "refused": False, "errno": None, "rc": 0, "stdout": out, "stderr": ""}
+
+    def refused(argv: list[str]) -> dict[str, object]:
+        path = "/usr/local/lib/imaguard-lab/imaguard" if argv[0] == "/usr/local/bin/imaguard" else argv[0]
+        return {"argv": argv, "path": path, "started": False, "refused": True, "errno": 13, "strerror": "EACCES"}
+
+    lib = "/opt/imaguard-lab/unlabelled-libz.so"
+    audit = [
+        f'audit: type=1800 op=appraise_data cause=IMA-signature-required name="{PATH}{n}" res=0'
+        for n in ("unlabelled-echo", "site-hello")
+    ] + [
+        'audit: type=1800 op=appraise_data cause=IMA-signature-required name="/usr/local/lib/imaguard-lab/imaguard" res=0',
+        f'audit: type=1800 op=appraise_data cause=IMA-signature-required name="{lib}" res=0',
+        f"audit: type=1800 op=appraise_data cause={'invalid-signature' if enrolled else 'IMA-signature-required'} "
+        f'name="{PATH}tampered-echo" res=0',
+    ]
+    ls = ["ls", "-l", "/usr/bin/python3"]
+    if not enrolled:
+        audit.append('audit: type=1800 op=appraise_data cause=IMA-signature-required name="/usr/bin/ls" res=0')
+    return {
+        "start": {"mutation": None if enrolled else "skip-enroll"},
+        "run-ls": ran(ls) if enrolled else refused(ls),
+        "prepared": {"tampered-copy": {"xattr": "030204aabbccdd" if enrolled else None}},
+        "exec-tampered-copy": refused([f"{PATH}tampered-echo", "x"]),
+        "exec-unlabelled-copy": refused([f"{PATH}unlabelled-echo", "x"]),
+        "exec-unpackaged-script": refused([f"{PATH}site-hello"]),
+        "exec-lab-wrapper": refused(["/usr/local/bin/imaguard", "--help"]),
+        "mmap-unlabelled-lib": {"path": lib, "mmap_refused": True, "mmap_errno": 13, "dlopen_ok": False},
+        "audit": {"type1800": audit},
+    }
+
+
+def test_enforce_expectations_pass_on_a_good_run_and_fail_without_enrollment() -> None:
+    good = _enforce_checks(enrolled=True)
+    expect_everyday_runs(good, "ls")
+    for name in REFUSED_EXECS:
+        expect_exec_refused(good, name)
+    expect_no_other_denials(good)
+    bad = _enforce_checks(enrolled=False)
+    with pytest.raises(AssertionError, match=r"was refused: errno 13 .*not enrolled"):
+        expect_everyday_runs(bad, "ls")
+    with pytest.raises(AssertionError, match="carries no enrollment signature"):
+        expect_exec_refused(bad, "exec-tampered-copy")
+    with pytest.raises(AssertionError, match=r"1 other appraisal denials .*/usr/bin/ls"):
+        expect_no_other_denials(bad)

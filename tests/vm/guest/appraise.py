@@ -16,44 +16,18 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
+
+from guestlib import ART, KEYS, close_results, open_results, read_kmsg, record, step
 
 from imaguard.errors import ImaguardError
 from imaguard.ima import keyring, securityfs
 
-LAB = Path("/lab")
-OUT = LAB / "out"
-ART = OUT / "artifacts"
-KEYS = LAB / "keys"
 WORK = Path("/opt/imaguard-lab")
 SOURCE_BINARY = "/usr/bin/echo"  # from coreutils: a package binary that prints its argument
 MARKER = "imaguard-lab-ok"
-
-# The open results file; a dict so record() needs no global statement.
-_out: dict[str, TextIO] = {}
-
-
-def record(check: str, **facts: Any) -> dict[str, Any]:
-    rec = {"check": check, "t": round(time.monotonic(), 2), **facts}
-    line = json.dumps(rec, sort_keys=True, default=str)
-    results = _out["results"]
-    results.write(line + "\n")
-    results.flush()
-    os.fsync(results.fileno())
-    print(f"LAB-CHECK {line}", flush=True)
-    return rec
-
-
-def step(check: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run one step; an unexpected exception becomes a recorded fact, not a lost run."""
-    try:
-        return record(check, **fn())
-    except Exception as exc:  # noqa: BLE001 - the record carries the failure to the host
-        return record(check, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
 
 
 def imaguard(*args: str) -> subprocess.CompletedProcess[str]:
@@ -66,29 +40,6 @@ def exec_fact(path: Path) -> dict[str, Any]:
     except OSError as exc:
         return {"path": str(path), "refused": exc.errno == errno.EACCES, "errno": exc.errno, "strerror": exc.strerror}
     return {"path": str(path), "refused": False, "errno": None, "rc": proc.returncode, "stdout": proc.stdout.strip()}
-
-
-def read_kmsg() -> list[str]:
-    """All kernel log records so far (non-blocking /dev/kmsg: no dmesg exec needed)."""
-    lines: list[str] = []
-    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        while True:
-            try:
-                raw = os.read(fd, 8192)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno.EPIPE:  # a record was overwritten; keep reading
-                    continue
-                raise
-            if not raw:
-                break
-            meta, _, msg = raw.decode(errors="replace").partition(";")
-            lines.append(msg.splitlines()[0] if msg else meta)
-    finally:
-        os.close(fd)
-    return lines
 
 
 def pcr10() -> dict[str, str]:
@@ -113,9 +64,7 @@ def main() -> int:
     params = json.loads(Path(sys.argv[1]).read_text())
     mutation = params.get("mutation")
     fowner = int(params.get("fowner", 4242))
-    OUT.mkdir(exist_ok=True)
-    ART.mkdir(exist_ok=True)
-    _out["results"] = (OUT / "results.jsonl").open("a")
+    open_results()
     record("start", kernel=os.uname().release, mutation=mutation, python=sys.version.split()[0])
 
     key = KEYS / "ima-rsa.key.pem"
@@ -271,7 +220,7 @@ def main() -> int:
     shutil.copy2(ec_der, ART / "ima-ec-p256.cert.der")
     (ART / "kernel.txt").write_text(f"{os.uname().release} {os.uname().version}\n" + Path("/proc/cmdline").read_text())
     record("done")
-    _out["results"].close()
+    close_results()
     return 0
 
 

@@ -3,6 +3,8 @@
 Layout under ``cache_root()``::
 
     rootfs/<rootfs-key>/          debootstrap output (kept, so image-only changes rebuild in seconds)
+    rootfs/<rootfs-key>.apt/      lists/ (signed InRelease + Packages, fetched right after debootstrap)
+                                  and archives/ (the .debs debootstrap installed): enroll's chain
     <image-key>/rootfs.img        raw ext4, the read-only backing file of every run's qcow2 overlay
     <image-key>/vmlinuz, initrd.img, recipe.json, build.json
 
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from .recipe import GUESTFS_DIR, PRUNE, PRUNE_MODULES, Recipe, cache_root
 
-__all__ = ["Image", "build", "find_image"]
+__all__ = ["Image", "apt_sidecar", "build", "find_image", "make_ext4", "rootfs_dir"]
 
 # Where the guest files live inside the image; everything here is replaced on each image build.
 GUEST_LIB = "usr/local/lib/imaguard-lab"
@@ -82,9 +84,46 @@ def _require_root() -> None:
         raise RuntimeError("building the lab image needs root (debootstrap, mkfs.ext4 -d with ownership)")
 
 
+def rootfs_dir(recipe: Recipe) -> Path:
+    return cache_root() / "rootfs" / recipe.rootfs_key()
+
+
+def apt_sidecar(recipe: Recipe) -> Path:
+    """``lists/`` and ``archives/`` of the rootfs, kept out of the image (see the module docstring)."""
+    return cache_root() / "rootfs" / (recipe.rootfs_key() + ".apt")
+
+
+def _apt_update(root: Path, log: Path) -> None:
+    """``apt-get update`` for the tree at ``root``, run on the host with the tree's own apt config.
+
+    APT_CONFIG points apt at a file that sets ``Dir`` first, so the host's apt.conf.d (hooks,
+    compressed-index settings) is never read; lists are stored uncompressed.
+    """
+    conf = root.with_name(root.name + ".apt.conf")
+    conf.write_text(
+        f'Dir "{root}/";\n'
+        'APT::Sandbox::User "root";\n'  # the tree's _apt uid means nothing on the host
+        'Debug::NoLocking "true";\n'
+        'Acquire::GzipIndexes "false";\n'
+        'Acquire::Languages "none";\n'
+    )
+    try:
+        with log.open("ab") as out:
+            out.write(f"$ APT_CONFIG={conf} apt-get update\n".encode())
+            out.flush()
+            proc = subprocess.run(
+                ["apt-get", "-q", "update"], stdout=out, stderr=subprocess.STDOUT, check=False,
+                env={**os.environ, "APT_CONFIG": str(conf), "LC_ALL": "C"},
+            )  # fmt: skip
+    finally:
+        conf.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"apt-get update for {root} failed (exit {proc.returncode}); see {log}")
+
+
 def _build_rootfs(recipe: Recipe) -> tuple[Path, float]:
     # Keyed by Recipe.rootfs_key(): a change to this function needs a Recipe.rootfs_epoch bump.
-    final = cache_root() / "rootfs" / recipe.rootfs_key()
+    final = rootfs_dir(recipe)
     if (final / ".lab-rootfs-complete").is_file():
         return final, 0.0
     _require_root()
@@ -92,6 +131,8 @@ def _build_rootfs(recipe: Recipe) -> tuple[Path, float]:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    sidecar = apt_sidecar(recipe)
+    shutil.rmtree(sidecar, ignore_errors=True)
     log = final.with_name(final.name + ".log")
     log.write_text("")
     _log(f"debootstrap {recipe.suite} ({len(recipe.packages)} packages) into {tmp}; log {log} (~4 min)")
@@ -109,12 +150,20 @@ def _build_rootfs(recipe: Recipe) -> tuple[Path, float]:
     )
     if not list((tmp / "boot").glob("initrd.img-*")):
         raise RuntimeError(f"debootstrap left no initrd in {tmp / 'boot'}; see {log}")
+    # Right after debootstrap, so the signed indexes list exactly the versions it installed.
+    _apt_update(tmp, log)
+    side_tmp = sidecar.with_name(sidecar.name + ".tmp")
+    shutil.rmtree(side_tmp, ignore_errors=True)
+    side_tmp.mkdir()
+    shutil.move(tmp / "var/lib/apt/lists", side_tmp / "lists")
+    shutil.move(tmp / "var/cache/apt/archives", side_tmp / "archives")
     for rel in PRUNE:
         shutil.rmtree(tmp / rel, ignore_errors=True)
     for moddir in (tmp / "usr/lib/modules").glob("*"):
         for rel in PRUNE_MODULES:
             shutil.rmtree(moddir / rel, ignore_errors=True)
     (tmp / ".lab-rootfs-complete").write_text(json.dumps(asdict(recipe), sort_keys=True))
+    side_tmp.rename(sidecar)
     tmp.rename(final)
     return final, time.monotonic() - start
 
@@ -143,6 +192,19 @@ def _install_guest_files(rootfs: Path) -> None:
     (rootfs / "etc/hostname").write_text("imaguard-lab\n")
 
 
+def make_ext4(tree: Path, image: Path, size_mib: int, log: Path) -> float:
+    """``mkfs.ext4 -d tree image``; returns the seconds it took."""
+    _log(f"mkfs.ext4 -d {tree} ({size_mib} MiB sparse)")
+    start = time.monotonic()
+    # -d copies ownership, modes and xattrs (security.* too), so files can be labelled beforehand
+    _run(
+        ["mkfs.ext4", "-q", "-F", "-L", "imaguard-lab", "-E", "root_owner=0:0", "-d", str(tree), str(image),
+         f"{size_mib}M"],
+        log,
+    )  # fmt: skip
+    return time.monotonic() - start
+
+
 def build(recipe: Recipe | None = None, *, force: bool = False) -> Image:
     """Return the cached image for ``recipe``, building what is missing."""
     recipe = recipe or Recipe()
@@ -166,26 +228,7 @@ def build(recipe: Recipe | None = None, *, force: bool = False) -> Image:
         raise RuntimeError(f"no kernel/initrd in {rootfs / 'boot'}")
     shutil.copy2(kernels[-1], tmp / "vmlinuz")
     shutil.copy2(initrds[-1], tmp / "initrd.img")
-    _log(f"mkfs.ext4 -d {rootfs} ({recipe.image_mib} MiB sparse)")
-    mkfs_start = time.monotonic()
-    # -d copies ownership, modes and xattrs (security.* too), so files could be labelled beforehand
-    _run(
-        [
-            "mkfs.ext4",
-            "-q",
-            "-F",
-            "-L",
-            "imaguard-lab",
-            "-E",
-            "root_owner=0:0",
-            "-d",
-            str(rootfs),
-            str(tmp / "rootfs.img"),
-            f"{recipe.image_mib}M",
-        ],
-        log,
-    )
-    mkfs_s = time.monotonic() - mkfs_start
+    mkfs_s = make_ext4(rootfs, tmp / "rootfs.img", recipe.image_mib, log)
     info = {
         "image_key": key,
         "rootfs_key": recipe.rootfs_key(),

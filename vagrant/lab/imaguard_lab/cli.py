@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .build import build, find_image
+from .enrolled import build_enrolled, enrolled_key
 from .hosttools import ensure_host_tools
 from .recipe import Recipe, cache_root
 from .runner import DEFAULT_CMDLINE, REPO, RunResult, RunSpec, run
 
 __all__ = ["main"]
 
-SCENARIOS = {"appraise": "appraise.py"}
+SCENARIOS = {"appraise": "appraise.py", "enforce": "enforce_enrolled.py"}
+MUTATIONS = {"appraise": ("skip-sign",), "enforce": ("skip-enroll",)}
 CAPTURE_DIR = REPO / "tests" / "data" / "lab"
 CAPTURE_FILES = (
     "binary_runtime_measurements",
@@ -40,10 +44,16 @@ def _spec(args: argparse.Namespace, entry: str, params: dict[str, object]) -> Ru
 
 def _boot(args: argparse.Namespace, scenario: str, params: dict[str, object]) -> RunResult:
     ensure_host_tools(install=bool(getattr(args, "install", False)))
-    image = build()
+    image, keys_dir = build(), None
+    if scenario == "enforce":
+        enrolled = build_enrolled()
+        keys_dir = enrolled.guest_keys
+        # skip-enroll: the same certificate and policy on the unenrolled base image
+        if params.get("mutation") != "skip-enroll":
+            image = enrolled.image
     spec = _spec(args, SCENARIOS[scenario], params)
     _say(f"lab: booting {scenario} (image {image.key}, accel {spec.accel}, cmdline {' '.join(spec.cmdline)})")
-    result = run(spec, image)
+    result = run(spec, image, keys_dir=keys_dir)
     _say(f"lab: {scenario} finished in {result.wall_s:.0f} s, guest status {result.status}; run dir {result.run_dir}")
     problem = result.problem()
     if problem:
@@ -64,6 +74,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     params: dict[str, object] = {}
+    if args.mutation and args.mutation not in MUTATIONS[args.scenario]:
+        raise RuntimeError(f"scenario {args.scenario} has the mutations {', '.join(MUTATIONS[args.scenario])}")
     if args.mutation:
         params["mutation"] = args.mutation
     result = _boot(args, args.scenario, params)
@@ -154,8 +166,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for ok, line in _story(result):
         ok_all &= ok
         _say(f"   {'✔' if ok else '✘'} {line}")
+    if args.enforce:
+        _say("   enforce: the whole image enrolled by `imaguard enroll`, every root exec and exec-mmap appraised")
+        enforce = _boot(args, "enforce", {})
+        ok_all &= enforce.problem() is None
+        for ok, line in _enforce_story(enforce, build_enrolled().info()):
+            ok_all &= ok
+            _say(f"   {'✔' if ok else '✘'} {line}")
     _say("demo " + ("succeeded: the kernel ran what imaguard signed and refused the rest." if ok_all else "FAILED"))
     return 0 if ok_all else 1
+
+
+def _enforce_story(result: RunResult, info: dict[str, Any]) -> list[tuple[bool, str]]:
+    c = result.checks()
+    e = info.get("enroll", {})
+    lines = [
+        (
+            e.get("unexpected_refusals") == 0,
+            f"enroll: {e.get('signed', '?')} package files signed (repo-verified chain, local key) in "
+            f"{info.get('enroll_seconds', '?')} s; only pruned files refused",
+        ),
+        (c.get("policy-load", {}).get("written") == 5, "policy: appraise BPRM_CHECK + MMAP_CHECK MAY_EXEC, uid=0"),
+    ]
+    for name in ("ls", "python3", "apt-get", "dpkg", "systemctl"):
+        x = c.get(f"run-{name}", {})
+        note = "; PID 1 is not systemd, as expected" if name == "systemctl" else ""
+        lines.append(
+            (bool(x.get("started")), f"runs: {' '.join(x.get('argv', [name]))[:60]} (exit {x.get('rc')}{note})")
+        )
+    for name, label in (
+        ("exec-tampered-copy", "package binary with one byte changed"),
+        ("exec-unpackaged-script", "unpackaged script"),
+        ("exec-unlabelled-copy", "unlabelled binary"),
+    ):
+        x = c.get(name, {})
+        lines.append((x.get("errno") == errno.EACCES, f"refused: {label}: errno {x.get('errno')}"))
+    m = c.get("mmap-unlabelled-lib", {})
+    lines.append(
+        (
+            m.get("mmap_errno") == errno.EACCES,
+            f"refused: mmap PROT_EXEC of an unlabelled .so: errno {m.get('mmap_errno')}",
+        )
+    )
+    return lines
 
 
 def _remove(path: Path) -> None:
@@ -169,6 +222,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
     """Remove run directories and every image and rootfs but the current recipe's."""
     recipe = Recipe()
     keep = {recipe.image_key(), "rootfs", "accel-probe.json"}
+    base = find_image(recipe)
+    if base is not None:
+        keep.add(f"enrolled-{enrolled_key(base)}")
     root = cache_root()
     removed = 0
     for path in sorted(root.glob("*")) if root.is_dir() else []:
@@ -201,13 +257,18 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_build)
     p = sub.add_parser("run", help="boot one scenario and print its result records")
     p.add_argument("scenario", choices=sorted(SCENARIOS))
-    p.add_argument("--mutation", choices=("skip-sign",), help="test-only: break the scenario on purpose")
+    p.add_argument(
+        "--mutation",
+        choices=sorted({m for ms in MUTATIONS.values() for m in ms}),
+        help="test-only: break the scenario on purpose (appraise: skip-sign; enforce: skip-enroll)",
+    )
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("capture", help="refresh tests/data/lab from a real run")
     p.add_argument("--dest", default=str(CAPTURE_DIR))
     p.set_defaults(fn=cmd_capture)
     p = sub.add_parser("demo", help="the end-to-end story, in a few lines per step")
     p.add_argument("--no-install", dest="install", action="store_false", help="do not apt-get missing host tools")
+    p.add_argument("--enforce", action="store_true", help="then the enrolled image under an enforcing policy (~1 min)")
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("gc", help="remove old runs, images and rootfs trees from the cache")
     p.set_defaults(fn=cmd_gc)

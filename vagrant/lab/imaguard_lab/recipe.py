@@ -41,11 +41,14 @@ PACKAGES: tuple[str, ...] = (
     "procps",
     "util-linux",
     "e2fsprogs",
+    "systemd",  # issue 5 item 6 runs `systemctl status`; init= mode stays (no systemd-sysv)
 )
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # Trees removed from the rootfs after debootstrap (docs, apt caches; below, kernel modules a
-# virtio guest never loads), to keep the image small. Part of the rootfs key.
+# virtio guest never loads), to keep the image small. Part of the rootfs key. apt's lists and the
+# debootstrap .debs are moved to the ``<rootfs-key>.apt/`` sidecar first: they are the signed chain
+# that ``imaguard enroll`` verifies the tree against (enrolled.py).
 PRUNE = (
     "usr/share/doc",
     "usr/share/man",
@@ -97,7 +100,7 @@ class Recipe:
     packages: tuple[str, ...] = PACKAGES
     image_mib: int = 1536
     # bump to force a new rootfs when debootstrap's behaviour matters but inputs did not change
-    rootfs_epoch: int = 1
+    rootfs_epoch: int = 2  # 2: apt lists fetched at build time and kept with the .debs (sidecar)
 
     def rootfs_key(self) -> str:
         data = {

@@ -66,6 +66,9 @@ def read_out(image: Path, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     out = dest / "out"
     shutil.rmtree(out, ignore_errors=True)
+    # debugfs does not replay the journal. A guest that could not unmount (an enforcing policy
+    # refusing umount, a timeout) leaves fsync'd results only in the journal: replay it first.
+    subprocess.run(["e2fsck", "-fy", str(image)], capture_output=True, check=False)
     proc = subprocess.run(
         ["debugfs", "-R", f"rdump /out {dest}", str(image)], capture_output=True, text=True, check=False
     )
