@@ -85,6 +85,9 @@ def prefilter(pf: PackageFile, disk_mode: int | None, opts: Options) -> Decision
     if pf.kind in (FileKind.SYMLINK, FileKind.OTHER):
         return Decision(Action.SKIP, "not-regular-file")
     if disk_mode is None:
+        # A deleted doc page is no reason to fail an executables run: judge scope by the shipped mode.
+        if pf.mode is not None and not in_scope(pf.path, pf.mode, opts.scope):
+            return Decision(Action.SKIP, "out-of-scope")
         return Decision(Action.REFUSE, "missing")
     if not stat.S_ISREG(disk_mode):
         return Decision(Action.SKIP, "not-regular-file")
