@@ -162,9 +162,12 @@ def hash_fd(
     """
     h = algo.new()
     offset = 0
-    buf = bytearray(CHUNK_SIZE)
-    view = memoryview(buf)
     try:
+        # Most files are far smaller than a chunk, and zeroing a fresh 1 MiB buffer for each cost
+        # more than hashing it: size the buffer to the file, one byte over so that a short read
+        # shows the size was right. A file larger than it said (growing, or a size-0 pseudo file)
+        # fills the buffer and is read on in full chunks.
+        view = memoryview(bytearray(min(CHUNK_SIZE, os.fstat(fd).st_size + 1)))
         while True:
             n = os.preadv(fd, [view], offset)
             if n == 0:
@@ -179,6 +182,8 @@ def hash_fd(
             h.update(view[:n])
             if progress is not None:
                 progress(n)
+            if n == len(view) < CHUNK_SIZE:
+                view = memoryview(bytearray(CHUNK_SIZE))
     except OSError as exc:
         raise HostStateError(
             f"{path}: cannot read: {exc.strerror}", reason="read-error", errno=exc.errno, path=path

@@ -51,3 +51,36 @@ def test_algorithms_python_cannot_compute_are_refused_not_replaced():
     assert err.value.reason == "unsupported-algo"
     with pytest.raises(UsageError, match="unknown hash algorithm 'sha3'"):
         HashAlgo.from_name("sha3")
+
+
+def test_hash_fd_reads_a_pseudo_file_that_claims_size_zero():
+    # /proc files report st_size 0 but have content: the buffer sized from fstat must grow.
+    fd = os.open("/proc/version", os.O_RDONLY)
+    try:
+        assert os.fstat(fd).st_size == 0
+        digest = hash_fd(fd, HashAlgo.SHA256, max_size=1 << 20)
+        data = os.pread(fd, 1 << 20, 0)
+    finally:
+        os.close(fd)
+    assert data
+    assert digest == hashlib.sha256(data).digest()
+
+
+def test_hash_fd_reads_a_file_that_grows_past_its_fstat_size(tmp_path):
+    path = tmp_path / "grows"
+    path.write_bytes(b"a" * 1000)
+    grown = False
+
+    def grow(_n: int) -> None:
+        nonlocal grown
+        if not grown:
+            grown = True
+            with path.open("ab") as f:
+                f.write(b"b" * 5000)
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        digest = hash_fd(fd, HashAlgo.SHA256, max_size=1 << 20, progress=grow)
+    finally:
+        os.close(fd)
+    assert digest == hashlib.sha256(b"a" * 1000 + b"b" * 5000).digest()

@@ -110,3 +110,18 @@ def test_mypy_strict():
 def test_ruff():
     proc = subprocess.run([_tool("ruff"), "check", "."], cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_hash_command_does_not_import_the_world():
+    # Start-up counts against every `imaguard hash|sign` run (bench/README.md): commands import
+    # only their own module, and hashing needs no X.509 or HTTP code.
+    code = (
+        "import sys\n"
+        "from imaguard.cli.main import build_parser\n"
+        "build_parser(['hash', '/dev/null'])\n"
+        "heavy = [m for m in ('cryptography.x509', 'urllib.request', 'imaguard.ima.policy', 'imaguard.cli.enroll')"
+        " if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True, text=True).stdout
+    assert out.strip() == ""

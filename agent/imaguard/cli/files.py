@@ -17,8 +17,6 @@ from imaguard.config import Limits
 from imaguard.digests import HashAlgo
 from imaguard.errors import ExitCode, HostStateError, UsageError
 from imaguard.ima import xattr_store
-from imaguard.keys import LocalSigner, Verifier, load_certificate, load_private_key
-from imaguard.keys.revocation_store import load_revoked
 from imaguard.sign.files import VERIFY_FAILURES, FileResult, iter_targets, sign_path, verify_path
 from imaguard.sign.parallel import default_jobs, run_jobs
 
@@ -191,6 +189,8 @@ def _finish(args: argparse.Namespace, command: str, results: list[FileResult]) -
 
 
 def _cmd_sign(args: argparse.Namespace) -> int:
+    from imaguard.keys import LocalSigner, load_certificate, load_private_key  # noqa: PLC0415 - see cli.main
+
     cert = load_certificate(args.cert) if args.cert is not None else None
     key = load_private_key(args.key, _password(args, args.key), cert)
     signer = LocalSigner.from_key(key, cert)
@@ -199,6 +199,9 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from imaguard.keys import Verifier, load_certificate  # noqa: PLC0415 - see cli.main
+    from imaguard.keys.revocation_store import load_revoked  # noqa: PLC0415
+
     revoked = load_revoked(args.revocation_list, args.revocation_ca)
     verifier = Verifier.of((load_certificate(p) for p in args.cert), revoked)
     job = functools.partial(verify_path, verifier=verifier, limits=Limits())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -29,12 +30,23 @@ class Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so main() owns every exit code and message."""
 
     def error(self, message: str) -> NoReturn:
-        raise ImaguardError(f"{self.prog}: {message}") from None
+        # "imaguard sign: …" names the subcommand; the bare program name is already in the prefix.
+        where = "" if self.prog == "imaguard" else f"{self.prog}: "
+        raise ImaguardError(f"{where}{message}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from imaguard.cli import doctor, enroll, files, keys, packages, policy  # noqa: PLC0415 - keep `import imaguard.cli.main` light
+# Command -> the module that registers it. Only the module of the command being run is imported:
+# importing every command (cryptography.x509, urllib, the policy grammar) costs more start-up
+# time than `imaguard hash` spends hashing a typical tree.
+_COMMANDS = {
+    "sign": "files", "verify": "files", "hash": "files",
+    "packages": "packages", "enroll": "enroll", "policy": "policy", "keys": "keys", "doctor": "doctor",
+}
+_ORDER = ("files", "packages", "enroll", "policy", "keys", "doctor")
 
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser, or with ``argv`` naming a command, one holding just that command's module."""
     parser = Parser(
         prog="imaguard",
         description=_DESCRIPTION,
@@ -45,12 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", parser_class=Parser
     )
     sub.required = True
-    files.register(sub)
-    packages.register(sub)
-    enroll.register(sub)
-    policy.register(sub)
-    keys.register(sub)
-    doctor.register(sub)
+    first = next((a for a in argv or () if not a.startswith("-")), None)
+    names = (_COMMANDS[first],) if first in _COMMANDS else _ORDER
+    for name in names:
+        importlib.import_module(f"imaguard.cli.{name}").register(sub)
     return parser
 
 
@@ -60,7 +70,8 @@ def _common_flags(argv: Sequence[str]) -> tuple[bool, bool]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code. Tests call this with an argv list."""
-    return run_guarded(build_parser(), list(sys.argv[1:] if argv is None else argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    return run_guarded(build_parser(args), args)
 
 
 def run_guarded(parser: argparse.ArgumentParser, args_list: list[str]) -> int:
