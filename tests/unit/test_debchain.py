@@ -459,3 +459,10 @@ def test_fuzz_sources_and_dpkg_files(data):
     for parse in parsers:
         with contextlib.suppress(FormatError):
             parse(data)
+
+
+def test_regression_truncated_validsig_is_untrusted_not_a_crash():
+    # Found by test_fuzz_gpgv_status: a VALIDSIG line cut short raised IndexError.
+    status = b"[GNUPG:] NEWSIG\n[GNUPG:] GOODSIG 0123456789ABCDEF someone\n[GNUPG:] VALIDSIG\n"
+    with pytest.raises(ChainError, match="no signature by a trusted key"):
+        debchain.trusted_signers(status, None, name="x")

@@ -140,11 +140,14 @@ def trusted_signers(status: bytes, allowed: frozenset[str] | None, *, name: str)
             return
         if state.keys() & {"EXPKEYSIG", "REVKEYSIG", "EXPSIG"}:
             return
+        # DETAILS: fingerprint … pubkey-algo hash-algo sig-class [primary-fpr]; shorter is malformed.
+        if len(valid) < 8:
+            return
         fpr = valid[0].upper()
         primary = valid[9].upper() if len(valid) > 9 else fpr
         try:
             algo = int(valid[7])
-        except (IndexError, ValueError):
+        except ValueError:
             return
         if algo not in _STRONG_DIGESTS:
             seen.append(f"{fpr} (weak digest algorithm {algo})")
@@ -153,7 +156,8 @@ def trusted_signers(status: bytes, allowed: frozenset[str] | None, *, name: str)
         else:
             good.append(fpr)
 
-    for raw in status.splitlines():
+    # gpgv ends status lines with \n only; splitlines() would also split on a stray \r.
+    for raw in status.split(b"\n"):
         if not raw.startswith(b"[GNUPG:] "):
             continue
         words = raw[9:].decode("ascii", "replace").split()
