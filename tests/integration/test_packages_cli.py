@@ -119,3 +119,20 @@ def test_verify_real_host_package_agrees(capsys, tmp_path):
     code, doc = _run(capsys, "packages", "verify", "coreutils", "--state-dir", str(tmp_path), "--no-fetch")
     assert code == 0, doc["files"]
     assert doc["summary"]["ok"] > 100
+
+
+def test_whole_package_workers_report_the_same_as_per_file_workers(world, capsys, monkeypatch):
+    import imaguard.cli.packages as cli_packages  # noqa: PLC0415 - the test switches its threshold
+
+    target = world.root / "usr/share/igt/with space"
+    original = target.read_bytes()
+    try:
+        target.write_bytes(b"changed\n")
+        per_file = _run(capsys, "packages", "verify", *_common(world), "-j", "2")
+        monkeypatch.setattr(cli_packages, "_PER_PACKAGE_MIN", 1)
+        per_package = _run(capsys, "packages", "verify", *_common(world), "-j", "2")
+    finally:
+        target.write_bytes(original)
+    assert per_file == per_package
+    assert per_file[0] == 3
+    assert [f["status"] for f in per_file[1]["files"]] == ["digest-mismatch"]

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
     from imaguard.packages.model import InstalledPackage, PackageFile, PackageSource
 
 __all__ = ["register"]
+
+# From this many packages on, `packages verify` hands out whole packages rather than files (run_jobs
+# runs fewer than 64 items in one process anyway).
+_PER_PACKAGE_MIN = 64
 
 _HELP = """\
 Read what the package database says about installed files, and how far it can be trusted.
@@ -161,32 +166,86 @@ def _cmd_files(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
-    source, root = _open(args)
-    pkgs = [source.package(n) for n in args.names] if args.names else list(source.packages())
+@dataclass(slots=True)
+class _Tally:
+    """What the parent needs of a batch of checks: counts, and the checks it prints or reports."""
+
+    statuses: Counter[str] = field(default_factory=Counter)
+    evidence: Counter[str] = field(default_factory=Counter)
+    shown: list[FileCheck] = field(default_factory=list)
+
+    def add(self, check: FileCheck | None, verbose: bool) -> bool:
+        """Count ``check``; True when it is one to print and report."""
+        if check is None:
+            return False
+        self.statuses[check.status] += 1
+        self.evidence[str(check.file.evidence)] += 1
+        if check.status != "ok" or verbose:
+            self.shown.append(check)
+            return True
+        return False
+
+    def merge(self, other: _Tally, bar: Progress, quiet: bool) -> None:
+        self.statuses.update(other.statuses)
+        self.evidence.update(other.evidence)
+        self.shown.extend(other.shown)
+        if not quiet:
+            for check in other.shown:
+                bar.write(_check_line(check))
+
+
+def _verify_files(
+    source: PackageSource, pkgs: list[InstalledPackage], root: Root, args: argparse.Namespace
+) -> _Tally:
+    """Check every file of ``pkgs``, spread over ``args.jobs`` processes.
+
+    A whole host (many packages): the unit of work is a package, so that reading the package
+    database runs on every core too, and only counts and the reported checks cross the pipe back,
+    not a FileCheck (with its package and file) for each of ~100,000 files. A few packages: metadata
+    first, then the files spread over the cores, each result reduced to a tally the same way.
+    """
     limits = Limits()
-    # Metadata first (the deb chain may read .debs), then hashing spread over all cores.
+    total = _Tally()
+    if len(pkgs) >= _PER_PACKAGE_MIN and args.jobs > 1:
+        def package_job(pkg: InstalledPackage) -> _Tally:
+            tally = _Tally()
+            for pf in source.files(pkg):
+                tally.add(check_file(pkg, pf, root, limits), args.verbose)
+            return tally
+
+        with Progress(total=len(pkgs), unit="pkg", desc="verifying", enabled=not args.json) as bar:
+            # One package per hand-out: package sizes differ by orders of magnitude.
+            for tally in run_jobs(package_job, pkgs, args.jobs, chunk=1):
+                total.merge(tally, bar, args.json)
+                bar.update(1)
+        return total
     items: list[tuple[InstalledPackage, PackageFile]] = []
     with Progress(total=len(pkgs), unit="pkg", desc="reading package metadata", enabled=not args.json) as bar:
         for pkg in pkgs:
             items.extend((pkg, pf) for pf in source.files(pkg))
             bar.update(1)
 
-    def job(item: tuple[InstalledPackage, PackageFile]) -> FileCheck | None:
-        return check_file(item[0], item[1], root, limits)
+    def file_job(item: tuple[InstalledPackage, PackageFile]) -> tuple[str, bytes | None, str] | None:
+        # Only the outcome crosses the pipe; the parent has the package and the file already.
+        check = check_file(item[0], item[1], root, limits)
+        return None if check is None else (check.status, check.actual, check.detail)
 
-    checks: list[FileCheck] = []
     with Progress(total=len(items), unit="file", desc="verifying", enabled=not args.json) as bar:
-        for check in run_jobs(job, items, args.jobs):
+        for (pkg, pf), result in zip(items, run_jobs(file_job, items, args.jobs), strict=True):
+            if result is not None:
+                check = FileCheck(pkg, pf, result[0], actual=result[1], detail=result[2])
+                if total.add(check, args.verbose) and not args.json:
+                    bar.write(_check_line(check))
             bar.update(1)
-            if check is None:
-                continue
-            checks.append(check)
-            if not args.json and (check.status != "ok" or args.verbose):
-                bar.write(_check_line(check))
-    counts = Counter(c.status for c in checks)
-    evidence = Counter(str(c.file.evidence) for c in checks)
-    if any(c.status in FAILED_STATUSES for c in checks):
+    return total
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    source, root = _open(args)
+    pkgs = [source.package(n) for n in args.names] if args.names else list(source.packages())
+    tally = _verify_files(source, pkgs, root, args)
+    counts, evidence = tally.statuses, tally.evidence
+    if any(counts[s] for s in FAILED_STATUSES):
         code = ExitCode.VERIFICATION_FAILED
     elif counts["unreadable"]:
         code = ExitCode.FAILURE
@@ -196,7 +255,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         _dump({
             "source": source.kind, "packages": len(pkgs), "summary": dict(sorted(counts.items())),
             "evidence": dict(sorted(evidence.items())), "exit_code": int(code),
-            "files": [c.to_json() for c in checks if c.status != "ok" or args.verbose],
+            "files": [c.to_json() for c in tally.shown],
         })
     else:
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no files"
