@@ -10,15 +10,13 @@ Paths are resolved under the root by refusing symlinks in every component below 
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from imaguard.errors import HostStateError, UsageError
+from imaguard.fsio import write_atomically
 
 __all__ = ["Change", "FileChange", "install_file", "read_root_file", "root_dir"]
 
@@ -97,23 +95,7 @@ def install_file(root: Path, relpath: str, data: bytes, mode: int) -> FileChange
         if st is not None and stat.S_IMODE(st.st_mode) == mode and read_root_file(root, relpath) == data:
             return FileChange(str(target), Change.UNCHANGED, mode)
         _mkdirs(root, relpath)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), mode)
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            Path(tmp).replace(target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                Path(tmp).unlink()
-            raise
-        dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomically(target, data, mode)
     except OSError as exc:
         raise HostStateError(f"{target}: cannot write: {exc.strerror}", reason="install-write", errno=exc.errno,
                              path=str(target)) from exc  # fmt: skip

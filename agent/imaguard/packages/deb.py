@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from imaguard.config import Limits
 from imaguard.digests import HashAlgo, hash_fd
 from imaguard.errors import FormatError, HostStateError, UnsupportedError, UsageError
+from imaguard.fsio import write_atomically
 from imaguard.packages import aptrepo, debchain, dpkgdb
 from imaguard.packages.debchain import ChainError, ChainReason
 from imaguard.packages.debfile import DebMember, read_deb
@@ -77,21 +78,8 @@ def decode_members(data: bytes) -> tuple[DebMember, ...]:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename, fsync the directory (STYLE.md §9)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomically(path, data)
 
 
 class DebSource:

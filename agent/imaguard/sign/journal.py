@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 from imaguard.errors import HostStateError
+from imaguard.fsio import write_atomically
 
 __all__ = ["Journal", "atomic_write"]
 
@@ -23,26 +22,10 @@ _FLUSH_INTERVAL = 1.0
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new content, whole."""
-    directory = path.parent
+    """Replace ``path`` (mode 0600, parents made) with ``data`` whole; HostStateError on failure."""
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            Path(tmp).replace(path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                Path(tmp).unlink()
-            raise
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomically(path, data)
     except OSError as exc:
         raise HostStateError(f"{path}: cannot write: {exc.strerror}", reason="state-write", errno=exc.errno,
                              path=str(path)) from exc
