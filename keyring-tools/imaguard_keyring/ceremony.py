@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 
 from imaguard.errors import HostStateError, UsageError
 from imaguard.keys import load_certificate, load_private_key
-from imaguard.keys.material import MAX_KEY_FILE_SIZE, key_id_from_public_key
+from imaguard.keys.material import key_id_from_public_key, read_small_file
 from imaguard.keys.revocation import parse_ca_certificate
 from imaguard_keyring.profiles import (
     KeyType,
@@ -197,13 +197,7 @@ def _ca_cert_path(ca: Path) -> Path:
 def load_ca_certificate(ca: Path) -> Certificate:
     """The CA certificate from a CA directory (its ``ca.pem``) or a certificate file."""
     path = _ca_cert_path(ca)
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_KEY_FILE_SIZE + 1)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the CA certificate: {exc.strerror}", reason="unreadable") from exc
-    if len(data) > MAX_KEY_FILE_SIZE:
-        raise UsageError(f"{path}: larger than {MAX_KEY_FILE_SIZE} bytes, not a certificate", reason="bad-certificate")
+    data = read_small_file(path, "CA certificate", reason="bad-certificate")
     return parse_ca_certificate(data, str(path))
 
 

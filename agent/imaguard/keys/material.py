@@ -35,6 +35,7 @@ __all__ = [
     "load_private_key",
     "parse_certificate",
     "parse_private_key",
+    "read_small_file",
 ]
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -169,24 +170,25 @@ def parse_private_key(data: bytes, source: str, password: bytes | None = None) -
     return checked
 
 
-def _read_small(path: Path, what: str) -> bytes:
+def read_small_file(path: Path, what: str, limit: int = MAX_KEY_FILE_SIZE, reason: str = "bad-key") -> bytes:
+    """Read a key, certificate or list, refusing anything over ``limit`` (a wrong path to a disk image)."""
     try:
         with path.open("rb") as f:
-            data = f.read(MAX_KEY_FILE_SIZE + 1)
+            data = f.read(limit + 1)
     except OSError as exc:
         raise UsageError(f"{path}: cannot read {what}: {exc.strerror}", reason="unreadable") from exc
-    if len(data) > MAX_KEY_FILE_SIZE:
-        raise UsageError(f"{path}: larger than {MAX_KEY_FILE_SIZE} bytes, not a {what}", reason="bad-key")
+    if len(data) > limit:
+        raise UsageError(f"{path}: larger than {limit} bytes, not a {what}", reason=reason)
     return data
 
 
 def load_certificate(path: Path) -> Certificate:
-    return parse_certificate(_read_small(path, "certificate"), str(path))
+    return parse_certificate(read_small_file(path, "certificate"), str(path))
 
 
 def load_private_key(path: Path, password: bytes | None = None, cert: Certificate | None = None) -> PrivateKey:
     """Load a signing key; with ``cert``, refuse a certificate that belongs to another key."""
-    key = parse_private_key(_read_small(path, "private key"), str(path), password)
+    key = parse_private_key(read_small_file(path, "private key"), str(path), password)
     if cert is not None:
         pub = serialization.PublicFormat.SubjectPublicKeyInfo
         mine = key.public_key().public_bytes(serialization.Encoding.DER, pub)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from imaguard.errors import FormatError, TrustError, UsageError
+from imaguard.keys.material import read_small_file
 from imaguard.keys.revocation import parse_ca_certificate, verify_revocation_list
 
 if TYPE_CHECKING:
@@ -16,14 +17,7 @@ _MAX_LIST = 16 << 20
 
 
 def _read(path: Path, what: str) -> bytes:
-    try:
-        with path.open("rb") as f:
-            data = f.read(_MAX_LIST + 1)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read {what}: {exc.strerror}", reason="unreadable") from exc
-    if len(data) > _MAX_LIST:
-        raise UsageError(f"{path}: larger than {_MAX_LIST} bytes, not a {what}", reason="unreadable")
-    return data
+    return read_small_file(path, what, _MAX_LIST, reason="unreadable")
 
 
 def load_revoked(list_path: Path | None, ca_path: Path | None) -> frozenset[bytes]:
