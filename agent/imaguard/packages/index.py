@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_digest ON files (digest);
 CREATE INDEX IF NOT EXISTS files_package ON files (package_id);
+CREATE INDEX IF NOT EXISTS files_path ON files (path);
 """
 
 
@@ -55,6 +56,19 @@ class IndexEntry:
     path: bytes
     algo: HashAlgo
     evidence: Evidence
+    source_name: str = ""
+    source_version: str = ""
+    digest: bytes = b""
+
+
+_ENTRY_SQL = (
+    "SELECT p.name, p.version, p.arch, f.path, f.algo, f.evidence, p.source_name, p.source_version, f.digest "
+    "FROM files f JOIN packages p ON p.id = f.package_id "
+)
+
+
+def _entry(r: tuple[str, str, str, bytes, int, str, str, str, bytes]) -> IndexEntry:
+    return IndexEntry(r[0], r[1], r[2], bytes(r[3]), HashAlgo(r[4]), Evidence(r[5]), r[6], r[7], bytes(r[8]))
 
 
 class DigestIndex:
@@ -152,6 +166,21 @@ class DigestIndex:
             (digest,),
         )
         return [IndexEntry(r[0], r[1], r[2], bytes(r[3]), HashAlgo(r[4]), Evidence(r[5])) for r in rows]
+
+    def lookup_full(self, digest: bytes) -> list[IndexEntry]:
+        """Like :meth:`lookup`, with source package and digest filled in (reports need them)."""
+        rows = self._db.execute(_ENTRY_SQL + "WHERE f.digest = ? ORDER BY p.name, f.path", (digest,))
+        return [_entry(r) for r in rows]
+
+    def lookup_path(self, path: bytes) -> list[IndexEntry]:
+        """Every package file indexed at ``path`` (one indexed query): who owns this path."""
+        rows = self._db.execute(_ENTRY_SQL + "WHERE f.path = ? ORDER BY p.name", (path,))
+        return [_entry(r) for r in rows]
+
+    def iter_files(self) -> Iterator[IndexEntry]:
+        """Every indexed package file, by path (exports such as a Keylime runtime policy)."""
+        for r in self._db.execute(_ENTRY_SQL + "ORDER BY f.path"):
+            yield _entry(r)
 
     def counts(self) -> tuple[int, int]:
         packages = self._db.execute("SELECT count(*) FROM packages").fetchone()[0]
