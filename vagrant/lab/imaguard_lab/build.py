@@ -178,6 +178,8 @@ def _install_guest_files(rootfs: Path) -> None:
     links = {
         "usr/local/bin/imaguard": f"/{GUEST_LIB}/imaguard",
         "usr/local/sbin/imaguard-lab-init": f"/{GUEST_LIB}/init",
+        # systemd mode (runner.MODES): pulled in by systemd.wants= on the kernel command line only
+        "etc/systemd/system/imaguard-lab.service": f"/{GUEST_LIB}/imaguard-lab.service",
     }
     for rel, target in links.items():
         link = rootfs / rel

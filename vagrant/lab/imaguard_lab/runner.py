@@ -1,5 +1,13 @@
 """Boot one lab scenario: qcow2 overlay, swtpm TPM 2.0, QEMU, work disk in and out.
 
+A run is one boot, or several (``RunSpec.max_boots``): the same overlay, swtpm state and work disk
+across boots. QEMU runs with ``-no-reboot``, so a guest reboot or power-off ends QEMU; before it
+does, the guest writes ``/lab/out/next.json`` (``{"action": "reboot", "mode": ..., "cmdline": [...]}``)
+to ask for another boot, and the runner boots again with the guest's own ``/boot/initrd.img-*``,
+read from the overlay (``qemu-img convert`` + ``debugfs``), so an ``update-initramfs`` in the guest
+takes effect as on real hardware. Modes: ``init`` (PID 1 = the lab's init script) and ``systemd``
+(PID 1 = systemd; the step runs in ``imaguard-lab.service``, pulled in by ``systemd.wants=``).
+
 Every process the runner starts gets its own session (process group); on timeout or any error the
 runner kills exactly those groups, by id, and reaps them. QEMU runs with ``-no-reboot`` and the
 guest kernel with ``panic=-1``, so a panic ends QEMU at once instead of hanging.
@@ -25,7 +33,18 @@ from .labkeys import make_keys
 from .recipe import cache_root
 from .workdisk import make_work_disk, read_out
 
-__all__ = ["DEFAULT_CMDLINE", "REPO", "RunResult", "RunSpec", "alive", "detect_accel", "remove_run", "run"]
+__all__ = [
+    "DEFAULT_CMDLINE",
+    "MODES",
+    "REPO",
+    "BootRecord",
+    "RunResult",
+    "RunSpec",
+    "alive",
+    "detect_accel",
+    "remove_run",
+    "run",
+]
 
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_CMDLINE: tuple[str, ...] = ("ima_appraise=enforce", "ima_template=ima-sig", "ima_hash=sha256")
@@ -35,8 +54,14 @@ _BASE_CMDLINE = (
     "rootfstype=ext4",
     "console=ttyS0",
     "panic=-1",
-    "init=/usr/local/sbin/imaguard-lab-init",
 )
+# PID 1 per mode. systemd: the image has no systemd-sysv (no /sbin/init), so init= names it; the
+# lab's unit is in the image but started only when the kernel command line asks for it.
+MODES: dict[str, tuple[str, ...]] = {
+    "init": ("init=/usr/local/sbin/imaguard-lab-init",),
+    "systemd": ("init=/lib/systemd/systemd", "systemd.wants=imaguard-lab.service", "systemd.show_status=error"),
+}
+_NEXT = "next.json"  # the guest's request for another boot, in /lab/out
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +78,25 @@ class RunSpec:
     accel: str = "auto"  # tcg | kvm | auto (auto: KVM only if a probe boot proves it works)
     quiet_kernel: bool = True
     boot_allowance_s: int = 120  # TCG takes 22-33 s from QEMU start to the guest init (lab notes)
+    mode: str = "init"  # PID 1 of the first boot: init | systemd (MODES); later boots: the guest says
+    max_boots: int = 1  # more boots are made only when the guest asks (/lab/out/next.json)
+
+
+@dataclass(frozen=True, slots=True)
+class BootRecord:
+    """One boot of a run: how it was booted and how it ended."""
+
+    number: int  # 1-based; the guest reads it as lab.boot=N
+    mode: str
+    cmdline: tuple[str, ...]  # the IMA part (RunSpec.cmdline or the guest's request)
+    initrd_sha256: str  # the initrd QEMU loaded: the image's, or the guest's own after update-initramfs
+    out_dir: Path | None  # /lab/out as it was after this boot
+    status: int | None
+    wall_s: float
+    timed_out: bool
+    panicked: bool
+    serial_log: Path
+    next: dict[str, Any] | None  # what the guest asked for at the end of this boot
 
 
 @dataclass
@@ -67,6 +111,7 @@ class RunResult:
     panicked: bool
     started_pids: list[int]
     accel: str
+    boots: list[BootRecord] = field(default_factory=list)
 
     def serial_tail(self, lines: int = 40) -> str:
         try:
@@ -160,9 +205,21 @@ def detect_accel(image: Image, *, probe_timeout_s: float = 25.0) -> str:
     return accel
 
 
-def _qemu_cmd(spec: RunSpec, image: Image, *, run_dir: Path, sock: Path | None, accel: str) -> list[str]:
-    overlay, work, serial = run_dir / "overlay.qcow2", run_dir / "work.img", run_dir / "serial.log"
-    append = [*_BASE_CMDLINE, f"lab.timeout={spec.timeout_s}", *spec.cmdline]
+@dataclass(frozen=True, slots=True)
+class _Boot:
+    """What differs between the boots of one run."""
+
+    number: int
+    mode: str
+    cmdline: tuple[str, ...]
+    initrd: Path
+    serial: Path
+
+
+def _qemu_cmd(spec: RunSpec, image: Image, *, run_dir: Path, sock: Path | None, accel: str, boot: _Boot) -> list[str]:
+    overlay, work, serial = run_dir / "overlay.qcow2", run_dir / "work.img", boot.serial
+    append = [*_BASE_CMDLINE, *MODES[boot.mode], f"lab.timeout={spec.timeout_s}", f"lab.boot={boot.number}"]
+    append += boot.cmdline
     if spec.quiet_kernel:
         append.append("quiet")
     cmd = [
@@ -174,7 +231,7 @@ def _qemu_cmd(spec: RunSpec, image: Image, *, run_dir: Path, sock: Path | None, 
         "-nodefaults", "-display", "none", "-no-reboot",
         "-serial", f"file:{serial}",
         "-kernel", str(image.kernel),
-        "-initrd", str(image.initrd),
+        "-initrd", str(boot.initrd),
         "-append", " ".join(append),
         "-drive", f"file={overlay},if=virtio,format=qcow2",
         "-drive", f"file={work},if=virtio,format=raw",
@@ -190,10 +247,11 @@ def _qemu_cmd(spec: RunSpec, image: Image, *, run_dir: Path, sock: Path | None, 
 
 
 def _start_swtpm(run_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:
-    state = run_dir / "tpm"
-    state.mkdir()
+    state = run_dir / "tpm"  # kept across the boots of a run, like a real TPM's NV storage
+    state.mkdir(exist_ok=True)
     sock = run_dir / "swtpm.sock"
-    log = (run_dir / "swtpm.log").open("wb")
+    sock.unlink(missing_ok=True)
+    log = (run_dir / "swtpm.log").open("ab")
     proc = subprocess.Popen(
         [
             "swtpm", "socket", "--tpm2",
@@ -224,7 +282,7 @@ def _new_run_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%dT%H%M%S-"), dir=runs))
 
 
-def _boot(spec: RunSpec, image: Image, run_dir: Path, *, accel: str) -> tuple[list[int], bool]:
+def _boot(spec: RunSpec, image: Image, run_dir: Path, *, accel: str, boot: _Boot) -> tuple[list[int], bool]:
     """Start swtpm and QEMU, wait for power-off or the time limit; always stop both."""
     started: list[int] = []
     procs: list[subprocess.Popen[bytes]] = []
@@ -235,8 +293,8 @@ def _boot(spec: RunSpec, image: Image, run_dir: Path, *, accel: str) -> tuple[li
             swtpm, sock = _start_swtpm(run_dir)
             procs.append(swtpm)
             started.append(swtpm.pid)
-        cmd = _qemu_cmd(spec, image, run_dir=run_dir, sock=sock, accel=accel)
-        with (run_dir / "qemu.log").open("wb") as qlog:
+        cmd = _qemu_cmd(spec, image, run_dir=run_dir, sock=sock, accel=accel, boot=boot)
+        with (run_dir / "qemu.log").open("ab") as qlog:
             qemu = subprocess.Popen(
                 cmd, stdout=qlog, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
             )
@@ -253,10 +311,10 @@ def _boot(spec: RunSpec, image: Image, run_dir: Path, *, accel: str) -> tuple[li
     return started, timed_out
 
 
-def _collect(run_dir: Path) -> tuple[Path | None, int | None, list[dict[str, Any]]]:
-    """Read the guest's /out back: (out dir, guest exit status, result records)."""
+def _collect(run_dir: Path, dest: Path) -> tuple[Path | None, int | None, list[dict[str, Any]]]:
+    """Read the guest's /out back into ``dest/out``: (out dir, guest exit status, result records)."""
     try:
-        out_dir = read_out(run_dir / "work.img", run_dir)
+        out_dir = read_out(run_dir / "work.img", dest)
     except RuntimeError:
         return None, None, []
     status: int | None = None
@@ -270,8 +328,59 @@ def _collect(run_dir: Path) -> tuple[Path | None, int | None, list[dict[str, Any
     return out_dir, status, results
 
 
+def _guest_initrd(image: Image, run_dir: Path, number: int) -> Path:
+    """The initrd the guest's own /boot holds now (after its update-initramfs, if any).
+
+    No qemu-nbd here: the overlay is flattened to a sparse raw file (~1 s) and debugfs reads the
+    file from it, never mounting a guest-written filesystem.
+    """
+    kernel = str(image.info().get("kernel") or "")
+    raw = run_dir / "overlay.raw"
+    dest = run_dir / f"initrd-{number}.img"
+    try:
+        subprocess.run(
+            ["qemu-img", "convert", "-O", "raw", str(run_dir / "overlay.qcow2"), str(raw)], check=True,
+            capture_output=True,
+        )  # fmt: skip
+        proc = subprocess.run(
+            ["debugfs", "-R", f"dump /boot/initrd.img-{kernel} {dest}", str(raw)], capture_output=True, text=True,
+            check=False,
+        )  # fmt: skip
+    finally:
+        raw.unlink(missing_ok=True)
+    if proc.returncode != 0 or not dest.is_file() or dest.stat().st_size == 0:
+        raise RuntimeError(f"cannot read /boot/initrd.img-{kernel} from the guest disk: {proc.stderr.strip()}")
+    return dest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _next_request(out_dir: Path | None) -> dict[str, Any] | None:
+    """The guest's ``next.json``, validated: a reboot request with a known mode, or None."""
+    if out_dir is None or not (out_dir / _NEXT).is_file():
+        return None
+    try:
+        req = json.loads((out_dir / _NEXT).read_text())
+    except ValueError:
+        return None
+    if not isinstance(req, dict) or req.get("action") != "reboot" or req.get("mode") not in MODES:
+        return None
+    if not all(isinstance(w, str) for w in req.get("cmdline", [])):
+        return None
+    return req
+
+
 def run(spec: RunSpec, image: Image, *, run_dir: Path | None = None, keys_dir: Path | None = None) -> RunResult:
-    """Boot ``image`` with a fresh overlay, run ``spec``, power off, and return what came back."""
+    """Boot ``image`` with a fresh overlay, run ``spec`` (one boot, or more when the guest asks and
+    ``spec.max_boots`` allows), power off, and return what came back."""
+    if spec.mode not in MODES:
+        raise ValueError(f"unknown boot mode {spec.mode!r} (known: {', '.join(MODES)})")
     run_dir = run_dir or _new_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     accel = detect_accel(image) if spec.accel == "auto" else spec.accel
@@ -283,25 +392,63 @@ def run(spec: RunSpec, image: Image, *, run_dir: Path | None = None, keys_dir: P
     if keys_dir is None:
         keys_dir = make_keys(run_dir / "keys").directory
     make_work_disk(run_dir / "work.img", repo=REPO, keys_dir=keys_dir, entry=spec.entry, params=spec.params)
-    start = time.monotonic()
-    started, timed_out = _boot(spec, image, run_dir, accel=accel)
-    wall = time.monotonic() - start
-    out_dir, status, results = _collect(run_dir)
-    serial = run_dir / "serial.log"
-    panicked = serial.exists() and "Kernel panic" in serial.read_text(errors="replace")
+    boots: list[BootRecord] = []
+    started: list[int] = []
+    boot = _Boot(1, spec.mode, spec.cmdline, image.initrd, run_dir / "serial.log")
+    wall = 0.0
+    results: list[dict[str, Any]] = []
+    try:
+        while True:
+            start = time.monotonic()
+            pids, timed_out = _boot(spec, image, run_dir, accel=accel, boot=boot)
+            boot_wall = time.monotonic() - start
+            wall += boot_wall
+            started += pids
+            # Boot 1 of a single-boot run reads back into run_dir/out, as always; later ones keep each
+            # boot's /lab/out apart (boot-N/out), the last one also being RunResult.out_dir.
+            dest = run_dir if spec.max_boots == 1 else run_dir / f"boot-{boot.number}"
+            out_dir, status, results = _collect(run_dir, dest)
+            text = boot.serial.read_text(errors="replace") if boot.serial.exists() else ""
+            request = _next_request(out_dir)
+            if out_dir is not None:
+                (out_dir / _NEXT).unlink(missing_ok=True)
+            panicked = "Kernel panic" in text
+            boots.append(BootRecord(boot.number, boot.mode, boot.cmdline, _sha256(boot.initrd), out_dir, status,
+                                    round(boot_wall, 1), timed_out, panicked, boot.serial, request))  # fmt: skip
+            if request is None or timed_out or boot.number >= spec.max_boots:
+                break
+            _clear_next(run_dir)
+            number = boot.number + 1
+            boot = _Boot(number, str(request["mode"]), tuple(request.get("cmdline", spec.cmdline)),
+                         _guest_initrd(image, run_dir, number), run_dir / f"serial-{number}.log")  # fmt: skip
+    finally:
+        # The overlay is the only large file; nothing needs it after the run.
+        overlay.unlink(missing_ok=True)
+    last = boots[-1]
     summary = {
         "entry": spec.entry,
         "params": spec.params,
-        "status": status,
+        "status": last.status,
         "wall_s": round(wall, 1),
-        "timed_out": timed_out,
-        "panicked": panicked,
+        "timed_out": any(b.timed_out for b in boots),
+        "panicked": any(b.panicked for b in boots),
         "accel": accel,
-    }
+        "boots": [
+            {"number": b.number, "mode": b.mode, "cmdline": list(b.cmdline), "initrd_sha256": b.initrd_sha256,
+             "status": b.status, "wall_s": b.wall_s, "timed_out": b.timed_out, "panicked": b.panicked,
+             "next": b.next}
+            for b in boots
+        ],
+    }  # fmt: skip
     (run_dir / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
-    # The overlay is the only large file; nothing needs it after the run.
-    overlay.unlink(missing_ok=True)
-    return RunResult(run_dir, out_dir, serial, status, results, wall, timed_out, panicked, started, accel)
+    return RunResult(run_dir, last.out_dir, last.serial_log, last.status, results, wall, bool(summary["timed_out"]),
+                     bool(summary["panicked"]), started, accel, boots)  # fmt: skip
+
+
+def _clear_next(run_dir: Path) -> None:
+    """Remove next.json from the work disk, so a boot that asks for nothing is the last one."""
+    subprocess.run(["debugfs", "-w", "-R", f"rm /out/{_NEXT}", str(run_dir / "work.img")], capture_output=True,
+                   check=False)  # fmt: skip
 
 
 def remove_run(result: RunResult) -> None:
