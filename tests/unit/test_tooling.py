@@ -33,6 +33,14 @@ PURE_MODULES = [
     "ima/doctor.py",
     "ima/keyload.py",
     "ima/bootfiles.py",
+    "report/model.py",
+    "report/facts.py",
+    "report/build.py",
+    "report/verify.py",
+    "report/envelope.py",
+    "report/tpmquote.py",
+    "report/formats/keylime_policy.py",
+    "report/formats/cel.py",
 ]
 # Modules still to come are checked as soon as they exist (DESIGN.md §3 names them pure).
 FUTURE_PURE = [

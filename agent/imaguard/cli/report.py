@@ -1,0 +1,179 @@
+"""``imaguard report`` and ``imaguard report verify``: the attestation report, its exports, its check."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from imaguard.errors import ExitCode, FormatError, TrustError, UsageError
+
+__all__ = ["register"]
+
+_HELP = """\
+Turn the kernel's IMA measurement log into a report: the log is parsed and replayed (PCR 10,
+sha1 and sha256 banks), every measured file is looked up in the digest index of installed
+packages, and every running process (its executable and each executable mapping) is traced to
+its log entry. Classes: package (the content is a package file: name, version, arch, source
+package, evidence), modified (a package owns the path, not this content), unknown (from no
+package), not-measured (running but absent from the log, with the likely reason). ima-sig
+signatures are checked against the certificates the kernel measured into its keyrings and
+those given with --ima-cert.
+
+With --nonce and a TPM (TPM2TOOLS_TCTI, or /dev/tpmrm0), a quote over PCR 10 signed by a fresh
+attestation key is attached; the log is read before and after the quote and must not change in
+between. With --sign the report becomes a DSSE envelope signed by the host key.
+
+Formats: json (the report, schema in docs/report.md), keylime-policy (a Keylime runtime policy
+from the digest index: every trusted SHA-256 digest by path, --cert/--ima-cert as verification
+keys, excludes for directories no package owns), cel (the log as TCG Canonical Event Log JSON,
+each record with its package provenance).
+
+The digest index is built by `imaguard packages index`. The document goes to stdout or --output.
+"""
+
+_VERIFY_HELP = """\
+Check a report: its DSSE signature (with --cert; a signed report needs it), payload type and
+schema version; that its entries replay to the PCR 10 values it states; and, when it carries a
+TPM quote, that the quote is signed by the attestation key in the report, for the report's nonce,
+over PCR 10 only, with the replayed value. --nonce N also requires that the report was made for
+N and has a quote.
+
+Exit status: 0 verified, 3 verification failed (the message names the check), 2 usage error.
+"""
+
+# Directories a Keylime policy may exclude when no package file lies under them.
+_EXCLUDE_CANDIDATES = ("/boot", "/dev", "/etc", "/home", "/lab", "/media", "/mnt", "/opt", "/proc", "/root", "/run",
+                       "/srv", "/sys", "/tmp", "/usr/local", "/var")  # noqa: S108 - names to exclude, not files  # fmt: skip
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("report", help="attestation report of the measurement log, and its exports",
+                       description=_HELP, formatter_class=fmt)  # fmt: skip
+    p.add_argument("--format", choices=("json", "keylime-policy", "cel"), default="json",
+                   help="json (default), keylime-policy or cel")  # fmt: skip
+    p.add_argument("--nonce", metavar="N", help="attach a TPM quote over PCR 10 made for this nonce")
+    p.add_argument("--sign", type=Path, metavar="KEY", help="sign the report (DSSE) with this private key")
+    p.add_argument("--cert", type=Path, metavar="CERT", help="certificate of --sign's key (required with --sign)")
+    p.add_argument("--password-file", type=Path, metavar="FILE", help="file holding --sign's key password")
+    p.add_argument("--ima-cert", type=Path, action="append", default=[], metavar="CERT",
+                   help="IMA certificate to check ima-sig signatures with (repeatable)")  # fmt: skip
+    p.add_argument("--file", type=Path, metavar="LOG",
+                   help="binary measurement list to read (default: the kernel's, from securityfs)")  # fmt: skip
+    p.add_argument("--index", type=Path, metavar="DB",
+                   help="digest index (index.sqlite, or its state directory; default /var/lib/imaguard)")  # fmt: skip
+    p.add_argument("--no-processes", action="store_true", help="leave running processes out")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the document here instead of stdout")
+    p.add_argument("--json", action="store_true", help="errors as JSON too (the document is JSON anyway)")
+    p.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
+    p.set_defaults(handler=_cmd_report)
+    rsub = p.add_subparsers(dest="report_command", metavar="verify")
+    v = rsub.add_parser("verify", help="check a report: signature, schema, replay, nonce, TPM quote",
+                        description=_VERIFY_HELP, formatter_class=fmt)  # fmt: skip
+    v.add_argument("--cert", type=Path, action="append", default=[], metavar="CERT",
+                   help="certificate the report must be signed with (repeatable)")  # fmt: skip
+    v.add_argument("--nonce", metavar="N", help="the nonce the report must have been made for")
+    v.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    v.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
+    v.add_argument("file", type=Path, metavar="FILE", help="the report (signed envelope or bare document)")
+    v.set_defaults(handler=_cmd_verify)
+
+
+def _index_dir(arg: Path | None) -> Path:
+    from imaguard.packages import DEFAULT_STATE_DIR  # noqa: PLC0415 - lazy: start-up time
+    from imaguard.packages.index import INDEX_NAME  # noqa: PLC0415
+
+    path = arg if arg is not None else DEFAULT_STATE_DIR
+    db = path / INDEX_NAME if path.is_dir() or arg is None else path
+    if db.name != INDEX_NAME:
+        raise UsageError(f"{path}: the digest index is a file named {INDEX_NAME} (or give its directory)")
+    if not db.is_file():
+        raise UsageError(f"{db}: no digest index; build it with `imaguard packages index`", reason="no-index")
+    return db.parent
+
+
+def _write(doc: bytes, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.buffer.write(doc)
+        sys.stdout.flush()
+        return
+    from imaguard.fsio import write_atomically  # noqa: PLC0415
+
+    try:
+        write_atomically(output, doc, 0o644)
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot write: {exc.strerror}") from exc
+
+
+def _dumps(doc: object) -> bytes:
+    return json.dumps(doc, indent=1).encode() + b"\n"
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from imaguard.keys.material import load_certificate, load_private_key  # noqa: PLC0415
+    from imaguard.report import collect  # noqa: PLC0415
+
+    if args.sign is not None and args.cert is None:
+        raise UsageError("--sign needs --cert (the certificate of the signing key)")
+    if args.format != "json" and (args.sign is not None or args.nonce is not None):
+        raise UsageError(f"--sign and --nonce apply to the json report, not to --format {args.format}")
+    ima_certs = [load_certificate(p) for p in args.ima_cert]
+    cert = load_certificate(args.cert) if args.cert is not None else None
+    certs = [*([cert] if cert is not None else []), *ima_certs]
+    state_dir = _index_dir(args.index)
+    if args.format == "keylime-policy":
+        policy, stats = collect.keylime_policy_here(state_dir, certs, args.file, _EXCLUDE_CANDIDATES)
+        _write(_dumps(policy), args.output)
+        if not args.json:
+            print(f"keylime policy: {stats.paths} paths from {stats.files} package files "
+                  f"({stats.skipped_weak} without SHA-256 left out), excludes {policy['excludes']}",
+                  file=sys.stderr)  # fmt: skip
+        return ExitCode.OK
+    key = None
+    if args.sign is not None:
+        from imaguard.cli.files import _password  # noqa: PLC0415 - the one password reader
+
+        key = load_private_key(args.sign, _password(args, args.sign), cert)
+    collected = collect.collect(state_dir=state_dir, log_file=args.file, certificates=certs, nonce=args.nonce,
+                                processes=not args.no_processes)  # fmt: skip
+    if args.format == "cel":
+        _write(_dumps(collect.cel_of(collected)), args.output)
+        return ExitCode.OK
+    document = collected.report.to_bytes()
+    if key is not None and cert is not None:
+        from imaguard.report.envelope import sign_report  # noqa: PLC0415
+
+        document = sign_report(document, key, cert)
+    _write(document, args.output)
+    if not args.json:
+        counts = collected.report.counts()
+        line = ", ".join(f"{k} {v}" for k, v in counts["processes"].items() if v)
+        extra = (", quoted" if collected.report.quote else "") + (", signed" if key else "")
+        print(f"report: {len(collected.report.entries)} log entries, processes: {line or 'none'}{extra}",
+              file=sys.stderr)
+    return ExitCode.OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from imaguard.keys.material import load_certificate, read_small_file  # noqa: PLC0415
+    from imaguard.report.verify import verify_report  # noqa: PLC0415
+
+    certs = tuple(load_certificate(p) for p in args.cert)
+    # A report of 100,000 entries is some tens of MiB; the limit keeps a wrong path from being slurped.
+    data = read_small_file(args.file, "report", limit=256 << 20, reason="bad-report")
+    try:
+        result = verify_report(data, certs=certs, nonce=args.nonce, source=str(args.file))
+    except FormatError as exc:
+        # A report that no longer parses was changed: that is a failed verification, not a crash.
+        raise TrustError(f"verification failed: {exc}", reason=exc.reason) from exc
+    if args.json:
+        print(json.dumps({"verified": True, "checks": list(result.checks), "signed_by": result.signed_by,
+                          "nonce": result.nonce, "quoted": result.quoted, "pcr10": result.pcr10,
+                          "entries": result.entries}, indent=1))  # fmt: skip
+    else:
+        print(f"{args.file}: verified ({', '.join(result.checks)})"
+              f"{'; signed by ' + result.signed_by if result.signed_by else ''}"
+              f"{'; nonce ' + repr(result.nonce) if result.nonce is not None else ''}")  # fmt: skip
+    return ExitCode.OK

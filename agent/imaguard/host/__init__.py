@@ -1,0 +1,1 @@
+"""Host adapters: running processes and host identity, returned as plain typed facts."""

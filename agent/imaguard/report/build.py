@@ -1,0 +1,257 @@
+"""Join a replayed measurement log, the digest index and the running processes into a Report (pure).
+
+Only a :class:`imaguard.ima.replay.ReplayedLog` becomes a report (STYLE.md 2): a parsed log that
+was never replayed has no PCR 10 to vouch for it. Lookups into the digest index go through the
+:class:`PackageLookup` protocol, so this module does no I/O; ``report/source.py`` opens the index.
+
+Classification (issue 7 item 3):
+- an entry whose digest is a trusted digest of some package file is ``package`` (all such files
+  are listed, the one at the measured path first);
+- otherwise, if a package owns the measured path (also under its other merged-/usr name), it is
+  ``modified``; else ``unknown``;
+- a process (and each executable mapping) takes the class of the *last* log entry for its path
+  (IMA measures a file again after it changed); absent from the log it is ``not-measured`` with
+  the likely reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from imaguard.errors import ImaguardError, TrustError
+from imaguard.ima.replay import ReplayedLog
+from imaguard.ima.xattr import ImaSignature, parse_xattr
+from imaguard.keys.material import Certificate, parse_certificate
+from imaguard.keys.signer import Verifier
+from imaguard.report.model import (
+    EntryClass,
+    EntryReport,
+    HostFacts,
+    LogSummary,
+    MappingReport,
+    PackageRef,
+    ProcessClass,
+    ProcessReport,
+    QuoteReport,
+    Report,
+    SignatureStatus,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from imaguard.packages.index import IndexEntry
+    from imaguard.report.facts import ProcessInfo
+
+__all__ = ["LogItem", "PackageLookup", "build_report", "log_items", "summarize", "usr_aliases"]
+
+_MERGED = (b"bin", b"sbin", b"lib", b"lib32", b"lib64", b"libx32")
+
+
+class PackageLookup(Protocol):
+    def lookup_full(self, digest: bytes) -> list[IndexEntry]: ...
+
+    def lookup_path(self, path: bytes) -> list[IndexEntry]: ...
+
+
+def usr_aliases(path: bytes) -> tuple[bytes, ...]:
+    """``path`` and its other name on a merged-/usr system (dpkg lists /bin/ls, the kernel sees /usr/bin/ls)."""
+    parts = path.split(b"/", 3)
+    if len(parts) >= 3 and parts[1] == b"usr" and parts[2] in _MERGED:
+        return (path, path[4:])
+    if len(parts) >= 3 and parts[1] in _MERGED:
+        return (path, b"/usr" + path)
+    return (path,)
+
+
+@dataclass(frozen=True, slots=True)
+class LogItem:
+    """What the report needs of one log entry, independent of the parser's own types."""
+
+    index: int
+    pcr: int
+    template: str
+    path: bytes
+    algo: str  # the file-data hash algorithm name ("sha256"), "" when the template carries none
+    digest: bytes
+    sig: bytes | None  # None: the template has no sig field; b"": the field is empty
+    buf: bytes | None
+    violation: bool
+    extended: tuple[bytes, bytes]  # (sha1, sha256) extended into PCR 10 for this entry
+
+
+def log_items(replayed: ReplayedLog) -> list[LogItem]:
+    """The report's view of each entry of a replayed log (which must have kept its entries)."""
+    if replayed.entries is None:
+        raise ValueError("replay the log with keep_entries=True to build a report")
+    items: list[LogItem] = []
+    for n, e in enumerate(replayed.entries):
+        d = e.digest
+        violation = e.is_violation
+        extended = ((b"\xff" * 20, b"\xff" * 32) if violation
+                    else (e.template_digest, hashlib.sha256(e.hashed_data()).digest()))  # fmt: skip
+        items.append(LogItem(
+            index=n, pcr=e.pcr, template=e.template_name, path=e.path,
+            algo=d.algo_name if d is not None else "", digest=d.digest if d is not None else b"",
+            sig=e.field("sig"), buf=e.field("buf"), violation=violation, extended=extended,
+        ))  # fmt: skip
+    return items
+
+
+def _ref(e: IndexEntry) -> PackageRef:
+    return PackageRef(e.name, e.version, e.arch, e.source_name, e.source_version, e.path,
+                      f"{e.algo.kernel_name}:{e.digest.hex()}", str(e.evidence))  # fmt: skip
+
+
+class _Classifier:
+    def __init__(self, lookup: PackageLookup) -> None:
+        self.lookup = lookup
+        self._owners: dict[bytes, tuple[PackageRef, ...]] = {}
+        self._digests: dict[tuple[str, bytes], tuple[PackageRef, ...]] = {}
+
+    def owners(self, path: bytes) -> tuple[PackageRef, ...]:
+        found = self._owners.get(path)
+        if found is None:
+            found = tuple(_ref(e) for alias in usr_aliases(path) for e in self.lookup.lookup_path(alias))
+            self._owners[path] = found
+        return found
+
+    def by_digest(self, algo: str, digest: bytes, path: bytes) -> tuple[PackageRef, ...]:
+        key = (algo, digest)
+        hits = self._digests.get(key)
+        if hits is None:
+            hits = tuple(_ref(e) for e in self.lookup.lookup_full(digest) if e.algo.kernel_name == algo)
+            self._digests[key] = hits
+        names = set(usr_aliases(path))
+        return tuple(sorted(hits, key=lambda r: r.path not in names))
+
+    def classify(self, item: LogItem) -> tuple[EntryClass, tuple[PackageRef, ...]]:
+        if item.violation:
+            return EntryClass.VIOLATION, ()
+        if item.index == 0 and item.path == b"boot_aggregate":
+            return EntryClass.BOOT_AGGREGATE, ()
+        if item.buf is not None:
+            return EntryClass.BUFFER, ()
+        hits = self.by_digest(item.algo, item.digest, item.path)
+        if hits:
+            return EntryClass.PACKAGE, hits
+        owners = self.owners(item.path)
+        if owners:
+            return EntryClass.MODIFIED, owners
+        return EntryClass.UNKNOWN, ()
+
+
+def _signature(item: LogItem, verifier: Verifier) -> tuple[SignatureStatus, str | None, str]:
+    if item.sig is None:
+        return SignatureStatus.NOT_RECORDED, None, ""
+    if not item.sig:
+        return SignatureStatus.UNSIGNED, None, ""
+    try:
+        value = parse_xattr(item.sig)
+    except ImaguardError as exc:
+        return SignatureStatus.MALFORMED, None, str(exc)
+    if not isinstance(value, ImaSignature):
+        return SignatureStatus.UNSUPPORTED_FORM, None, f"security.ima form {value.form}"
+    if value.algo.kernel_name != item.algo:
+        return (SignatureStatus.UNSUPPORTED_FORM, value.keyid_hex,
+                f"signed over {value.algo.kernel_name}, the log has {item.algo or 'no'} digest")  # fmt: skip
+    try:
+        cert = verifier.verify_digest(value.keyid, value.algo, item.digest, value.signature)
+    except TrustError as exc:
+        status = SignatureStatus.UNKNOWN_KEY if exc.reason == "unknown-key" else SignatureStatus.BAD_SIGNATURE
+        return status, value.keyid_hex, str(exc)
+    return SignatureStatus.VERIFIED, value.keyid_hex, cert.subject
+
+
+def _logged_certificates(items: Sequence[LogItem]) -> list[Certificate]:
+    """Certificates the kernel measured when they were loaded into a keyring (KEY_CHECK, ima-buf)."""
+    found: list[Certificate] = []
+    for item in items:
+        if item.buf and item.template == "ima-buf" and item.buf[:1] == b"\x30":
+            try:
+                found.append(parse_certificate(item.buf, f"log entry {item.index} ({item.path!r})"))
+            except ImaguardError:
+                continue  # not a certificate (critical data), or a key unfit for IMA
+    return found
+
+
+def _not_measured_reason(proc_start: float, first_measured_start: float | None, file_entries: int) -> str:
+    if file_entries == 0:
+        return "no-file-measurements"
+    if first_measured_start is not None and proc_start < first_measured_start:
+        return "started-before-policy"
+    return "not-measured-by-policy"
+
+
+@dataclass(frozen=True, slots=True)
+class _Tracer:
+    """Traces a running file to the last log entry for its path."""
+
+    last: dict[bytes, int]
+    entries: Sequence[EntryReport]
+    clf: _Classifier
+
+    def mapping(self, path: bytes, deleted: bool, reason: str) -> MappingReport:
+        idx = self.last.get(path)
+        if idx is None:
+            why = "file-replaced-since-start" if deleted else reason
+            return MappingReport(path, ProcessClass.NOT_MEASURED, None, why, self.clf.owners(path), deleted)
+        entry = self.entries[idx]
+        return MappingReport(path, ProcessClass(str(entry.klass)), entry.index, "", entry.packages, deleted)
+
+
+def summarize(replayed: ReplayedLog, source: str) -> LogSummary:
+    boot = replayed.boot_aggregate
+    boot_digest = boot.digest if boot is not None else None
+    return LogSummary(
+        source=source, entries=replayed.count, violations=replayed.violations,
+        templates=tuple(sorted(replayed.templates.items())),
+        pcr10=tuple((bank, replayed.pcr(10, bank).hex()) for bank in ("sha1", "sha256") if bank in replayed.pcrs),
+        truncated_at=replayed.truncated.offset if replayed.truncated is not None else None,
+        boot_aggregate=str(boot_digest) if boot_digest is not None else None,
+    )  # fmt: skip
+
+
+def build_report(
+    replayed: ReplayedLog,
+    *,
+    source: str,
+    lookup: PackageLookup,
+    processes: Iterable[ProcessInfo],
+    host: HostFacts,
+    generator: str,
+    created: str,
+    certificates: Sequence[Certificate] = (),
+    nonce: str | None = None,
+    quote: QuoteReport | None = None,
+) -> Report:
+    """The report of ``replayed`` (read from ``source``) on this host."""
+    if not isinstance(replayed, ReplayedLog):
+        raise TypeError("build_report needs a ReplayedLog: replay the parsed log first")
+    items = log_items(replayed)
+    verifier = Verifier.of([*certificates, *_logged_certificates(items)])
+    clf = _Classifier(lookup)
+    entries: list[EntryReport] = []
+    last: dict[bytes, int] = {}
+    for pos, item in enumerate(items):
+        klass, refs = clf.classify(item)
+        status, key_id, detail = _signature(item, verifier)
+        entries.append(EntryReport(item.index, item.pcr, item.template, item.path,
+                                   f"{item.algo}:{item.digest.hex()}" if item.algo else item.digest.hex(),
+                                   klass, item.extended, refs, status, key_id, detail))  # fmt: skip
+        if klass in (EntryClass.PACKAGE, EntryClass.MODIFIED, EntryClass.UNKNOWN):
+            last[item.path] = pos
+    procs = [p for p in processes if p.exe is not None]
+    measured_starts = [p.start_time for p in procs if p.exe in last]
+    first = min(measured_starts) if measured_starts else None
+    reports: list[ProcessReport] = []
+    tracer = _Tracer(last, entries, clf)
+    for p in procs:
+        assert p.exe is not None  # noqa: S101 - filtered above
+        reason = _not_measured_reason(p.start_time, first, len(last))
+        exe = tracer.mapping(p.exe, p.exe_deleted, reason)
+        maps = tuple(tracer.mapping(m.path, m.deleted, reason) for m in p.mappings if m.path != p.exe)
+        reports.append(ProcessReport(p.pid, p.name, p.start_time, exe, maps, p.error))
+    return Report(generator, created, nonce, host, summarize(replayed, source), tuple(entries), tuple(reports), quote)

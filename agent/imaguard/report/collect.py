@@ -1,0 +1,158 @@
+"""Gather what a report is made of on this host (I/O): log, replay, index, processes, identity, quote.
+
+With a nonce the log is read, the TPM quotes PCR 10, and the log is read again: when the two reads
+differ (something was measured meanwhile, e.g. tpm2_quote's first exec) the cycle is repeated, so
+the quoted PCR always belongs to exactly the log in the report.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imaguard import __version__
+from imaguard.errors import HostStateError, TrustError, UnsupportedError, UsageError
+from imaguard.host.identity import read_identity
+from imaguard.host.processes import list_processes
+from imaguard.ima.logsource import locate
+from imaguard.ima.measurements import detect_byteorder, iter_binary
+from imaguard.ima.replay import ReplayedLog, replay
+from imaguard.packages.index import DigestIndex
+from imaguard.report.build import build_report
+from imaguard.report.formats.cel import CelRecord, cel_document, extended_digests
+from imaguard.report.formats.keylime_policy import PolicyStats, keylime_policy
+from imaguard.report.model import HostFacts, QuoteReport, Report
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from imaguard.keys.material import Certificate
+
+__all__ = ["Collected", "cel_of", "collect", "keylime_policy_here", "read_log"]
+
+_QUOTE_ATTEMPTS = 4
+_LOG_LIMIT = 256 << 20  # config Limits has no log size yet; a list this large is not a real host's
+
+
+@dataclass(frozen=True, slots=True)
+class Collected:
+    report: Report
+    replayed: ReplayedLog
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        with Path(path).open("rb", buffering=0) as f:
+            chunks: list[bytes] = []
+            total = 0
+            while chunk := f.read(1 << 20):
+                total += len(chunk)
+                if total > _LOG_LIMIT:
+                    raise HostStateError(f"{path} is larger than {_LOG_LIMIT} bytes", reason="size-limit-exceeded",
+                                         path=path)  # fmt: skip
+                chunks.append(chunk)
+    except FileNotFoundError as exc:
+        raise UsageError(f"{path}: no such measurement list", reason="missing") from exc
+    except OSError as exc:
+        raise HostStateError(f"cannot read {path}: {exc.strerror}", reason="measurements-unreadable",
+                             errno=exc.errno, path=path) from exc  # fmt: skip
+    return b"".join(chunks)
+
+
+def _log_path(log_file: Path | None) -> str:
+    return str(log_file) if log_file is not None else locate().path
+
+
+def read_log(log_file: Path | None) -> tuple[bytes, str]:
+    path = _log_path(log_file)
+    return _read_bytes(path), path
+
+
+def _replay(data: bytes) -> ReplayedLog:
+    return replay(iter_binary(data, byteorder=detect_byteorder(data)))
+
+
+def _host() -> HostFacts:
+    ident = read_identity()
+    return HostFacts(ident.machine_id, ident.boot_id, ident.hostname, ident.kernel_release, ident.kernel_version,
+                     ident.ima_policy_state, ident.ima_policy_sha256,
+                     tuple((k.keyring, k.description, k.key_id) for k in ident.ima_keys))  # fmt: skip
+
+
+def _quoted(log_file: Path | None, nonce: str) -> tuple[bytes, QuoteReport]:
+    from imaguard.report.quote import make_quote  # noqa: PLC0415 - only with --nonce
+
+    path = _log_path(log_file)
+    before = _read_bytes(path)
+    for _ in range(_QUOTE_ATTEMPTS):
+        quote = make_quote(nonce)
+        after = _read_bytes(path)
+        if after == before:
+            return after, QuoteReport(nonce, quote.pcr_bank, quote.pcr_value, quote.attest, quote.signature,
+                                      quote.ak_public_pem)  # fmt: skip
+        before = after
+    raise TrustError(f"{path} kept growing while quoting ({_QUOTE_ATTEMPTS} attempts): no stable quote",
+                     reason="log-unstable")  # fmt: skip
+
+
+def collect(
+    *,
+    state_dir: Path,
+    log_file: Path | None,
+    certificates: Sequence[Certificate],
+    nonce: str | None,
+    processes: bool = True,
+) -> Collected:
+    quote = None
+    if nonce is not None:
+        data, quote = _quoted(log_file, nonce)
+        source = _log_path(log_file)
+    else:
+        data, source = read_log(log_file)
+    procs = list_processes() if processes else ()
+    replayed = _replay(data)
+    with DigestIndex.open(state_dir) as index:
+        report = build_report(
+            replayed, source=source, lookup=index, processes=procs, host=_host(),
+            generator=f"imaguard {__version__}", certificates=certificates, nonce=nonce, quote=quote,
+            created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )  # fmt: skip
+    if quote is not None:
+        replayed_value = replayed.pcr(10, quote.bank)
+        if replayed_value != quote.pcr10:
+            raise TrustError(f"the TPM's PCR 10 ({quote.bank}) {quote.pcr10.hex()} differs from the replayed log "
+                             f"{replayed_value.hex()}: the log does not match this TPM",
+                             reason="quote-log-mismatch")  # fmt: skip
+    return Collected(report, replayed)
+
+
+def cel_of(collected: Collected) -> list[dict[str, Any]]:
+    entries = collected.replayed.entries or ()
+    records = []
+    for e in entries:
+        sha1, sha256 = extended_digests(e.template_digest, e.hashed_data(), e.is_violation)
+        records.append(CelRecord(e.pcr, e.template_name, e.template_data, sha1, sha256))
+    return cel_document(records, collected.report.entries)
+
+
+def keylime_policy_here(
+    state_dir: Path, certificates: Sequence[Certificate], log_file: Path | None, candidates: Sequence[str]
+) -> tuple[dict[str, Any], PolicyStats]:
+    """The Keylime runtime policy of the installed packages; ``boot_aggregate`` from the log when one is readable."""
+    boot: str | None = None
+    try:
+        data, _ = read_log(log_file)
+    except UnsupportedError:
+        data = b""  # no IMA here (a build host): a policy without boot_aggregate
+    if data:
+        entry = _replay(data).boot_aggregate
+        if entry is not None and entry.digest is not None:
+            boot = entry.digest.digest.hex()
+    present = [c for c in candidates if Path(c).is_dir()]
+    with DigestIndex.open(state_dir) as index:
+        return keylime_policy(
+            index.iter_files(), certificates=certificates, exclude_candidates=present, boot_aggregate=boot,
+            timestamp=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )  # fmt: skip

@@ -1,0 +1,35 @@
+"""Signed reports: the report document as the payload of a DSSE envelope (keys/dsse.py does the crypto).
+
+The payload type names the schema, so an envelope of another kind (a signature bundle) never
+verifies as a report even when signed by the same key.
+"""
+
+from __future__ import annotations
+
+import json
+
+from imaguard.errors import FormatError
+from imaguard.keys.dsse import Envelope, sign_envelope, verify_envelope
+from imaguard.keys.material import Certificate, PrivateKey
+from imaguard.report.model import PAYLOAD_TYPE
+
+__all__ = ["is_envelope", "open_envelope", "sign_report"]
+
+
+def sign_report(document: bytes, key: PrivateKey, cert: Certificate) -> bytes:
+    return sign_envelope(PAYLOAD_TYPE, document, key, cert.key_id).to_json()
+
+
+def is_envelope(data: bytes) -> bool:
+    """A DSSE envelope (``payloadType`` at the top) rather than a bare report document."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise FormatError(f"not JSON ({exc})", reason="bad-report") from exc
+    return isinstance(doc, dict) and "payloadType" in doc
+
+
+def open_envelope(data: bytes, certs: tuple[Certificate, ...], source: str) -> bytes:
+    """The report document inside a signed envelope; TrustError unless a signature verifies."""
+    env = Envelope.from_json(data, source)
+    return verify_envelope(env, PAYLOAD_TYPE, certs, source)

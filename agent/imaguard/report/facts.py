@@ -1,0 +1,32 @@
+"""Facts about running processes that the report joins (pure types; ``host/processes.py`` fills them).
+
+They live here, below ``host/`` in the layering (DESIGN.md §3): the adapter imports them, the
+report builder never imports an adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Mapping", "ProcessInfo"]
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """A file mapped executable into a process."""
+
+    path: bytes
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """One process as seen at enumeration time; ``exe`` None for kernel threads or when unreadable."""
+
+    pid: int
+    name: str
+    exe: bytes | None
+    exe_deleted: bool
+    start_time: float  # seconds since the epoch (psutil create_time)
+    mappings: tuple[Mapping, ...]
+    error: str = ""  # why exe or mappings could not be read ("access-denied", "gone")

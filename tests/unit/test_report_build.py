@@ -1,0 +1,175 @@
+"""The report from the lab's real measurement list: classification, signatures, processes, schema."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from imaguard.digests import HashAlgo
+from imaguard.errors import FormatError, TrustError, UsageError
+from imaguard.host.processes import parse_maps
+from imaguard.ima.measurements import iter_binary
+from imaguard.ima.replay import replay
+from imaguard.keys.material import load_certificate, load_private_key
+from imaguard.packages.index import DigestIndex
+from imaguard.packages.model import Evidence, FileKind, InstalledPackage, PackageFile
+from imaguard.report.build import build_report, usr_aliases
+from imaguard.report.envelope import sign_report
+from imaguard.report.facts import Mapping, ProcessInfo
+from imaguard.report.model import HostFacts, read_report
+from imaguard.report.verify import verify_report
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB = ROOT / "tests" / "data" / "lab"
+KEYS = ROOT / "tests" / "data" / "keys"
+HOST = HostFacts("m" * 32, "b", "h", "6.1.0-50-amd64", "#1", "gone", None, (("_ima", "lab: 0a1b", "0a1b2c3d"),))
+
+
+def _replayed():
+    return replay(iter_binary((LAB / "binary_runtime_measurements").read_bytes()))
+
+
+def _digest_of(replayed, path: bytes) -> bytes:
+    return next(e.digest.digest for e in replayed.entries if e.path == path)
+
+
+@pytest.fixture
+def index(tmp_path):
+    """tpm2-tools ships the measured /usr/bin/tpm2 (under its dpkg name /bin/tpm2: merged /usr);
+    a package owns signed-echo's path with other content; nothing owns unsigned-echo."""
+    r = _replayed()
+    with DigestIndex.open(tmp_path) as idx:
+        idx.replace_package(InstalledPackage("tpm2-tools", "5.4-1", "amd64", "tpm2-tools", "5.4-1", "debian"), [
+            PackageFile(b"/bin/tpm2", FileKind.REGULAR, Evidence.REPO_VERIFIED, _digest_of(r, b"/usr/bin/tpm2"),
+                        HashAlgo.SHA256)])  # fmt: skip
+        idx.replace_package(InstalledPackage("labecho", "1", "amd64", "coreutils", "9.1-1"), [
+            PackageFile(b"/opt/imaguard-lab/signed-echo", FileKind.REGULAR, Evidence.LOCAL_DB,
+                        hashlib.sha256(b"other").digest(), HashAlgo.SHA256)])  # fmt: skip
+        yield idx
+
+
+def _proc(pid: int, exe: bytes, start: float, maps: tuple[Mapping, ...] = ()) -> ProcessInfo:
+    return ProcessInfo(pid, exe.rsplit(b"/", 1)[-1].decode(), exe, exe_deleted=False, start_time=start,
+                       mappings=maps)  # fmt: skip
+
+
+def _report(index, processes=(), **kw):
+    return build_report(_replayed(), source="lab", lookup=index, processes=processes, host=HOST,
+                        generator="imaguard test", created="2026-11-22T00:00:00Z", **kw)  # fmt: skip
+
+
+def test_entries_are_classified_and_signatures_checked_with_the_logged_key(index):
+    report = _report(index)
+    got = [(e.path, str(e.klass), [p.name for p in e.packages], str(e.signature)) for e in report.entries]
+    assert got == [
+        (b"boot_aggregate", "boot-aggregate", [], "unsigned"),
+        (b"_ima", "buffer", [], "not-recorded"),
+        (b"/usr/bin/tpm2", "package", ["tpm2-tools"], "unsigned"),
+        # The signature verifies with the certificate the kernel measured into _ima (ima-buf entry 1).
+        (b"/opt/imaguard-lab/signed-echo", "modified", ["labecho"], "verified"),
+        (b"/opt/imaguard-lab/unsigned-echo", "unknown", [], "unsigned"),
+        (b"/opt/imaguard-lab/tampered-echo", "unknown", [], "bad-signature"),
+    ]
+    tpm2 = report.entries[2].packages[0]
+    assert (tpm2.path, tpm2.source_name, tpm2.evidence) == (b"/bin/tpm2", "tpm2-tools", "repo-verified")
+    assert report.entries[3].signature_key_id == report.entries[5].signature_key_id
+    doc = report.to_json()
+    assert doc["log"]["replay"]["pcr10"] == json.loads((LAB / "pcr10.json").read_text())
+    assert doc["counts"]["entries"] == {"package": 1, "modified": 1, "unknown": 2, "boot-aggregate": 1,
+                                        "buffer": 1, "violation": 0}  # fmt: skip
+
+
+def test_processes_take_the_class_of_their_last_log_entry(index):
+    procs = [
+        _proc(1, b"/usr/sbin/init", 10.0),
+        _proc(50, b"/usr/bin/tpm2", 20.0, (Mapping(b"/usr/bin/tpm2"), Mapping(b"/usr/lib/libc.so.6"))),
+        _proc(51, b"/opt/imaguard-lab/unsigned-echo", 21.0),
+        _proc(52, b"/opt/imaguard-lab/signed-echo", 22.0),
+        _proc(53, b"/usr/bin/late", 30.0),
+        ProcessInfo(2, "kthreadd", None, exe_deleted=False, start_time=1.0, mappings=()),
+    ]
+    report = _report(index, procs)
+    got = {p.pid: (str(p.klass), p.exe.reason, [m.reason for m in p.mappings]) for p in report.processes}
+    assert got == {
+        1: ("not-measured", "started-before-policy", []),
+        50: ("package", "", ["not-measured-by-policy"]),  # libc: the lab policy has no MMAP_CHECK rule
+        51: ("unknown", "", []),
+        52: ("modified", "", []),
+        53: ("not-measured", "not-measured-by-policy", []),
+    }
+    assert report.processes[1].exe.entry == 2
+
+
+def test_usr_merged_aliases():
+    assert usr_aliases(b"/usr/bin/ls") == (b"/usr/bin/ls", b"/bin/ls")
+    assert usr_aliases(b"/lib64/ld.so") == (b"/lib64/ld.so", b"/usr/lib64/ld.so")
+    assert usr_aliases(b"/usr/share/x") == (b"/usr/share/x",)
+    assert usr_aliases(b"/usr/local/bin/x") == (b"/usr/local/bin/x",)
+
+
+def test_maps_keep_executable_file_mappings_once():
+    maps = (b"55d0-55d1 r--p 00000000 fe:01 12 /usr/bin/cat\n"
+            b"55d1-55d2 r-xp 00001000 fe:01 12 /usr/bin/cat\n"
+            b"7f00-7f01 r-xp 00000000 fe:01 99 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
+            b"7f01-7f02 r-xp 00000000 fe:01 98 /tmp/a b (deleted)\n"
+            b"7f02-7f03 r-xp 00000000 00:00 0 \n"
+            b"7ffd-7ffe r-xp 00000000 00:00 0 [vdso]\n")  # fmt: skip
+    assert parse_maps(maps) == (Mapping(b"/usr/bin/cat"), Mapping(b"/usr/lib/x86_64-linux-gnu/libc.so.6"),
+                                Mapping(b"/tmp/a b", deleted=True))  # fmt: skip
+
+
+def test_build_refuses_a_log_that_was_not_replayed(index):
+    with pytest.raises(TypeError, match="needs a ReplayedLog"):
+        build_report(list(iter_binary((LAB / "binary_runtime_measurements").read_bytes())),  # type: ignore[arg-type]
+                     source="x", lookup=index, processes=(), host=HOST, generator="g", created="c")  # fmt: skip
+
+
+def test_report_round_trips_and_verifies_its_replay(index):
+    data = _report(index).to_bytes()
+    back = read_report(data, "r.json")
+    assert back.schema_version == 1
+    assert back.pcr10["sha256"].hex() == json.loads((LAB / "pcr10.json").read_text())["sha256"]
+    result = verify_report(data, certs=(), nonce=None, source="r.json")
+    assert result.checks == ("schema-version", "replay")
+    # One extended digest changed: the entries no longer replay to the stated PCR 10.
+    doc = json.loads(data)
+    doc["entries"][3]["extended"]["sha256"] = "00" * 32
+    with pytest.raises(TrustError, match=r"entries replay to PCR 10 sha256 [0-9a-f]{64}, but it claims de9fde44") as err:
+        verify_report(json.dumps(doc).encode(), certs=(), nonce=None, source="r.json")
+    assert err.value.reason == "replay-mismatch"
+
+
+def test_verify_refuses_other_versions_and_missing_quotes(index):
+    doc = _report(index).to_json()
+    with pytest.raises(TrustError, match="the report was made for nonce None, not 'n1'") as err:
+        verify_report(json.dumps(doc).encode(), certs=(), nonce="n1", source="r")
+    assert err.value.reason == "wrong-nonce"
+    doc["nonce"] = "n1"
+    with pytest.raises(TrustError, match="has no TPM quote, so the nonce proves nothing"):
+        verify_report(json.dumps(doc).encode(), certs=(), nonce="n1", source="r")
+    doc["schema_version"] = 2
+    with pytest.raises(FormatError, match="report schema version 2, this imaguard reads 1"):
+        verify_report(json.dumps(doc).encode(), certs=(), nonce=None, source="r")
+
+
+def test_signed_report_verifies_and_any_changed_byte_fails(index):
+    cert = load_certificate(KEYS / "ima-test-rsa2048.pem")
+    key = load_private_key(KEYS / "ima-test-rsa2048.key", cert=cert)
+    signed = sign_report(_report(index).to_bytes(), key, cert)
+    result = verify_report(signed, certs=(cert,), nonce=None, source="s")
+    assert result.checks[:2] == ("signature", "payload-type")
+    env = json.loads(signed)
+    payload = bytearray(base64.b64decode(env["payload"]))
+    payload[200] ^= 1
+    env["payload"] = base64.b64encode(bytes(payload)).decode()
+    with pytest.raises(TrustError, match="no signature verifies") as err:
+        verify_report(json.dumps(env).encode(), certs=(cert,), nonce=None, source="s")
+    assert err.value.reason == "bad-envelope-signature"
+    with pytest.raises(UsageError, match="the report is signed; give the signer's certificate"):
+        verify_report(signed, certs=(), nonce=None, source="s")
+    with pytest.raises(TrustError, match="not signed, but --cert asks for a signed one"):
+        verify_report(_report(index).to_bytes(), certs=(cert,), nonce=None, source="s")
