@@ -41,8 +41,9 @@ class Parser(argparse.ArgumentParser):
 _COMMANDS = {
     "sign": "files", "verify": "files", "hash": "files",
     "packages": "packages", "enroll": "enroll", "policy": "policy", "keys": "keys", "doctor": "doctor",
+    "report": "report",
 }
-_ORDER = ("files", "packages", "enroll", "policy", "keys", "doctor")
+_ORDER = ("files", "packages", "enroll", "policy", "keys", "doctor", "report")
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
