@@ -14,7 +14,7 @@ fi
 # for real: evmctl, keyutils, rpm, dpkg-dev, and the QEMU lab (qemu, debootstrap, swtpm, tpm2-tools).
 PACKAGES="python3 python3-venv python3-pip python3-cryptography python3-apt python3-rpm python3-tqdm
 python3-psutil ima-evm-utils keyutils attr openssl e2fsprogs rpm rpm2cpio dpkg-dev apt-utils gpg gpgv gpgconf lz4 zstd python3-zstandard
-qemu-system-x86 qemu-utils debootstrap swtpm swtpm-tools tpm2-tools"
+qemu-system-x86 qemu-utils debootstrap swtpm swtpm-tools tpm2-tools python3-gpg python3-yaml"
 
 missing=""
 for p in $PACKAGES; do
@@ -32,4 +32,12 @@ if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# The Keylime peer for interop tests and bench/log_parse, in its own venv so PyPI keylime never
+# touches .venv. Its wheel declares no dependencies: these are what keylime.ima imports (gpg,
+# yaml and cryptography come from Debian through --system-site-packages).
+if [ ! -x .venv-peer/bin/python ]; then
+    /usr/bin/python3 -m venv --system-site-packages .venv-peer
+fi
+.venv-peer/bin/python -m pip install -q --disable-pip-version-check 'keylime==7.14.3' 'jsonschema==4.26.0' 'lark==1.3.1' 'packaging==26.3'
 echo "setup.sh: ready: $(.venv/bin/imaguard --version) in .venv"
