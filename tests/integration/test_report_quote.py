@@ -1,0 +1,139 @@
+"""``imaguard report --nonce --sign`` and ``report verify`` with a real TPM (swtpm) holding the lab log's PCR 10.
+
+The swtpm's PCR 10 is extended with the lab capture's entries (sha1: the template digest, sha256:
+sha256 of the template data, as the kernel does), so the real tpm2-tools quote over PCR 10 matches
+the real log. Then every verification failure the issue names is provoked: a changed byte, a wrong
+nonce, a quote from another log.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imaguard.cli.main import main
+from imaguard.digests import HashAlgo
+from imaguard.ima.measurements import iter_binary
+from imaguard.packages.index import DigestIndex
+from imaguard.packages.model import Evidence, FileKind, InstalledPackage, PackageFile
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB = ROOT / "tests" / "data" / "lab"
+KEYS = ROOT / "tests" / "data" / "keys"
+LOG = LAB / "binary_runtime_measurements"
+
+pytestmark = pytest.mark.skipif(shutil.which("swtpm") is None or shutil.which("tpm2_quote") is None,
+                                reason="needs swtpm and tpm2-tools")  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def tpm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    port = _free_port()
+    state = tmp_path / "tpm"
+    state.mkdir()
+    proc = subprocess.Popen(
+        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}", "--server", f"type=tcp,port={port}",
+         "--ctrl", f"type=tcp,port={port + 1}", "--flags", "startup-clear,not-need-init"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    tcti = f"swtpm:host=127.0.0.1,port={port}"
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run(["tpm2_getcap", "properties-fixed"], env={"TPM2TOOLS_TCTI": tcti},
+                             capture_output=True, check=False).returncode != 0:  # fmt: skip
+            assert time.monotonic() < deadline, "swtpm did not come up"
+            time.sleep(0.1)
+        monkeypatch.setenv("TPM2TOOLS_TCTI", tcti)
+        yield tcti
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _extend_lab_log(tcti: str) -> None:
+    for e in iter_binary(LOG.read_bytes()):
+        sha256 = hashlib.sha256(e.template_data).hexdigest()
+        subprocess.run(["tpm2_pcrextend", f"10:sha1={e.template_digest.hex()},sha256={sha256}"],
+                       env={"TPM2TOOLS_TCTI": tcti}, check=True, capture_output=True)  # fmt: skip
+
+
+@pytest.fixture
+def index_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "state"
+    tpm2 = next(e for e in iter_binary(LOG.read_bytes()) if e.path == b"/usr/bin/tpm2")
+    with DigestIndex.open(d) as idx:
+        idx.replace_package(InstalledPackage("tpm2-tools", "5.4-1", "amd64", "tpm2-tools", "5.4-1"), [
+            PackageFile(b"/bin/tpm2", FileKind.REGULAR, Evidence.REPO_VERIFIED, tpm2.digest.digest, HashAlgo.SHA256)])
+    return d
+
+
+def _report(tmp_path: Path, index_dir: Path, *extra: str) -> Path:
+    out = tmp_path / "report.json"
+    argv = ["report", "--file", str(LOG), "--index", str(index_dir), "--no-processes", "-o", str(out), *extra]
+    assert main(argv) == 0
+    return out
+
+
+def test_signed_quoted_report_verifies_and_every_change_fails(tpm, tmp_path, index_dir, capsys):
+    _extend_lab_log(tpm)
+    out = _report(tmp_path, index_dir, "--nonce", "n-4711", "--sign", str(KEYS / "ima-test-rsa2048.key"),
+                  "--cert", str(KEYS / "ima-test-rsa2048.pem"))  # fmt: skip
+    cert = str(KEYS / "ima-test-rsa2048.pem")
+    capsys.readouterr()
+    assert main(["report", "verify", "--cert", cert, "--nonce", "n-4711", str(out)]) == 0
+    assert capsys.readouterr().out == (f"{out}: verified (signature, payload-type, schema-version, replay, nonce, "
+                                       "quote); signed by CN=imaguard TEST ONLY IMA key (public\\, do not trust); nonce 'n-4711'\n")  # fmt: skip
+
+    assert main(["report", "verify", "--cert", cert, "--nonce", "n-4712", str(out)]) == 3
+    assert capsys.readouterr().err == f"imaguard: error: {out}: the report was made for nonce 'n-4711', not 'n-4712'\n"
+
+    data = bytearray(out.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    changed = tmp_path / "changed.json"
+    changed.write_bytes(bytes(data))
+    assert main(["report", "verify", "--cert", cert, str(changed)]) == 3
+    err = capsys.readouterr().err
+    assert err in (f"imaguard: error: {changed}: no signature verifies with a trusted authority certificate\n",
+                   f"imaguard: error: verification failed: {changed}: not a DSSE envelope "
+                   "(Incorrect padding)\n")  # fmt: skip
+
+
+def test_quote_must_match_the_log_and_the_nonce(tpm, tmp_path, index_dir, capsys):
+    # The TPM's PCR 10 was never extended: quoting for the lab log is refused before any report exists.
+    argv = ["report", "--file", str(LOG), "--index", str(index_dir), "--no-processes", "--nonce", "x"]
+    assert main(argv) == 3
+    assert "differs from the replayed log" in capsys.readouterr().err
+    _extend_lab_log(tpm)
+    out = _report(tmp_path, index_dir, "--nonce", "abc")
+    doc = json.loads(out.read_bytes())
+    # A report whose stated nonce was rewritten still carries a quote made for the old one.
+    doc["nonce"] = doc["quote"]["nonce"] = "other"
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["report", "verify", "--nonce", "other", str(forged)]) == 3
+    assert capsys.readouterr().err == ("imaguard: error: the TPM quote was made for another nonce "
+                                       "(qualifying data differs)\n")  # fmt: skip
+    # The quote's signature covers the attestation: one flipped bit there fails the signature check.
+    doc = json.loads(out.read_bytes())
+    attest = bytearray(base64.b64decode(doc["quote"]["attest"]))
+    attest[-1] ^= 1
+    doc["quote"]["attest"] = base64.b64encode(bytes(attest)).decode()
+    forged.write_text(json.dumps(doc))
+    assert main(["report", "verify", str(forged)]) == 3
+    assert "the TPM quote's signature does not verify with the AK public key in the report" in capsys.readouterr().err
