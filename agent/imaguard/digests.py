@@ -155,10 +155,12 @@ def hash_fd(
     max_size: int,
     path: str = "<fd>",
     progress: Callable[[int], None] | None = None,
+    size_hint: int | None = None,
 ) -> bytes:
     """Hash an open file descriptor from offset 0 to EOF, refusing files larger than ``max_size``.
 
-    Reads with ``pread`` so the descriptor's own offset is irrelevant and untouched.
+    Reads with ``pread`` so the descriptor's own offset is irrelevant and untouched. ``size_hint``
+    (the ``st_size`` the caller already has) only sizes the buffer: the file is read to EOF either way.
     """
     h = algo.new()
     offset = 0
@@ -167,7 +169,8 @@ def hash_fd(
         # more than hashing it: size the buffer to the file, one byte over so that a short read
         # shows the size was right. A file larger than it said (growing, or a size-0 pseudo file)
         # fills the buffer and is read on in full chunks.
-        view = memoryview(bytearray(min(CHUNK_SIZE, os.fstat(fd).st_size + 1)))
+        size = os.fstat(fd).st_size if size_hint is None else size_hint
+        view = memoryview(bytearray(min(CHUNK_SIZE, max(size, 0) + 1)))
         while True:
             n = os.preadv(fd, [view], offset)
             if n == 0:

@@ -12,6 +12,7 @@ import errno
 import os
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = ["Root"]
 
@@ -82,6 +83,36 @@ class Root:
             return os.fstat(fd)
         finally:
             os.close(fd)
+
+    def probe(self, path: bytes) -> tuple[os.stat_result, int | None]:
+        """``lstat`` and, inside a root, the ``O_PATH`` descriptor it was taken from (the caller closes it).
+
+        ``reopen`` turns that descriptor into a readable one for exactly the inode that was
+        examined: one path walk through ``openat2`` per file instead of two, and nothing can be
+        swapped in between. On the host (plain syscalls, no ctypes) the handle is None.
+        """
+        if self.dir_fd is None:
+            return os.lstat(path), None
+        fd = self.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            return os.fstat(fd), fd
+        except OSError:
+            os.close(fd)
+            raise
+
+    def reopen(self, handle: int, path: bytes, flags: int) -> int:
+        """Open the inode behind an ``O_PATH`` handle from ``probe`` with ``flags`` (never a path walk).
+
+        ``/proc/self/fd/N`` of an ``O_PATH`` descriptor opens that very inode; without ``/proc``
+        the in-root path is opened again. ``O_NOFOLLOW`` is dropped: the magic link must be followed,
+        and the handle already refers to the final, unfollowed component.
+        """
+        try:
+            return os.open(f"/proc/self/fd/{handle}", flags & ~os.O_NOFOLLOW)
+        except FileNotFoundError:
+            if Path("/proc/self/fd").is_dir():
+                raise
+            return self.open(path, flags)
 
     def readlink(self, path: bytes) -> bytes:
         if self.dir_fd is None:

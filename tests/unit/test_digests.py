@@ -84,3 +84,16 @@ def test_hash_fd_reads_a_file_that_grows_past_its_fstat_size(tmp_path):
     finally:
         os.close(fd)
     assert digest == hashlib.sha256(b"a" * 1000 + b"b" * 5000).digest()
+
+
+@pytest.mark.parametrize("hint", [0, 1, 999, 1000, 1001, 1 << 30])
+def test_size_hint_only_sizes_the_buffer_the_file_is_read_to_eof(tmp_path, hint):
+    data = bytes(range(256)) * 300  # 76,800 bytes, read whatever the caller believed its size was
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        digest = hash_fd(fd, HashAlgo.SHA256, max_size=1 << 20, size_hint=hint)
+    finally:
+        os.close(fd)
+    assert digest == hashlib.sha256(data).digest()

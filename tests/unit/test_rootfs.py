@@ -50,3 +50,34 @@ def test_final_symlink_is_not_followed_and_named_with_the_root(tree):
 
 def test_slash_is_the_host():
     assert Root.at("/").is_host
+
+
+def test_probe_and_reopen_read_the_probed_inode_not_a_later_one(tree):
+    root = Root.at(tree)
+    try:
+        st, handle = root.probe(b"/bin/tool")  # resolved inside the root, through /bin -> usr/bin
+        assert handle is not None
+        try:
+            assert st.st_ino == (tree / "usr/bin/tool").stat().st_ino
+            # Swap the name for another file: the handle still opens the inode that was examined.
+            (tree / "usr/bin/tool").rename(tree / "usr/bin/old")
+            (tree / "usr/bin/tool").write_bytes(b"swapped")
+            with xattr_store.open_regular(b"/bin/tool", root, handle) as (fd, fst):
+                assert os.pread(fd, 100, 0) == b"inside"
+                assert fst.st_ino == st.st_ino
+        finally:
+            os.close(handle)
+        lst, link_handle = root.probe(b"/etc/alt")  # the final symlink is not followed
+        os.close(link_handle)
+        assert (tree / "etc/alt").is_symlink()
+        assert lst.st_mode == os.lstat(tree / "etc/alt").st_mode
+        with pytest.raises(FileNotFoundError):
+            root.probe(b"/escape/passwd")
+    finally:
+        root.close()
+
+
+def test_probe_on_the_host_is_lstat_without_a_handle(tree):
+    st, handle = Root.host().probe(os.fsencode(tree / "etc/alt"))
+    assert handle is None
+    assert st == os.lstat(tree / "etc/alt")

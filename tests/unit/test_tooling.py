@@ -28,6 +28,7 @@ PURE_MODULES = [
     "packages/aptsources.py",
     "sign/plan.py",
     "sign/bundle.py",
+    "sign/memo.py",
     "keys/revocation.py",
     "ima/hostfacts.py",
     "ima/doctor.py",

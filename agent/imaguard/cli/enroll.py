@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import stat
 import sys
 import time
 from collections import Counter
@@ -18,7 +17,7 @@ from imaguard.config import Limits
 from imaguard.errors import ExitCode, TrustError, UsageError
 from imaguard.keys import LocalSigner, Verifier, load_certificate, load_private_key
 from imaguard.keys.revocation_store import load_revoked
-from imaguard.packages import DEFAULT_STATE_DIR, FileKind, open_source
+from imaguard.packages import DEFAULT_STATE_DIR, open_source
 from imaguard.rootfs import Root
 from imaguard.sign.apply import Context, Outcome, enroll_file
 from imaguard.sign.journal import Journal
@@ -135,23 +134,26 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     ctx = Context(root, source, Options(args.scope, args.unsafe_trust_dpkg_md5sums), Limits(), args.dry_run)
 
     items = _read_metadata(psrc, todo, journal, args.json)
-    dispatch, linked, later = _split_hard_links(items, root)
 
-    def job(item: tuple[InstalledPackage, PackageFile]) -> Outcome:
-        return enroll_file(item[0], item[1], ctx)
+    def job(item: tuple[InstalledPackage, PackageFile]) -> Outcome | None:
+        # Workers cannot see each other's inodes: names of a multi-link inode come back unlabelled
+        # (None) and all run here afterwards, so the first is labelled and the others are same-inode.
+        return enroll_file(item[0], item[1], ctx, defer_links=True)
 
     outcomes: list[Outcome] = []
     remaining = Counter(pkg.ident for pkg, _pf in items)
     start = time.monotonic()
     with Progress(total=len(items), unit="file", desc="enrolling", enabled=not args.json) as bar:
-        results = run_jobs(job, [items[i] for i in dispatch], args.jobs)
-        for index, o in zip(dispatch, results, strict=True):
-            if index in linked and o.action in (Action.WRITE, Action.KEEP):
-                ctx.inodes.add(linked[index])
-            _record(o, outcomes, remaining, journal=journal, bar=bar, args=args)
-        # Later names of an inode run last, in this process, once their first name is labelled.
-        for index in later:
-            _record(job(items[index]), outcomes, remaining, journal=journal, bar=bar, args=args)
+        later: list[tuple[InstalledPackage, PackageFile]] = []
+        for item, o in zip(items, run_jobs(job, items, args.jobs), strict=True):
+            if o is None:
+                later.append(item)
+            else:
+                _record(o, outcomes, remaining, journal=journal, bar=bar, args=args)
+        for pkg, pf in later:
+            done = enroll_file(pkg, pf, ctx)
+            assert done is not None  # noqa: S101 - not deferred without defer_links
+            _record(done, outcomes, remaining, journal=journal, bar=bar, args=args)
     if journal is not None:
         journal.finish()
     nbytes = sum(o.size for o in outcomes)
@@ -171,34 +173,6 @@ def _read_metadata(
                 journal.mark(pkg.ident)
             bar.update(1)
     return items
-
-
-def _split_hard_links(
-    items: list[tuple[InstalledPackage, PackageFile]], root: Root
-) -> tuple[list[int], dict[int, tuple[int, int]], list[int]]:
-    """(indices to run in parallel, {first name's index: its (dev, ino)}, indices of later names).
-
-    Workers cannot see each other's inodes, so only the first name of an inode is dispatched;
-    the others run afterwards and find it labelled (``same-inode``).
-    """
-    first: dict[tuple[int, int], int] = {}
-    later: list[int] = []
-    for i, (_pkg, pf) in enumerate(items):
-        if pf.ghost or pf.kind not in (FileKind.REGULAR, FileKind.UNKNOWN):
-            continue
-        try:
-            st = root.lstat(pf.disk_path)
-        except OSError:
-            continue
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
-            continue
-        key = (st.st_dev, st.st_ino)
-        if key in first:
-            later.append(i)
-        else:
-            first[key] = i
-    skip = set(later)
-    return [i for i in range(len(items)) if i not in skip], {i: key for key, i in first.items()}, later
 
 
 def _record(

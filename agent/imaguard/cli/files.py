@@ -18,6 +18,7 @@ from imaguard.digests import HashAlgo
 from imaguard.errors import ExitCode, HostStateError, UsageError
 from imaguard.ima import xattr_store
 from imaguard.sign.files import VERIFY_FAILURES, FileResult, iter_targets, sign_path, verify_path
+from imaguard.sign.memo import MemoSigner
 from imaguard.sign.parallel import default_jobs, run_jobs
 
 if TYPE_CHECKING:
@@ -193,7 +194,8 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 
     cert = load_certificate(args.cert) if args.cert is not None else None
     key = load_private_key(args.key, _password(args, args.key), cert)
-    signer = LocalSigner.from_key(key, cert)
+    # Identical files (empty __init__.py, copies) get one signature: see sign/memo.py.
+    signer = MemoSigner(LocalSigner.from_key(key, cert))
     job = functools.partial(sign_path, signer=signer, algo=args.hash_algo, limits=Limits())
     return _finish(args, "sign", _run(args, job, "signing"))
 
@@ -210,8 +212,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _hash_one(path: str, algo: HashAlgo, limits: Limits) -> FileResult:
     try:
-        with xattr_store.open_regular(path) as (fd, _st):
-            digest = xattr_store.hash_file(fd, algo, limits, path)
+        with xattr_store.open_regular(path) as (fd, st):
+            digest = xattr_store.hash_file(fd, algo, limits, path, size_hint=st.st_size)
     except HostStateError as exc:
         return FileResult(path, "failed", exc.reason, str(exc))
     return FileResult(path, "hashed", detail=digest.hex(), algo=algo.kernel_name)

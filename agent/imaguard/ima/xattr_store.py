@@ -93,14 +93,22 @@ def _is_immutable(fd: int) -> bool:
 
 
 @contextlib.contextmanager
-def open_regular(path: str | bytes, root: Root | None = None) -> Iterator[tuple[int, os.stat_result]]:
+def open_regular(
+    path: str | bytes, root: Root | None = None, handle: int | None = None
+) -> Iterator[tuple[int, os.stat_result]]:
     """Open a regular file for reading without following a final symlink or blocking on a FIFO.
 
-    With ``root``, ``path`` is absolute inside that tree and resolved without leaving it.
+    With ``root``, ``path`` is absolute inside that tree and resolved without leaving it; with
+    ``handle`` (an ``O_PATH`` descriptor from ``root.probe(path)``) that inode is reopened instead.
     """
     name = os.fsdecode(path if root is None else root.display(os.fsencode(path)))
     try:
-        fd = os.open(path, _OPEN_FLAGS) if root is None else root.open(os.fsencode(path), _OPEN_FLAGS)
+        if root is None:
+            fd = os.open(path, _OPEN_FLAGS)
+        elif handle is not None:
+            fd = root.reopen(handle, os.fsencode(path), _OPEN_FLAGS)
+        else:
+            fd = root.open(os.fsencode(path), _OPEN_FLAGS)
     except OSError as exc:
         raise _error(exc, name, "open") from exc
     try:
@@ -117,9 +125,15 @@ def stamp(fd: int) -> FileStamp:
 
 
 def hash_file(
-    fd: int, algo: HashAlgo, limits: Limits, path: str, progress: Callable[[int], None] | None = None
+    fd: int,
+    algo: HashAlgo,
+    limits: Limits,
+    path: str,
+    progress: Callable[[int], None] | None = None,
+    *,
+    size_hint: int | None = None,
 ) -> bytes:
-    return hash_fd(fd, algo, max_size=limits.max_file_size, path=path, progress=progress)
+    return hash_fd(fd, algo, max_size=limits.max_file_size, path=path, progress=progress, size_hint=size_hint)
 
 
 def read_ima(fd: int, path: str, limits: Limits) -> bytes | None:

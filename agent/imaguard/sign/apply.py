@@ -94,28 +94,50 @@ def _existing_valid(raw: bytes | None, digests: dict[HashAlgo, bytes], ctx: Cont
     return True
 
 
-def enroll_file(pkg: InstalledPackage, pf: PackageFile, ctx: Context) -> Outcome:
-    """Label one package file; every failure becomes an Outcome with a reason, nothing is raised."""
+def enroll_file(pkg: InstalledPackage, pf: PackageFile, ctx: Context, *, defer_links: bool = False) -> Outcome | None:
+    """Label one package file; every failure becomes an Outcome with a reason, nothing is raised.
+
+    ``defer_links``: return None, untouched, for a regular file with several hard links, so that
+    one process (the caller's) labels every name of an inode and the second one is ``same-inode``.
+    """
+    ident = pkg.ident
+    disk = pf.disk_path
+    handle: int | None = None
+    try:
+        st0, handle = ctx.root.probe(disk)
+        mode: int | None = st0.st_mode
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            name = ctx.root.display(disk).decode("utf-8", "surrogateescape")
+            return Outcome(ident, pf.path, Action.SKIP, "unreadable", f"{name}: {exc.strerror}")
+        mode = None
+    try:
+        early = prefilter(pf, mode, ctx.opts)
+        if early is not None:
+            return Outcome(ident, pf.path, early.action, early.reason)
+        if defer_links and st0.st_nlink > 1:
+            return None
+        return _label(pkg, pf, ctx, handle)
+    finally:
+        if handle is not None:
+            os.close(handle)
+
+
+def _label(pkg: InstalledPackage, pf: PackageFile, ctx: Context, handle: int | None) -> Outcome:
+    """Past ``prefilter``: hash through the fd, decide, write."""
     ident = pkg.ident
     disk = pf.disk_path
     name = ctx.root.display(disk).decode("utf-8", "surrogateescape")
-    try:
-        mode: int | None = ctx.root.lstat(disk).st_mode
-    except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
-            return Outcome(ident, pf.path, Action.SKIP, "unreadable", f"{name}: {exc.strerror}")
-        mode = None
-    early = prefilter(pf, mode, ctx.opts)
-    if early is not None:
-        return Outcome(ident, pf.path, early.action, early.reason)
     assert pf.digest is not None  # noqa: S101 - prefilter guarantees it
     assert pf.digest_algo is not None  # noqa: S101
     try:
-        with xattr_store.open_regular(disk, ctx.root) as (fd, st):
+        with xattr_store.open_regular(disk, ctx.root, handle) as (fd, st):
             before = xattr_store.FileStamp.of(st)
-            digests = {pf.digest_algo: xattr_store.hash_file(fd, pf.digest_algo, ctx.limits, name)}
+            digests = {pf.digest_algo: xattr_store.hash_file(fd, pf.digest_algo, ctx.limits, name,
+                                                             size_hint=st.st_size)}
             if HashAlgo.SHA256 not in digests:
-                digests[HashAlgo.SHA256] = xattr_store.hash_file(fd, HashAlgo.SHA256, ctx.limits, name)
+                digests[HashAlgo.SHA256] = xattr_store.hash_file(fd, HashAlgo.SHA256, ctx.limits, name,
+                                                                 size_hint=st.st_size)
             previous = xattr_store.read_ima(fd, name, ctx.limits)
             inode = (st.st_dev, st.st_ino)
             seen = Observed(
@@ -151,4 +173,9 @@ def _outcome(ident: str, pf: PackageFile, d: Decision, actual: bytes, st: os.sta
 
 def enroll_package(pkg: InstalledPackage, files: list[PackageFile], ctx: Context) -> list[Outcome]:
     """Label every file of one package; one Outcome per file, nothing raised for a single file."""
-    return [enroll_file(pkg, pf, ctx) for pf in files]
+    out = []
+    for pf in files:
+        o = enroll_file(pkg, pf, ctx)
+        assert o is not None  # noqa: S101 - only deferred with defer_links
+        out.append(o)
+    return out

@@ -117,7 +117,7 @@ def sign_path(
         with xattr_store.open_regular(path) as (fd, st):
             before = xattr_store.FileStamp.of(st)
             previous = xattr_store.read_ima(fd, path, limits)
-            digest = xattr_store.hash_file(fd, algo, limits, path, progress)
+            digest = xattr_store.hash_file(fd, algo, limits, path, progress, size_hint=st.st_size)
             value = ImaSignature(algo, signer.key_id, signer.sign_digest(algo, digest)).to_xattr()
             xattr_store.write_ima(fd, path, value, previous, before)
     except (HostStateError, FormatError, UsageError) as exc:
@@ -128,16 +128,16 @@ def sign_path(
 def verify_path(path: str, verifier: Verifier, limits: Limits) -> FileResult:
     """Check ``security.ima`` against the file's content and the trusted certificates."""
     try:
-        with xattr_store.open_regular(path) as (fd, _st):
+        with xattr_store.open_regular(path) as (fd, st):
             raw = xattr_store.read_ima(fd, path, limits)
             if raw is None:
                 return FileResult(path, "failed", "no-signature", f"{path}: no security.ima")
-            return _verify_value(fd, path, raw, verifier, limits)
+            return _verify_value(fd, path, raw, verifier, limits, size=st.st_size)
     except (HostStateError, UsageError) as exc:
         return _failed(path, exc)
 
 
-def _verify_value(fd: int, path: str, raw: bytes, verifier: Verifier, limits: Limits) -> FileResult:
+def _verify_value(fd: int, path: str, raw: bytes, verifier: Verifier, limits: Limits, *, size: int) -> FileResult:
     try:
         value = parse_xattr(raw)
     except FormatError as exc:
@@ -148,7 +148,7 @@ def _verify_value(fd: int, path: str, raw: bytes, verifier: Verifier, limits: Li
     if not isinstance(value, ImaSignature) or value.form != "sigv2":
         return FileResult(path, "failed", "unsupported-form", f"{path}: security.ima is a {value.form} value")
     ident = {"key_id": value.keyid.hex(), "algo": value.algo.kernel_name}
-    digest = xattr_store.hash_file(fd, value.algo, limits, path)
+    digest = xattr_store.hash_file(fd, value.algo, limits, path, size_hint=size)
     try:
         verifier.verify_digest(value.keyid, value.algo, digest, value.signature)
     except TrustError as exc:
