@@ -77,10 +77,13 @@ def replay(
     *,
     banks: tuple[str, ...] = ("sha1", "sha256"),
     keep_entries: bool = True,
+    stream: LogStream | None = None,
 ) -> ReplayedLog:
     """Replay entries (from ``iter_binary``/``iter_ascii`` or a builder) into each bank's PCRs.
 
-    With ``keep_entries=False`` memory stays constant whatever the log's length.
+    With ``keep_entries=False`` memory stays constant whatever the log's length. ``stream`` names
+    the LogStream the entries come from when they are passed through a wrapper, for its end
+    offset and truncation (a LogStream passed as ``entries`` is used directly).
     """
     if not banks:
         raise FormatError("no PCR bank to replay")
@@ -114,7 +117,8 @@ def replay(
         count += 1
         if kept is not None:
             kept.append(e)
-    end, truncated = (entries.end, entries.truncated) if isinstance(entries, LogStream) else (0, None)
+    source = stream if stream is not None else entries if isinstance(entries, LogStream) else None
+    end, truncated = (source.end, source.truncated) if source is not None else (0, None)
     return ReplayedLog(
         pcrs=state,
         count=count,

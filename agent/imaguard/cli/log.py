@@ -1,0 +1,247 @@
+"""``imaguard log``: read the kernel's measurement list, check every entry, replay PCR 10."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import IO, TYPE_CHECKING, Any
+
+from imaguard.errors import ExitCode, FormatError, UsageError
+from imaguard.ima.measurements import (
+    BANK_DIGEST_SIZES,
+    Entry,
+    LogStream,
+    detect_byteorder,
+    iter_ascii,
+    iter_binary,
+)
+from imaguard.ima.replay import ReplayedLog, compare, replay
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from imaguard.ima.templates import ByteOrder
+
+__all__ = ["register"]
+
+_HELP = """\
+Read an IMA measurement list — the kernel's (/sys/kernel/security/ima/binary_runtime_measurements,
+or the per-bank file of --bank where the kernel has one) or a saved copy with --file — and print
+its entries. Every entry is checked while it is read: the template digest is recomputed from the
+template data (a mismatch or any malformed record is an error naming its byte offset, and no
+verdict is given), and its fields must be well formed. Templates: ima, ima-ng, ima-sig, ima-buf,
+ima-modsig, evm-sig, ima-ngv2, ima-sigv2 and custom ima_template_fmt formats (fields of unknown
+templates are kept raw). A list that ends inside a record (one that grew while it was read) ends
+at the last whole record; the output says where.
+
+--replay computes PCR 10 (and any other PCR the list extends) for the sha1 and sha256 banks the
+way the kernel extends them (violations as all-0xff). --pcr-from-tpm reads the TPM's values with
+tpm2_pcrread and compares; --pcr BANK:HEX compares with values given on the command line.
+
+Exit status: 0 ok, 1 unreadable or malformed list, 3 the replay differs from the TPM's PCRs,
+77 no IMA, no TPM or no tpm2-tools here.
+"""
+
+_BANKS = ("sha1", "sha256")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("log", help="read, check and replay the IMA measurement list", description=_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--file", metavar="FILE", help="a saved list instead of the kernel's ('-' reads stdin)")
+    p.add_argument("--ascii", action="store_true", help="the list is in the ASCII form (ascii_runtime_measurements)")
+    p.add_argument("--bank", default="sha1", choices=sorted(BANK_DIGEST_SIZES),
+                   help="template-digest bank of the list: sha1 (default, the classic file) or a per-bank file's")
+    p.add_argument("--byteorder", default="auto", choices=("auto", "little", "big"),
+                   help="integer byte order of a binary list (auto: from the first PCR index; "
+                        "ima_canonical_fmt lists are little)")
+    p.add_argument("--replay", action="store_true", help="replay the PCRs (sha1 and sha256 banks)")
+    p.add_argument("--pcr-from-tpm", action="store_true",
+                   help="read PCR 10 from the TPM and compare (implies --replay)")
+    p.add_argument("--pcr", action="append", default=[], metavar="BANK:HEX",
+                   help="expected PCR 10 value of a bank, compared with the replay (implies --replay; repeatable)")
+    p.add_argument("--summary", action="store_true", help="counts and replay only, no entry listing")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
+    p.set_defaults(handler=_cmd_log)
+
+
+class _Prefixed:
+    """A reader that first returns bytes already read (the byte-order probe), then the rest."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self._head = head
+        self._rest = rest
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._head:
+            head, self._head = self._head, b""
+            return head
+        return self._rest.read(size)
+
+
+def _expected(values: list[str]) -> dict[str, dict[int, bytes]]:
+    out: dict[str, dict[int, bytes]] = {}
+    for item in values:
+        bank, sep, value = item.partition(":")
+        try:
+            raw = bytes.fromhex(value)
+        except ValueError:
+            raw = b""
+        if not sep or bank not in BANK_DIGEST_SIZES or len(raw) != BANK_DIGEST_SIZES[bank]:
+            raise UsageError(f"--pcr {item!r}: expected BANK:HEX with a {bank} digest")
+        out.setdefault(bank, {})[10] = raw
+    return out
+
+
+def _open(args: argparse.Namespace) -> tuple[str, IO[bytes]]:
+    if args.file == "-":
+        return "<stdin>", sys.stdin.buffer
+    if args.file:
+        try:
+            return args.file, open(args.file, "rb", buffering=0)  # noqa: PTH123 - closed by the caller
+        except OSError as exc:
+            raise UsageError(f"{args.file}: cannot read: {exc.strerror}") from exc
+    from imaguard.ima.logsource import locate, open_log  # noqa: PLC0415 - securityfs only when it is needed
+
+    found = locate(ascii_form=args.ascii, bank=args.bank)
+    return found.path, open_log(found)
+
+
+def _stream(args: argparse.Namespace, f: IO[bytes]) -> tuple[LogStream, ByteOrder]:
+    byteorder: ByteOrder = "little" if args.byteorder == "auto" else args.byteorder
+    if args.ascii:
+        return iter_ascii(f, byteorder=byteorder), byteorder
+    if args.byteorder == "auto":
+        head = f.read(4)
+        byteorder = detect_byteorder(head)
+        return iter_binary(_Prefixed(head, f), byteorder=byteorder, bank=args.bank), byteorder
+    return iter_binary(f, byteorder=byteorder, bank=args.bank), byteorder
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "backslashreplace")
+
+
+def _entry_doc(e: Entry) -> dict[str, Any]:
+    d = e.digest
+    doc: dict[str, Any] = {
+        "offset": e.offset, "pcr": e.pcr, "template": e.template.name, "template_digest": e.template_digest.hex(),
+        "digest": str(d) if d is not None else None, "path": _text(e.path), "violation": e.is_violation,
+    }
+    if "sig" in e.template.fields:
+        doc["sig"] = e.sig.hex() if e.sig else None
+    if e.buf is not None:
+        doc["buf"] = e.buf.hex()
+    if not e.template.known:
+        doc["fields"] = [f.hex() for f in e.fields]
+    return doc
+
+
+def _entry_line(i: int, e: Entry) -> str:
+    d = e.digest
+    digest = "VIOLATION" if e.is_violation else (str(d) if d is not None else "-")
+    sig = "-"
+    if e.sig:
+        sig = f"sig:{e.sig[3:7].hex()}" if len(e.sig) >= 7 and e.sig[0] == 3 else "sig"  # v2 header: keyid at 3..7
+    return f"{i:>6} {e.pcr:>3} {e.template.name:<10} {digest} {sig} {_text(e.path)}"
+
+
+def _listed(stream: LogStream, out: IO[str], as_json: bool) -> Iterator[Entry]:
+    """Yield the stream's entries while writing each (bounded memory: nothing is kept)."""
+    first = True
+    for i, e in enumerate(stream):
+        if as_json:
+            out.write(("" if first else ",\n") + json.dumps(_entry_doc(e)))
+            first = False
+        else:
+            out.write(_entry_line(i, e) + "\n")
+        yield e
+
+
+def _cmd_log(args: argparse.Namespace) -> int:
+    expected = _expected(args.pcr)
+    want_replay = args.replay or args.pcr_from_tpm or bool(expected)
+    source, f = _open(args)
+    out = sys.stdout
+    try:
+        stream, byteorder = _stream(args, f)
+        if args.json:
+            head = {"source": source, "form": "ascii" if args.ascii else "binary", "bank": args.bank,
+                    "byteorder": byteorder}
+            out.write(json.dumps(head)[:-1] + ', "entries": [')
+        elif not args.summary:
+            out.write(f"{'#':>6} {'PCR':>3} {'TEMPLATE':<10} DIGEST SIG PATH\n")
+        entries = stream if args.summary else _listed(stream, out, args.json)
+        replayed = replay(entries, banks=_BANKS, keep_entries=False, stream=stream)
+    except FormatError as exc:
+        message = f"{source}: {exc}"
+        if not args.json:
+            raise FormatError(message.removesuffix(f" (at byte offset {exc.offset})"), offset=exc.offset) from exc
+        # Entries were already streamed: close the one document with the error instead of adding a second.
+        out.write("], " + json.dumps({"error": {"reason": exc.reason, "message": message, "offset": exc.offset}})[1:]
+                  + "\n")
+        print(f"imaguard: error: {message}", file=sys.stderr)
+        return exc.exit_code
+    finally:
+        if f is not sys.stdin.buffer:
+            f.close()
+    tpm = dict(expected)
+    if args.pcr_from_tpm:
+        from imaguard.ima.pcrs import read_pcrs  # noqa: PLC0415 - runs tpm2_pcrread only when asked
+
+        for bank, values in read_pcrs(_BANKS, (10,)).items():
+            tpm.setdefault(bank, {}).update(values)
+    mismatches = compare(replayed, tpm) if tpm else []
+    if args.json:
+        _finish_json(out, replayed, want_replay, tpm, mismatches)
+    else:
+        _finish_text(out, source, replayed, want_replay=want_replay, tpm=tpm, mismatches=mismatches)
+    return ExitCode.VERIFICATION_FAILED if mismatches else ExitCode.OK
+
+
+def _finish_json(
+    out: IO[str], r: ReplayedLog, want_replay: bool, tpm: dict[str, dict[int, bytes]], mismatches: list[Any]
+) -> None:
+    tail: dict[str, Any] = {
+        "count": r.count,
+        "violations": r.violations,
+        "templates": dict(r.templates),
+        "boot_aggregate": str(r.boot_aggregate.digest) if r.boot_aggregate and r.boot_aggregate.digest else None,
+        "end": r.end,
+        "truncated": {"offset": r.truncated.offset, "have": r.truncated.have} if r.truncated else None,
+    }
+    if want_replay:
+        tail["replay"] = {bank: {str(i): v.hex() for i, v in sorted(pcrs.items())} for bank, pcrs in r.pcrs.items()}
+    if tpm:
+        tail["tpm"] = {bank: {str(i): v.hex() for i, v in sorted(p.items())} for bank, p in tpm.items()}
+        tail["matches_tpm"] = not mismatches
+        tail["mismatches"] = [str(m) for m in mismatches]
+    out.write("], " + json.dumps(tail)[1:] + "\n")
+
+
+def _finish_text(
+    out: IO[str], source: str, r: ReplayedLog, *, want_replay: bool, tpm: dict[str, dict[int, bytes]],
+    mismatches: list[Any],
+) -> None:
+    kinds = ", ".join(f"{name} {n}" for name, n in sorted(r.templates.items()))
+    out.write(f"{source}: {r.count} entries ({kinds or 'none'}), {r.violations} violations, "
+              f"{r.end} bytes checked\n")
+    if r.truncated:
+        out.write(f"the list ends inside a record at byte {r.truncated.offset} ({r.truncated.have} bytes of it "
+                  "present): the list grew while it was read; entries up to there were checked\n")
+    if r.boot_aggregate is None:
+        out.write("no boot_aggregate entry first: the list does not start at boot\n")
+    if want_replay:
+        for bank, pcrs in r.pcrs.items():
+            for index, value in sorted(pcrs.items()):
+                have = tpm.get(bank, {}).get(index)
+                verdict = "" if have is None else (" = TPM" if have == value else f" != TPM {have.hex()}")
+                out.write(f"PCR {index} {bank}: {value.hex()}{verdict}\n")
+    for m in mismatches:
+        print(f"imaguard: {m}", file=sys.stderr)
+    if tpm and not mismatches:
+        out.write("the TPM vouches for this list: every compared PCR equals the replay\n")
+    elif mismatches:
+        out.write("the list does NOT match the TPM\n")
