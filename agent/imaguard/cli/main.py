@@ -41,9 +41,9 @@ class Parser(argparse.ArgumentParser):
 _COMMANDS = {
     "sign": "files", "verify": "files", "hash": "files",
     "packages": "packages", "enroll": "enroll", "policy": "policy", "keys": "keys", "doctor": "doctor",
-    "report": "report",
+    "report": "report", "log": "log",
 }
-_ORDER = ("files", "packages", "enroll", "policy", "keys", "doctor", "report")
+_ORDER = ("files", "packages", "enroll", "policy", "keys", "doctor", "report", "log")
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
