@@ -190,6 +190,8 @@ class Entry:
 def _check_fields(entry: Entry) -> None:
     """Field-level invariants the kernel guarantees: a well-formed digest, a NUL-terminated n-ng."""
     t = entry.template
+    if t.fields and len(t.fields) != len(entry.fields):
+        raise FormatError(f"template {t.name} has {len(t.fields)} fields, data holds {len(entry.fields)}")
     if not t.known:
         return
     for fid, raw in zip(t.fields, entry.fields, strict=True):
