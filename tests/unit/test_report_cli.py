@@ -1,0 +1,36 @@
+"""``imaguard report`` user mistakes: one line, exit 2; ``report verify`` on something that is not a report: exit 3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imaguard.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = ROOT / "tests" / "data" / "keys"
+
+
+def test_sign_needs_cert(capsys):
+    assert main(["report", "--sign", str(KEYS / "ima-test-rsa2048.key")]) == 2
+    assert capsys.readouterr().err == "imaguard: error: --sign needs --cert (the certificate of the signing key)\n"
+
+
+def test_missing_index_is_named(tmp_path, capsys):
+    assert main(["report", "--index", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"imaguard: error: {tmp_path}/index.sqlite: no digest index; "
+                                       "build it with `imaguard packages index`\n")  # fmt: skip
+
+
+def test_nonce_is_for_the_json_report(tmp_path, capsys):
+    assert main(["report", "--format", "cel", "--nonce", "x", "--index", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "imaguard: error: --sign and --nonce apply to the json report, not to --format cel\n"
+
+
+def test_verify_of_a_non_report_fails_verification(tmp_path, capsys):
+    junk = tmp_path / "r.json"
+    junk.write_text('{"schema": "something else"}')
+    assert main(["report", "verify", str(junk)]) == 3
+    assert capsys.readouterr().err == (f"imaguard: error: verification failed: {junk}: not an imaguard report "
+                                       "(schema 'imaguard.report' missing)\n")  # fmt: skip
+    assert main(["report", "verify", "--json", str(junk)]) == 3
+    assert capsys.readouterr().out.startswith('{"error": {"reason": "bad-report", "message": "verification failed')
