@@ -399,7 +399,10 @@ class _AsciiParser:
     def __init__(self, stream: LogStream, byteorder: ByteOrder) -> None:
         self.stream = stream
         self.byteorder: ByteOrder = byteorder
-        self.hashers = {size: _hasher(bank) for bank, size in BANK_DIGEST_SIZES.items()}
+        # The bank follows from the hash's length; 32 bytes is sha256 (an sm3 list cannot be told apart).
+        self.hashers: dict[int, Callable[[bytes], hashlib._Hash]] = {}
+        for bank, size in BANK_DIGEST_SIZES.items():
+            self.hashers.setdefault(size, _hasher(bank))
 
     def head(self, tokens: list[bytes], where: int) -> tuple[int, bytes, Template]:
         if len(tokens) < 3:
