@@ -1,0 +1,86 @@
+"""``imaguard log`` through main(): output, JSON, exit codes, errors (no tracebacks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from imaguard.cli.main import main
+
+LAB = Path(__file__).resolve().parents[1] / "data" / "lab"
+BINARY = LAB / "binary_runtime_measurements"
+ASCII = LAB / "ascii_runtime_measurements"
+PCR = json.loads((LAB / "pcr10.json").read_text())
+
+
+def test_listing_and_replay_matching_given_pcrs(capsys):
+    code = main(["log", "--file", str(BINARY), "--pcr", f"sha1:{PCR['sha1']}", "--pcr", f"sha256:{PCR['sha256']}"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[0].split() == ["#", "PCR", "TEMPLATE", "DIGEST", "SIG", "PATH"]
+    assert out[4].split() == [
+        "3", "10", "ima-sig", "sha256:a049fb47554c6cde2ee452e5d87f6386abb63af7cdcae9cd0dc99fc80e0bcf35", "sig:baafaed8",
+        "/opt/imaguard-lab/signed-echo",
+    ]
+    assert out[7:] == [
+        f"{BINARY}: 6 entries (ima-buf 1, ima-sig 5), 0 violations, 2092 bytes checked",
+        f"PCR 10 sha1: {PCR['sha1']} = TPM",
+        f"PCR 10 sha256: {PCR['sha256']} = TPM",
+        "the TPM vouches for this list: every compared PCR equals the replay",
+    ]
+
+
+def test_a_differing_pcr_exits_3_and_says_so(capsys):
+    code = main(["log", "--ascii", "--file", str(ASCII), "--summary", "--pcr", "sha256:" + "00" * 32])
+    captured = capsys.readouterr()
+    assert code == 3
+    assert captured.out.splitlines()[-1] == "the list does NOT match the TPM"
+    assert captured.err == f"imaguard: PCR 10 sha256: log replays to {PCR['sha256']}, TPM has {'00' * 32}\n"
+
+
+def test_json_is_one_document_with_entries_and_replay(capsys):
+    assert main(["log", "--file", str(BINARY), "--replay", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["count"], doc["violations"], doc["end"], doc["truncated"]) == (6, 0, 2092, None)
+    assert doc["replay"] == {"sha1": {"10": PCR["sha1"]}, "sha256": {"10": PCR["sha256"]}}
+    assert [e["path"] for e in doc["entries"]][:3] == ["boot_aggregate", "_ima", "/usr/bin/tpm2"]
+    assert doc["entries"][1]["buf"] == (LAB / "ima-rsa.cert.der").read_bytes().hex()
+    assert doc["entries"][3]["sig"] == json.loads((LAB / "capture.json").read_text())["signed_file_xattr"]
+
+
+def test_a_truncated_list_is_reported_not_refused(tmp_path, capsys):
+    cut = tmp_path / "cut"
+    cut.write_bytes(BINARY.read_bytes()[:1900])
+    assert main(["log", "--file", str(cut), "--summary"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"{cut}: 5 entries (ima-buf 1, ima-sig 4), 0 violations, 1704 bytes checked",
+        "the list ends inside a record at byte 1704 (196 bytes of it present): the list grew while it was read; "
+        "entries up to there were checked",
+    ]
+
+
+def test_a_corrupt_list_is_an_error_naming_the_offset(tmp_path, capsys):
+    bad = bytearray(BINARY.read_bytes())
+    bad[1704 + 60] ^= 1
+    path = tmp_path / "bad"
+    path.write_bytes(bytes(bad))
+    assert main(["log", "--file", str(path), "--summary"]) == 1
+    assert capsys.readouterr().err == (
+        f"imaguard: error: {path}: template digest of entry 5 does not match its data (at byte offset 1708)\n"
+    )
+    assert main(["log", "--file", str(path), "--json"]) == 1
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert len(doc["entries"]) == 5
+    assert doc["error"] == {
+        "reason": "malformed", "offset": 1708,
+        "message": f"{path}: template digest of entry 5 does not match its data (at byte offset 1708)",
+    }
+
+
+def test_usage_errors(tmp_path, capsys):
+    assert main(["log", "--file", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err == f"imaguard: error: {tmp_path / 'missing'}: cannot read: No such file or directory\n"
+    assert main(["log", "--file", str(BINARY), "--pcr", "sha256:abcd"]) == 2
+    assert capsys.readouterr().err == "imaguard: error: --pcr 'sha256:abcd': expected BANK:HEX with a sha256 digest\n"
