@@ -267,7 +267,9 @@ def _drive(
         chunk = reader.read(chunk_size) if reader is not None else b""
         if not chunk:
             break
-        buf = buf[pos:] + chunk
+        # Drop the parsed buffer before joining: peak memory is two chunks, not three.
+        tail, buf = buf[pos:], b""
+        buf, tail, chunk = tail + chunk, b"", b""
         base += pos
         pos = 0
     if pos < len(buf):
