@@ -19,8 +19,8 @@ from .runner import DEFAULT_CMDLINE, REPO, RunResult, RunSpec, run
 
 __all__ = ["main"]
 
-SCENARIOS = {"appraise": "appraise.py", "enforce": "enforce_enrolled.py"}
-MUTATIONS = {"appraise": ("skip-sign",), "enforce": ("skip-enroll",)}
+SCENARIOS = {"appraise": "appraise.py", "enforce": "enforce_enrolled.py", "measure-log": "measure_log.py"}
+MUTATIONS: dict[str, tuple[str, ...]] = {"appraise": ("skip-sign",), "enforce": ("skip-enroll",), "measure-log": ()}
 CAPTURE_DIR = REPO / "tests" / "data" / "lab"
 CAPTURE_FILES = (
     "binary_runtime_measurements",
@@ -85,13 +85,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    result = _boot(args, "appraise", {})
+    result = _boot(args, args.scenario, {})
     if result.problem() or result.out_dir is None:
         return 1
     dest = Path(args.dest)
     dest.mkdir(parents=True, exist_ok=True)
+    copied = 0
     for name in CAPTURE_FILES:
-        shutil.copy2(result.out_dir / "artifacts" / name, dest / name)
+        src = result.out_dir / "artifacts" / name
+        # measure-log loads no keys: it has no certificates to copy
+        if args.scenario == "appraise" or src.exists() or not name.endswith(".der"):
+            shutil.copy2(src, dest / name)
+            copied += 1
     checks = result.checks()
     (dest / "capture.json").write_text(
         json.dumps(
@@ -102,14 +107,16 @@ def cmd_capture(args: argparse.Namespace) -> int:
                 "cmdline": " ".join(DEFAULT_CMDLINE if not args.cmdline else args.cmdline),
                 "pcr10": checks["measurements"].get("pcr10"),
                 "log_stable_around_pcr_read": checks["measurements"].get("log_stable"),
-                "signed_file_xattr": checks["xattrs-after-sign"].get("signed-echo"),
+                "signed_file_xattr": checks.get("xattrs-after-sign", {}).get("signed-echo"),
+                "scenario": args.scenario,
+                "violations": checks["measurements"].get("violations"),
             },
             indent=2,
             sort_keys=True,
         )
         + "\n"
     )
-    _say(f"lab: captured {len(CAPTURE_FILES)} files into {dest}")
+    _say(f"lab: captured {copied} files into {dest}")
     return 0
 
 
@@ -265,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("capture", help="refresh tests/data/lab from a real run")
     p.add_argument("--dest", default=str(CAPTURE_DIR))
+    p.add_argument("--scenario", default="appraise", choices=("appraise", "measure-log"),
+                   help="appraise: keys, signatures, ima-buf (default); measure-log: the kernel's template, "
+                        "a name with spaces and a violation")
     p.set_defaults(fn=cmd_capture)
     p = sub.add_parser("demo", help="the end-to-end story, in a few lines per step")
     p.add_argument("--no-install", dest="install", action="store_false", help="do not apt-get missing host tools")
