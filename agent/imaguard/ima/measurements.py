@@ -31,6 +31,7 @@ from imaguard.ima.templates import (
     FileDigest,
     Template,
     build_template_data,
+    check_digest_field,
     field_from_ascii,
     field_to_ascii,
     ima_hashed_data,
@@ -187,18 +188,33 @@ class Entry:
         return b"%d %s %s%s\n" % (self.pcr, self.template_digest.hex().encode(), self.template.name.encode(), shown)
 
 
+_CHECKED_IDS = frozenset({"d", "d-ng", "d-ngv2", "d-modsig", "n-ng"})
+# Template name -> the (index, field id) pairs _check_fields looks at; templates are few, entries many.
+_CHECKS: dict[str, tuple[tuple[int, str], ...]] = {}
+
+
+def _field_checks(t: Template) -> tuple[tuple[int, str], ...]:
+    checks = _CHECKS.get(t.name)
+    if checks is None:
+        checks = tuple((i, f) for i, f in enumerate(t.fields) if f in _CHECKED_IDS) if t.known else ()
+        _CHECKS[t.name] = checks
+    return checks
+
+
 def _check_fields(entry: Entry) -> None:
     """Field-level invariants the kernel guarantees: a well-formed digest, a NUL-terminated n-ng."""
-    t = entry.template
-    if t.fields and len(t.fields) != len(entry.fields):
-        raise FormatError(f"template {t.name} has {len(t.fields)} fields, data holds {len(entry.fields)}")
-    if not t.known:
-        return
-    for fid, raw in zip(t.fields, entry.fields, strict=True):
-        if fid in ("d", "d-ng", "d-ngv2", "d-modsig"):
+    t, fields = entry.template, entry.fields
+    if t.fields and len(t.fields) != len(fields):
+        raise FormatError(f"template {t.name} has {len(t.fields)} fields, data holds {len(fields)}")
+    for i, fid in _field_checks(t):
+        raw = fields[i]
+        if fid == "n-ng":
+            if not raw.endswith(b"\x00"):
+                raise FormatError("`n-ng` field is not NUL-terminated")
+        elif fid == "d":
             parse_digest_field(fid, raw)
-        elif fid == "n-ng" and not raw.endswith(b"\x00"):
-            raise FormatError("`n-ng` field is not NUL-terminated")
+        elif raw or fid != "d-modsig":
+            check_digest_field(fid, raw)
 
 
 def detect_byteorder(head: bytes) -> ByteOrder:

@@ -87,33 +87,35 @@ def replay(
     """
     if not banks:
         raise FormatError("no PCR bank to replay")
-    setup = [(bank, *_bank_fn(bank)) for bank in banks]
-    state: dict[str, dict[int, bytes]] = {bank: {10: bytes(size)} for bank, size, _ in setup}
-    ff = {bank: b"\xff" * size for bank, size, _ in setup}
+    state: dict[str, dict[int, bytes]] = {}
+    # Per bank: its PCRs, hash function, all-zero start value, all-ones violation value, whether
+    # the logged sha1 digest can be used as is. Locals, because this loop runs once per entry.
+    setup = []
+    for bank in banks:
+        size, fn = _bank_fn(bank)
+        state[bank] = {10: bytes(size)}
+        setup.append((state[bank], fn, bytes(size), b"\xff" * size, bank == "sha1"))
+    zeros = {n: bytes(n) for n in BANK_DIGEST_SIZES.values()}
     kept: list[Entry] | None = [] if keep_entries else None
     templates: dict[str, int] = {}
     count = violations = 0
     boot: Entry | None = None
     for e in entries:
-        td = e.template_digest
-        violation = not any(td)
+        td, pcr, t = e.template_digest, e.pcr, e.template
+        violation = td == zeros.get(len(td))
         violations += violation
-        data = None
-        for bank, size, fn in setup:
-            pcrs = state[bank]
+        data = e.hashed_data() if t.is_ima else e.template_data
+        for pcrs, fn, zero, ff, is_sha1 in setup:
             if violation:
-                x = ff[bank]
-            elif bank == "sha1" and len(td) == 20:
+                x = ff
+            elif is_sha1 and len(td) == 20:
                 x = td  # checked against the data by the parser; other banks hash the data
             else:
-                data = data if data is not None else e.hashed_data()
                 x = fn(data).digest()  # type: ignore[operator]
-            old = pcrs.get(e.pcr) or bytes(size)
-            pcrs[e.pcr] = fn(old + x).digest()  # type: ignore[operator]
-        if boot is None and count == 0 and e.path == BOOT_AGGREGATE:
+            pcrs[pcr] = fn(pcrs.get(pcr, zero) + x).digest()  # type: ignore[operator]
+        if count == 0 and e.path == BOOT_AGGREGATE:
             boot = e
-        name = e.template.name
-        templates[name] = templates.get(name, 0) + 1
+        templates[t.name] = templates.get(t.name, 0) + 1
         count += 1
         if kept is not None:
             kept.append(e)

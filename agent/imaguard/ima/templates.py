@@ -13,6 +13,7 @@ no NUL; its template hash is ``sha1(d || n zero-padded to 256 bytes)``.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 from typing import Literal
@@ -27,6 +28,7 @@ __all__ = [
     "FileDigest",
     "Template",
     "build_template_data",
+    "check_digest_field",
     "field_from_ascii",
     "field_to_ascii",
     "ima_hashed_data",
@@ -70,11 +72,12 @@ class Template:
     name: str
     fields: tuple[str, ...]
     known: bool = True
+    # The legacy ``ima`` template: no data length in the binary log, special hash layout. Derived
+    # from the name, kept as a field because the parser's hot loop reads it for every entry.
+    is_ima: bool = dataclasses.field(init=False, compare=False)
 
-    @property
-    def is_ima(self) -> bool:
-        """The legacy ``ima`` template: no data length in the binary log, special hash layout."""
-        return self.name == "ima"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_ima", self.name == "ima")
 
     def index(self, field_id: str) -> int | None:
         try:
@@ -113,10 +116,7 @@ class FileDigest:
 
     @property
     def algo(self) -> HashAlgo | None:
-        for algo in HashAlgo:
-            if algo.kernel_name == self.algo_name:
-                return algo
-        return None
+        return _ALGO_BY_NAME.get(self.algo_name)
 
     @property
     def is_zero(self) -> bool:
@@ -131,6 +131,21 @@ class FileDigest:
 
 
 _LEGACY_BY_LEN = {20: "sha1", 16: "md5"}
+_ALGO_BY_NAME = {a.kernel_name: a for a in HashAlgo}
+# b"sha256:\0" -> 32 (d-ng, d-modsig), b"ima:sha256:\0" -> 32 (d-ngv2): the well-formed prefixes of
+# known algorithms, so checking a digest field in the parser's hot loop is one dict lookup.
+_PREFIX_SIZES = {f"{a.kernel_name}:".encode() + b"\x00": a.digest_size for a in HashAlgo}
+_PREFIX_SIZES_V2 = {kind + p: n for p, n in _PREFIX_SIZES.items() for kind in (b"ima:", b"verity:")}
+
+
+def check_digest_field(field_id: str, data: bytes) -> None:
+    """FormatError unless ``data`` is a well-formed digest field (fast path for known algorithms)."""
+    sep = data.find(b":\x00")
+    if sep > 0:
+        size = (_PREFIX_SIZES_V2 if field_id == "d-ngv2" else _PREFIX_SIZES).get(data[: sep + 2])
+        if size is not None and len(data) == sep + 2 + size:
+            return
+    parse_digest_field(field_id, data)
 
 
 def parse_digest_field(field_id: str, data: bytes) -> FileDigest | None:
@@ -168,8 +183,11 @@ def parse_digest_field(field_id: str, data: bytes) -> FileDigest | None:
     return fd
 
 
+_U32 = {"little": struct.Struct("<I"), "big": struct.Struct(">I")}
+
+
 def _len_struct(byteorder: ByteOrder) -> struct.Struct:
-    return struct.Struct("<I" if byteorder == "little" else ">I")
+    return _U32[byteorder]
 
 
 def split_template_data(
