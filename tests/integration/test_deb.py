@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -300,3 +301,75 @@ def test_configured_repository_without_lists_is_not_called_no_signed_source(tmp_
     )
     assert "never-fetched_InRelease: missing" in f.evidence_reason
     assert evidence_of(world.files()) == {("repo-verified", "")}  # what was read still verifies
+
+
+# --- the apt index cache (where the wanted stanzas of a verified index are) ------------------------
+
+
+def _cache_records(world) -> list[Path]:
+    return sorted((world.state / "apt-index").glob("*.json"))
+
+
+def test_index_cache_is_root_only_keyed_by_the_verified_hash_and_reused(tmp_path, keys, monkeypatch):
+    world = make_world(tmp_path, keys, repo_debs=["igt-1.0"], installed=["igt-1.0"], cached=["igt-1.0"])
+    first = world.files()
+    (record,) = _cache_records(world)
+    plain = run(["lz4", "-dcq", world.lists("_Packages.lz4")]).stdout
+    assert record.name == hashlib.sha256(plain).hexdigest() + ".json"  # the digest InRelease lists
+    assert record.stat().st_mode & 0o777 == 0o600
+    assert record.parent.stat().st_mode & 0o777 == 0o700
+
+    def no_scan(*_a, **_k):
+        raise AssertionError("the index was scanned although its record is valid")
+
+    monkeypatch.setattr(debchain.PackagesScanner, "feed", no_scan)
+    assert world.files() == first  # same evidence and digests, from the record
+
+
+def test_index_cache_follows_a_new_index_and_ignores_a_tampered_record(tmp_path, keys):
+    world = make_world(tmp_path, keys, repo_debs=["igt-1.0"], installed=["igt-1.0"], cached=["igt-1.0"])
+    first = world.files()
+    (record,) = _cache_records(world)
+    good = record.read_bytes()
+    doc = json.loads(good)
+    (start, length), = doc["spans"]
+    for spans in ([[start + 1, length]], [[start, length + 5]], [[start + 9, length - 9]], [[10**9, 40]]):
+        record.write_text(json.dumps(doc | {"spans": spans}))
+        assert world.files() == first  # refused record: the whole index is scanned again
+    record.write_text("{not json")
+    assert world.files() == first
+
+    # The repository moves on (igt 2.0 added, InRelease re-signed, apt-get update): a new record.
+    shutil.copy(world.debs["igt-2.0"], world.repo / "pool" / world.debs["igt-2.0"].name)
+    packages = run(["apt-ftparchive", "packages", "pool"], cwd=world.repo).stdout
+    (world.repo / "dists/test/main/binary-amd64/Packages").write_bytes(packages)
+    release = run(["apt-ftparchive", "-oAPT::FTPArchive::Release::Origin=imaguard-test",
+                   "-oAPT::FTPArchive::Release::Codename=test", "release", "dists/test"], cwd=world.repo).stdout
+    (world.repo / "dists/test/Release").write_bytes(release)
+    (world.repo / "dists/test/InRelease").unlink()
+    keys.gpg("--local-user", keys.trusted, "--clearsign", "-o", world.repo / "dists/test/InRelease",
+             world.repo / "dists/test/Release")
+    run(["apt-get", "-q", "-o", f"Dir={world.root}", "-o", "Debug::NoLocking=1", "update"])
+    assert world.files() == first  # igt 1.0 is still installed and still listed
+    assert len(_cache_records(world)) == 2
+
+
+def test_a_record_cannot_stand_in_for_an_index_changed_on_disk(tmp_path, keys):
+    world = make_world(tmp_path, keys, repo_debs=["igt-1.0"], installed=["igt-1.0"], cached=["igt-1.0"])
+    world.files()
+    assert _cache_records(world)
+    lst = world.lists("_Packages.lz4")
+    plain = run(["lz4", "-dcq", lst]).stdout + b"\nPackage: extra\nVersion: 1\nArchitecture: all\nFilename: x\n"
+    lst.write_bytes(run(["lz4", "-q", "-c"], input=plain + b"Size: 1\nSHA256: " + b"0" * 64 + b"\n").stdout)
+    files = world.files()  # the record's key is the InRelease digest; the bytes no longer hash to it
+    assert evidence_of(files) == {("local-db", "index-not-in-release")}
+
+
+def test_a_record_that_omits_a_package_can_only_lower_its_evidence(tmp_path, keys):
+    world = make_world(tmp_path, keys, repo_debs=["igt-1.0"], installed=["igt-1.0"], cached=["igt-1.0"])
+    world.files()
+    (record,) = _cache_records(world)
+    doc = json.loads(record.read_bytes())
+    record.write_text(json.dumps(doc | {"spans": []}))
+    files = world.files()
+    assert evidence_of(files) == {("local-db", "no-signed-source")}  # never signed, never a wrong digest

@@ -21,6 +21,7 @@ from imaguard.packages import DEFAULT_STATE_DIR, open_source
 from imaguard.rootfs import Root
 from imaguard.sign.apply import Context, Outcome, enroll_file
 from imaguard.sign.journal import Journal
+from imaguard.sign.memo import MemoSigner
 from imaguard.sign.parallel import default_jobs, run_jobs
 from imaguard.sign.plan import Action, Options, Scope
 from imaguard.sign.sources import BundleSource, LocalSource, SignatureSource, VendorSource
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from imaguard.packages.model import InstalledPackage, PackageFile, PackageSource
 
 __all__ = ["register"]
+
+_Item = tuple["InstalledPackage", "PackageFile"]
 
 _HELP = """\
 Give every file that a trusted package installed a security.ima signature, so that an IMA
@@ -97,7 +100,8 @@ def _signature_source(args: argparse.Namespace) -> SignatureSource:
         key = load_private_key(key_path, password, certs[0])
         if certs[0].key_id in revoked:
             raise TrustError(f"{args.cert[0]}: key id {certs[0].key_id.hex()} is revoked", reason="revoked-key")
-        return LocalSource(LocalSigner.from_key(key, certs[0]), verifier)
+        # Identical files (copies, empty files) get one signature: see sign/memo.py.
+        return LocalSource(MemoSigner(LocalSigner.from_key(key, certs[0])), verifier)
     if spec.startswith("bundle:"):
         if not args.authority_cert:
             raise UsageError("bundle sources need --authority-cert: the certificate that signs bundles")
@@ -150,10 +154,20 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
                 later.append(item)
             else:
                 _record(o, outcomes, remaining, journal=journal, bar=bar, args=args)
-        for pkg, pf in later:
-            done = enroll_file(pkg, pf, ctx)
+        # The first name of each such inode, over all cores again; the other names here, after them.
+        first, inodes, others = _split_hard_links(later, root)
+
+        def label(item: tuple[InstalledPackage, PackageFile]) -> Outcome:
+            done = enroll_file(item[0], item[1], ctx)
             assert done is not None  # noqa: S101 - not deferred without defer_links
-            _record(done, outcomes, remaining, journal=journal, bar=bar, args=args)
+            return done
+
+        for inode, o in zip(inodes, run_jobs(label, first, args.jobs), strict=True):
+            if o.action in (Action.WRITE, Action.KEEP):
+                ctx.inodes.add(inode)
+            _record(o, outcomes, remaining, journal=journal, bar=bar, args=args)
+        for item in others:
+            _record(label(item), outcomes, remaining, journal=journal, bar=bar, args=args)
     if journal is not None:
         journal.finish()
     nbytes = sum(o.size for o in outcomes)
@@ -173,6 +187,28 @@ def _read_metadata(
                 journal.mark(pkg.ident)
             bar.update(1)
     return items
+
+
+def _split_hard_links(items: list[_Item], root: Root) -> tuple[list[_Item], list[tuple[int, int]], list[_Item]]:
+    """(first name of each inode, its (dev, ino), every other name): only the first is labelled in parallel."""
+    seen: set[tuple[int, int]] = set()
+    first: list[_Item] = []
+    inodes: list[tuple[int, int]] = []
+    others: list[_Item] = []
+    for item in items:
+        try:
+            st = root.lstat(item[1].disk_path)
+        except OSError:
+            others.append(item)  # gone since: labelled (and reported) on its own
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            others.append(item)
+        else:
+            seen.add(key)
+            first.append(item)
+            inodes.append(key)
+    return first, inodes, others
 
 
 def _record(

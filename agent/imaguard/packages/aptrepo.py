@@ -12,6 +12,7 @@ import bz2
 import contextlib
 import errno
 import hashlib
+import json
 import lzma
 import os
 import pwd
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imaguard.errors import FormatError, HostStateError, ImaguardError
+from imaguard.fsio import write_atomically
 from imaguard.packages import debchain
 from imaguard.packages.aptsources import Repository, parse_deb822_sources, parse_one_line_sources
 from imaguard.packages.debchain import ChainError, ChainReason, IndexedVersion
@@ -209,7 +211,9 @@ def _stream_index(path: Path, ext: str) -> Iterator[bytes]:
             raise HostStateError(f"{path}: {prog} failed with status {proc.returncode}", reason="read-error")
 
 
-def _scan_index(path: Path, ext: str, wanted: frozenset[str]) -> tuple[list[debchain.IndexEntry], bytes, int]:
+def _scan_index(
+    path: Path, ext: str, wanted: frozenset[str]
+) -> tuple[list[debchain.IndexEntry], bytes, int, list[tuple[int, int]]]:
     scanner = debchain.PackagesScanner(wanted, name=str(path))
     h, size = hashlib.sha256(), 0
     try:
@@ -219,7 +223,65 @@ def _scan_index(path: Path, ext: str, wanted: frozenset[str]) -> tuple[list[debc
             scanner.feed(chunk)
     except (OSError, lzma.LZMAError, zlib.error, EOFError) as exc:
         raise HostStateError(f"{path}: cannot read: {exc}", reason="read-error", path=str(path)) from exc
-    return scanner.finish(), h.digest(), size
+    return scanner.finish(), h.digest(), size, scanner.spans
+
+
+# --- the index cache -------------------------------------------------------------------------------
+#
+# Scanning Debian's 50 MB Packages for the installed names costs more than hashing it. The cache
+# remembers only *where* the wanted stanzas are, under the SHA-256 that the InRelease verified in
+# this run lists for the index. A run with a cache still hashes the whole index against that
+# InRelease and takes the stanzas from those very bytes (``debchain.StanzaCapture``): the cache
+# can point at verified stanzas, never supply one. Stale, foreign or damaged records fall back
+# to the full scan.
+
+_INDEX_CACHE_FORMAT = 1
+
+
+def _cache_file(cache_dir: Path, listed: bytes) -> Path:
+    return cache_dir / f"{listed.hex()}.json"
+
+
+def _read_cache(path: Path, wanted: frozenset[str]) -> list[tuple[int, int]] | None:
+    """The recorded spans, if the record covers every wanted name; None otherwise."""
+    try:
+        doc = json.loads(path.read_bytes())
+        if doc["format"] != _INDEX_CACHE_FORMAT or not wanted <= set(doc["wanted"]):
+            return None
+        return [(int(start), int(length)) for start, length in doc["spans"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_cache(path: Path, wanted: frozenset[str], spans: list[tuple[int, int]]) -> None:
+    doc = {"format": _INDEX_CACHE_FORMAT, "wanted": sorted(wanted), "spans": spans}
+    with contextlib.suppress(OSError):  # a read-only state directory costs speed, not correctness
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomically(path, json.dumps(doc, separators=(",", ":")).encode())
+
+
+def _cached_scan(
+    path: Path, ext: str, rel: str, *, wanted: frozenset[str], release: debchain.Release, cache_dir: Path
+) -> list[debchain.IndexEntry] | None:
+    """The wanted entries through the cache, or None to scan (no record, or anything amiss)."""
+    listed = release.sha256.get(rel)
+    if listed is None:
+        return None
+    spans = _read_cache(_cache_file(cache_dir, listed[0]), wanted)
+    if spans is None:
+        return None
+    capture = debchain.StanzaCapture(spans)
+    h, size = hashlib.sha256(), 0
+    try:
+        for chunk in _stream_index(path, ext):
+            h.update(chunk)
+            size += len(chunk)
+            capture.feed(chunk)
+        if (h.digest(), size) != listed:
+            return None  # not the index the InRelease lists: the full scan says what broke
+        return capture.entries(wanted, name=str(path))
+    except (OSError, lzma.LZMAError, zlib.error, EOFError, ImaguardError):
+        return None
 
 
 def _raw_hash(path: Path) -> tuple[bytes, int]:
@@ -260,11 +322,13 @@ class Indexes:
     problems: tuple[str, ...]  # indexes that could not be read at all (also visible per package)
 
 
-def load_indexes(layout: AptLayout, wanted: frozenset[str]) -> Indexes:
+def load_indexes(layout: AptLayout, wanted: frozenset[str], cache_dir: Path | None = None) -> Indexes:
     """Walk InRelease → Packages for every configured repository; keep entries of ``wanted`` packages.
 
     Unverified indexes are scanned too, so that a package they list gets the precise break
     (``untrusted-release``, ``index-not-in-release``) instead of a vague "no signed source".
+    ``cache_dir`` (root-only, in the state directory): where the wanted stanzas of verified indexes
+    were found last time, see ``_cached_scan``.
     """
     apt_pkg = apt_pkg_module()
     entries: list[IndexedVersion] = []
@@ -292,16 +356,14 @@ def load_indexes(layout: AptLayout, wanted: frozenset[str]) -> Indexes:
             )
         for path, rel, ext in lists:
             try:
-                found, digest, size = _scan_index(path, ext, wanted)
-                index_broken = broken
-                if release is not None:
-                    candidates = [(rel, digest, size)]
-                    if ext:
-                        candidates.append((rel + ext, *_raw_hash(path)))
-                    try:
-                        debchain.check_index(release, candidates, name=str(path))
-                    except ChainError as exc:
-                        index_broken = exc
+                cached = None
+                if release is not None and cache_dir is not None:
+                    cached = _cached_scan(path, ext, rel, wanted=wanted, release=release, cache_dir=cache_dir)
+                if cached is not None:
+                    found, index_broken = cached, None
+                else:
+                    found, index_broken = _scan_and_check(path, rel, ext, wanted=wanted, release=release,
+                                                          broken=broken, cache_dir=cache_dir)
             except (ImaguardError, OSError) as exc:
                 problems.append(f"{path}: {exc}")
                 continue
@@ -309,6 +371,32 @@ def load_indexes(layout: AptLayout, wanted: frozenset[str]) -> Indexes:
                 origins[str(path)] = "/".join(x for x in (release.origin, release.codename or release.suite) if x)
             entries += [IndexedVersion(e, str(path), index_broken) for e in found]
     return Indexes(tuple(entries), origins, tuple(problems))
+
+
+def _scan_and_check(
+    path: Path,
+    rel: str,
+    ext: str,
+    *,
+    wanted: frozenset[str],
+    release: debchain.Release | None,
+    broken: ChainError | None,
+    cache_dir: Path | None,
+) -> tuple[list[debchain.IndexEntry], ChainError | None]:
+    """Scan the whole index; check it against the InRelease; record the spans when it matches."""
+    found, digest, size, spans = _scan_index(path, ext, wanted)
+    if release is None:
+        return found, broken
+    candidates = [(rel, digest, size)]
+    if ext:
+        candidates.append((rel + ext, *_raw_hash(path)))
+    try:
+        debchain.check_index(release, candidates, name=str(path))
+    except ChainError as exc:
+        return found, exc
+    if cache_dir is not None and release.sha256.get(rel) == (digest, size):
+        _write_cache(_cache_file(cache_dir, digest), wanted, spans)
+    return found, None
 
 
 def deb_file_name(name: str, version: str, arch: str) -> str:

@@ -117,7 +117,7 @@ class DebSource:
         """The repository indexes, walked once per source (gpgv + one pass over each Packages)."""
         if self._indexes is None:
             wanted = frozenset(p.name for p in self._dpkg())
-            self._indexes = aptrepo.load_indexes(self._apt(), wanted)
+            self._indexes = aptrepo.load_indexes(self._apt(), wanted, self.state_dir / "apt-index")
             for iv in self._indexes.entries:
                 self._by_name.setdefault(iv.entry.name, []).append(iv)
         return self._indexes
@@ -225,9 +225,7 @@ class DebSource:
         dp = self._entry(pkg.name, pkg.architecture)
         where = f"{self.root}/{dpkgdb.DPKG_DIR}/info/{dp.name}"
         listed = dpkgdb.read_info(self.root, dp, "list")
-        md5_raw = dpkgdb.read_info(self.root, dp, "md5sums")
-        md5 = dpkgdb.parse_md5sums(md5_raw, name=f"{where}.md5sums") if md5_raw else {}
-        md5.update({p: d for p, d in dp.conffiles.items() if d is not None})
+        md5: dict[bytes, bytes] | None = None  # dpkg's hints, read only for a path the chain does not give
         if self._diversions is None:
             self._diversions = dpkgdb.read_diversions(self.root)
         try:
@@ -254,6 +252,10 @@ class DebSource:
                 )
                 continue
             why = reason or "not-in-deb: dpkg lists this path but the verified .deb does not ship it"
+            if md5 is None:
+                md5_raw = dpkgdb.read_info(self.root, dp, "md5sums")
+                md5 = dpkgdb.parse_md5sums(md5_raw, name=f"{where}.md5sums") if md5_raw else {}
+                md5.update({p: d for p, d in dp.conffiles.items() if d is not None})
             digest = md5.get(path)
             if digest is not None:
                 yield PackageFile(

@@ -30,6 +30,7 @@ __all__ = [
     "IndexedVersion",
     "PackagesScanner",
     "Release",
+    "StanzaCapture",
     "check_clearsigned",
     "check_deb",
     "check_deb_identity",
@@ -323,14 +324,20 @@ class PackagesScanner:
     (None: all) are parsed in full.
     """
 
-    __slots__ = ("_buf", "_entries", "_name", "_offset", "_wanted")
+    __slots__ = ("_buf", "_entries", "_name", "_offset", "_spans", "_wanted")
 
     def __init__(self, wanted: frozenset[str] | None, *, name: str = "Packages") -> None:
         self._wanted = None if wanted is None else frozenset(w.encode() for w in wanted)
         self._buf = b""
         self._entries: list[IndexEntry] = []
+        self._spans: list[tuple[int, int]] = []
         self._name = name
         self._offset = 0
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """(offset, length) in the stream of each kept stanza, for ``StanzaCapture`` next time."""
+        return self._spans
 
     def feed(self, chunk: bytes) -> None:
         data = self._buf + chunk
@@ -349,8 +356,11 @@ class PackagesScanner:
         return self._entries
 
     def _scan(self, block: bytes) -> None:
+        pos = self._offset
         for stanza in block.split(b"\n\n"):
             text = stanza.lstrip(b"\n")
+            start = pos + len(stanza) - len(text)
+            pos += len(stanza) + 2
             if not text.strip():
                 continue
             if self._wanted is not None and text.startswith(b"Package: "):
@@ -361,6 +371,67 @@ class PackagesScanner:
             if self._wanted is not None and fields.get("Package") not in self._wanted:
                 continue
             self._entries.append(_entry(fields, self._name))
+            self._spans.append((start, len(text.rstrip(b"\n"))))
+
+
+class StanzaCapture:
+    """Re-read known stanzas of a ``Packages`` stream without scanning it: the cheap path of a cache.
+
+    Fed the same decompressed chunks that are hashed against the InRelease, it copies out only
+    the spans a previous scan recorded (plus two bytes each side). ``entries`` then parses them,
+    each checked to be one whole stanza of the stream (``\n\n`` or the stream's edge on both
+    sides, none inside): a recorded span can only select verified stanzas, never forge one
+    from a part of another (a Description line such as `` Package: bash``). A wrong or stale
+    span raises FormatError; a missing one can only leave a package without an entry, which
+    lowers its evidence and never raises it.
+    """
+
+    __slots__ = ("_got", "_next", "_offset", "_spans")
+
+    def __init__(self, spans: Iterable[tuple[int, int]]) -> None:
+        self._spans = sorted({(start, length) for start, length in spans if start >= 0 and length > 0})
+        self._got = [bytearray() for _ in self._spans]
+        self._next = 0  # first span not yet complete
+        self._offset = 0
+
+    def feed(self, chunk: bytes) -> None:
+        lo, hi = self._offset, self._offset + len(chunk)
+        i = self._next
+        while i < len(self._spans):
+            start, length = self._spans[i]
+            a, b = max(start - 2, 0), start + length + 2
+            if a >= hi:
+                break
+            if b > lo:
+                self._got[i] += chunk[max(a, lo) - lo : min(b, hi) - lo]
+            if b <= hi and i == self._next:
+                self._next += 1
+            i += 1
+        self._offset = hi
+
+    def entries(self, wanted: frozenset[str], *, name: str = "Packages") -> list[IndexEntry]:
+        """The wanted entries among the captured stanzas; FormatError if a span is not a whole stanza."""
+        total = self._offset
+        names = {w.encode() for w in wanted}
+        out: list[IndexEntry] = []
+        for (start, length), got in zip(self._spans, self._got, strict=True):
+            a, end = max(start - 2, 0), start + length
+            if end > total or len(got) != min(end + 2, total) - a:
+                raise FormatError(f"{name}: recorded stanza at byte {start} lies past the end")
+            before, text, after = bytes(got[: start - a]), bytes(got[start - a : end - a]), bytes(got[end - a :])
+            if (
+                before != b"\n" * len(before)
+                or text[:1] == b"\n"
+                or text[-1:] == b"\n"
+                or b"\n\n" in text
+                or after not in (b"", b"\n", b"\n\n")
+                or (after == b"\n" and end + 1 != total)
+            ):
+                raise FormatError(f"{name}: recorded span at byte {start} is not a whole stanza")
+            fields = parse_stanza(text, name=f"{name} near byte {start}")
+            if fields.get("Package", b"").strip() in names:
+                out.append(_entry(fields, name))
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ without python-apt. Paths read from the database stay bytes: dpkg stores them un
 from __future__ import annotations
 
 import errno
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -98,8 +99,11 @@ def _conffiles(value: bytes, where: str) -> dict[bytes, bytes | None]:
     return out
 
 
+_HEX = re.compile(rb"[0-9a-fA-F]*")
+
+
 def _is_hex(b: bytes) -> bool:
-    return all(c in b"0123456789abcdefABCDEF" for c in b)
+    return _HEX.fullmatch(b) is not None
 
 
 def read_status(root: Path) -> list[DpkgPackage]:

@@ -50,13 +50,36 @@ class BundleFile:
 
 @dataclass(frozen=True, slots=True)
 class Bundle:
+    """A verified bundle. Entries stay as the payload's text until ``entry`` is asked for one: a
+    package's bundle lists every file, enrollment needs only those it writes, and parsing each
+    signature up front was most of the cost of loading a bundle. A malformed entry is an error of
+    that entry (``entry`` raises FormatError), found when its file is labelled."""
+
     name: str
     version: str
     architecture: str
-    files: dict[bytes, BundleFile]
+    _entries: dict[bytes, tuple[str, str]]  # path -> (sha256 hex, security.ima hex)
 
     def matches(self, pkg: InstalledPackage) -> bool:
         return (self.name, self.version, self.architecture) == (pkg.name, pkg.version, pkg.architecture)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entry(self, path: bytes) -> BundleFile | None:
+        """The entry for ``path``, None when the bundle does not list it; FormatError when malformed."""
+        raw = self._entries.get(path)
+        if raw is None:
+            return None
+        sha_hex, ima_hex = raw
+        try:
+            sig = parse_xattr(bytes.fromhex(ima_hex))
+            digest = bytes.fromhex(sha_hex)
+        except ValueError as exc:
+            raise FormatError(f"{path!r}: malformed bundle entry ({exc})") from exc
+        if not isinstance(sig, ImaSignature):
+            raise FormatError(f"{path!r}: bundle entry is not an IMA signature")
+        return BundleFile(path, digest, sig)
 
     @classmethod
     def from_payload(cls, payload: bytes, source: str) -> Bundle:
@@ -66,14 +89,13 @@ class Bundle:
             if doc["schema"] != BUNDLE_SCHEMA:
                 raise FormatError(f"{source}: bundle schema {doc['schema']!r}, expected {BUNDLE_SCHEMA!r}")
             pkg = doc["package"]
-            files: dict[bytes, BundleFile] = {}
+            entries: dict[bytes, tuple[str, str]] = {}
             for item in doc["files"]:
-                path = base64.b64decode(item["path_b64"], validate=True)
-                sig = parse_xattr(bytes.fromhex(item["ima"]))
-                if not isinstance(sig, ImaSignature):
-                    raise FormatError(f"{source}: {path!r}: bundle entry is not an IMA signature")
-                files[path] = BundleFile(path, bytes.fromhex(item["sha256"]), sig)
-            return cls(str(pkg["name"]), str(pkg["version"]), str(pkg["architecture"]), files)
+                sha_hex, ima_hex = item["sha256"], item["ima"]
+                if not isinstance(sha_hex, str) or not isinstance(ima_hex, str):
+                    raise FormatError(f"{source}: bundle entry digests must be hex strings")
+                entries[binascii.a2b_base64(item["path_b64"], strict_mode=True)] = (sha_hex, ima_hex)
+            return cls(str(pkg["name"]), str(pkg["version"]), str(pkg["architecture"]), entries)
         except FormatError:
             raise
         except (ValueError, KeyError, TypeError, binascii.Error) as exc:

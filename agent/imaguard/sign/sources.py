@@ -23,13 +23,15 @@ from imaguard.sign.bundle import BUNDLE_PAYLOAD_TYPE, Bundle, bundle_name
 
 if TYPE_CHECKING:
     from imaguard.keys.material import Certificate
-    from imaguard.keys.signer import LocalSigner, Verifier
+    from imaguard.keys.signer import Signer, Verifier
     from imaguard.packages.model import InstalledPackage, PackageFile
 
 __all__ = ["BundleSource", "LocalSource", "NoSignature", "SignatureSource", "VendorSource"]
 
 # A bundle lists one package version's files; anything larger is not a bundle.
 _MAX_BUNDLE = 64 << 20
+# (digest, signature) pairs remembered as verified: ~400 bytes each, a few MiB at most.
+_MAX_VERIFIED = 8192
 
 
 class NoSignature(ImaguardError):  # noqa: N818 - it is an outcome, named as the outcome
@@ -56,7 +58,7 @@ class SignatureSource(Protocol):
 class LocalSource:
     """``local:KEY``: sign the verified SHA-256 with a key on this host (weakest; said in reports)."""
 
-    signer: LocalSigner
+    signer: Signer
     verifier: Verifier
     name: str = "local"
 
@@ -96,6 +98,7 @@ class BundleSource:
     verifier: Verifier
     name: str = "bundle"
     _cache: dict[str, Bundle | NoSignature] = field(default_factory=dict)
+    _verified: set[tuple[bytes, bytes]] = field(default_factory=set)
 
     def _fetch(self, file_name: str) -> bytes | None:
         parsed = urllib.parse.urlparse(self.location)
@@ -154,7 +157,10 @@ class BundleSource:
         return bundle
 
     def signature_for(self, pkg: InstalledPackage, pf: PackageFile, sha256: bytes) -> bytes:
-        entry = self._bundle(pkg).files.get(pf.path)
+        try:
+            entry = self._bundle(pkg).entry(pf.path)
+        except FormatError as exc:
+            raise NoSignature(f"{pkg.ident}: {exc}", reason="bundle-untrusted", refuse=True) from exc
         if entry is None:
             raise NoSignature(f"{pkg.ident}: {pf.path!r} is not in the bundle", reason="not-in-bundle")
         if entry.sha256 != sha256:
@@ -164,11 +170,16 @@ class BundleSource:
         try:
             if sig.form != "sigv2":
                 raise FormatError(f"bundle signature is {sig.form}")
-            digest = sha256 if sig.algo is HashAlgo.SHA256 else None
-            if digest is None:
+            if sig.algo is not HashAlgo.SHA256:
                 raise FormatError(f"bundle signature over {sig.algo.kernel_name}, expected sha256")
-            self.verifier.verify_digest(sig.keyid, sig.algo, digest, sig.signature)
+            value = sig.to_xattr()
+            # Identical files share (digest, signature): verify each pair once per process.
+            if (sha256, value) not in self._verified:
+                self.verifier.verify_digest(sig.keyid, sig.algo, sha256, sig.signature)
+                if len(self._verified) >= _MAX_VERIFIED:
+                    self._verified.clear()
+                self._verified.add((sha256, value))
         except (FormatError, TrustError) as exc:
             raise NoSignature(f"{pkg.ident}: {pf.path!r}: {exc}", reason="bundle-signature-invalid",
                               refuse=True) from exc
-        return sig.to_xattr()
+        return value
