@@ -105,13 +105,15 @@ def collect(
     nonce: str | None,
     processes: bool = True,
 ) -> Collected:
+    # Processes first: whatever they run was exec'd (and measured) before the log is read, so a
+    # program started in between is not misreported as not measured.
+    procs = list_processes() if processes else ()
     quote = None
     if nonce is not None:
         data, quote = _quoted(log_file, nonce)
         source = _log_path(log_file)
     else:
         data, source = read_log(log_file)
-    procs = list_processes() if processes else ()
     replayed = _replay(data)
     with DigestIndex.open(state_dir) as index:
         report = build_report(
