@@ -8,9 +8,7 @@ a value that the kernel would refuse is never put on a file.
 
 from __future__ import annotations
 
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -103,15 +101,19 @@ class BundleSource:
     def _fetch(self, file_name: str) -> bytes | None:
         parsed = urllib.parse.urlparse(self.location)
         if parsed.scheme in ("http", "https"):
+            # Only HTTP bundle sources pay for urllib.request (http.client, email, ssl) at run time.
+            from urllib.error import HTTPError, URLError  # noqa: PLC0415
+            from urllib.request import urlopen  # noqa: PLC0415
+
             url = self.location.rstrip("/") + "/" + file_name
             try:
-                with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 - scheme checked above
+                with urlopen(url, timeout=30) as resp:  # noqa: S310 - scheme checked above
                     data: bytes = resp.read(_MAX_BUNDLE + 1)
-            except urllib.error.HTTPError as exc:
+            except HTTPError as exc:
                 if exc.code == 404:
                     return None
                 raise NoSignature(f"{url}: HTTP {exc.code}", reason="bundle-unavailable") from exc
-            except (urllib.error.URLError, OSError) as exc:
+            except (URLError, OSError) as exc:
                 raise NoSignature(f"{url}: {exc}", reason="bundle-unavailable") from exc
         elif parsed.scheme in ("", "file"):
             path = Path(parsed.path if parsed.scheme else self.location) / file_name
