@@ -17,6 +17,7 @@ the absolute byte offset, raised before any later entry is yielded.
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
 import hashlib
 import struct
@@ -30,9 +31,9 @@ from imaguard.ima.templates import (
     ByteOrder,
     FileDigest,
     Template,
+    ascii_decoder,
     build_template_data,
     check_digest_field,
-    field_from_ascii,
     field_to_ascii,
     ima_hashed_data,
     parse_digest_field,
@@ -421,42 +422,50 @@ class _AsciiParser:
         self.hashers: dict[int, Callable[[bytes], hashlib._Hash]] = {}
         for bank, size in BANK_DIGEST_SIZES.items():
             self.hashers.setdefault(size, _hasher(bank))
+        # Template name as shown -> the template and one decoder per field (names are few, lines many).
+        self.templates: dict[bytes, tuple[Template, tuple[Callable[[bytes], bytes], ...]]] = {}
 
-    def head(self, tokens: list[bytes], where: int) -> tuple[int, bytes, Template]:
-        if len(tokens) < 3:
-            raise FormatError("line has fewer than 3 columns", offset=where)
-        pcr_s, hash_s, name_s = tokens[0], tokens[1], tokens[2]
+    def template(self, name_s: bytes, where: int) -> tuple[Template, tuple[Callable[[bytes], bytes], ...]]:
         try:
-            pcr = int(pcr_s, 10) if pcr_s.isdigit() else -1
-            td = bytes.fromhex(hash_s.decode("ascii"))
-            name = name_s.decode("ascii")
-        except (ValueError, UnicodeDecodeError):
-            raise FormatError("PCR, template hash or template name is malformed", offset=where) from None
-        if not 0 <= pcr <= MAX_PCR:
-            raise FormatError(f"PCR index {pcr_s[:12]!r} is out of range", offset=where)
-        if len(td) not in self.hashers:
-            raise FormatError(f"template hash of {len(td)} bytes fits no PCR bank", offset=where)
-        try:
-            t = template_for(name)
+            t = template_for(name_s.decode("ascii"))
+        except UnicodeDecodeError:
+            raise FormatError("template name is not ASCII", offset=where) from None
         except FormatError as exc:
             raise _rebased(exc, where, "template name") from exc
         if not t.fields:
-            raise FormatError(f"template {name!r} is unknown: its ASCII fields cannot be rebuilt; use the binary log",
+            raise FormatError(f"template {t.name!r} is unknown: its ASCII fields cannot be rebuilt; use the binary log",
                               offset=where)
-        return pcr, td, t
+        decoders = tuple(ascii_decoder(f, self.byteorder, ima=t.is_ima) for f in t.fields)
+        self.templates[name_s] = (t, decoders)
+        return t, decoders
 
     def entry(self, line: bytes, where: int) -> Entry:
         tokens = line.split(b" ")
-        pcr, td, t = self.head(tokens, where)
+        if len(tokens) < 3:  # PCR, template hash, template name
+            raise FormatError("line has fewer than 3 columns", offset=where)
+        pcr_s, hash_s, name_s = tokens[0], tokens[1], tokens[2]
+        try:
+            pcr = int(pcr_s) if pcr_s.isdigit() else -1
+            td = binascii.a2b_hex(hash_s)
+        except ValueError:
+            raise FormatError("template hash is not hex", offset=where) from None
+        if not 0 <= pcr <= MAX_PCR:
+            raise FormatError(f"PCR index {pcr_s[:12]!r} is out of range", offset=where)
+        hfn = self.hashers.get(len(td))
+        if hfn is None:
+            raise FormatError(f"template hash of {len(td)} bytes fits no PCR bank", offset=where)
+        t, decoders = self.templates.get(name_s) or self.template(name_s, where)
         try:
             toks = _split_ascii(t, tokens[3:])
-            bo = self.byteorder
-            fields = tuple(field_from_ascii(f, tok, bo, ima=t.is_ima) for f, tok in zip(t.fields, toks, strict=True))
-            entry = Entry(where, pcr, td, t, build_template_data(t, fields, bo), fields)
+            try:
+                fields = tuple(dec(tok) if tok else b"" for dec, tok in zip(decoders, toks, strict=True))
+            except (ValueError, OverflowError):
+                raise FormatError("a field is not what the kernel prints") from None
+            entry = Entry(where, pcr, td, t, build_template_data(t, fields, self.byteorder), fields)
             _check_fields(entry)
         except FormatError as exc:
             raise _rebased(exc, where, f"entry {self.stream.count}") from exc
-        if any(td) and self.hashers[len(td)](entry.hashed_data()).digest() != td:
+        if any(td) and hfn(entry.hashed_data()).digest() != td:
             raise FormatError(f"template hash of entry {self.stream.count} does not match its fields", offset=where)
         return entry
 

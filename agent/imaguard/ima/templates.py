@@ -13,8 +13,10 @@ no NUL; its template hash is ``sha1(d || n zero-padded to 256 bytes)``.
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +29,7 @@ __all__ = [
     "ByteOrder",
     "FileDigest",
     "Template",
+    "ascii_decoder",
     "build_template_data",
     "check_digest_field",
     "field_from_ascii",
@@ -254,23 +257,52 @@ def field_to_ascii(field_id: str, data: bytes, byteorder: ByteOrder = "little") 
     return data.hex().encode()
 
 
-def field_from_ascii(field_id: str, token: bytes, byteorder: ByteOrder = "little", *, ima: bool = False) -> bytes:
-    """Inverse of ``field_to_ascii`` for the fields the kernel shows unambiguously.
+def _hex(token: bytes) -> bytes:
+    return binascii.a2b_hex(token)
 
-    ``ima`` marks the legacy template, whose ``n`` carries no NUL in the binary form.
+
+def _digest(token: bytes) -> bytes:
+    sep = token.rfind(b":")
+    if sep < 0:
+        return binascii.a2b_hex(token)
+    return token[: sep + 1] + b"\x00" + binascii.a2b_hex(token[sep + 1 :])
+
+
+def _string_nul(token: bytes) -> bytes:
+    return token + b"\x00"
+
+
+def _string(token: bytes) -> bytes:
+    return token
+
+
+def ascii_decoder(field_id: str, byteorder: ByteOrder = "little", *, ima: bool = False) -> Callable[[bytes], bytes]:
+    """The inverse of ``field_to_ascii`` for one field id, for a non-empty token.
+
+    Raises ValueError or OverflowError on a token the kernel would not print (callers turn it
+    into a FormatError with the line's offset). ``ima`` marks the legacy template, whose ``n``
+    carries no NUL in the binary form.
     """
+    if field_id in _DIGEST_FIELDS:
+        return _digest
+    if field_id in _STRING_FIELDS:
+        return _string if ima else _string_nul
+    size = _UINT_FIELDS.get(field_id)
+    if size is not None:
+        def uint(token: bytes) -> bytes:
+            if not token.isdigit():
+                raise ValueError(token)
+            return int(token).to_bytes(size, byteorder)
+
+        return uint
+    return _hex
+
+
+def field_from_ascii(field_id: str, token: bytes, byteorder: ByteOrder = "little", *, ima: bool = False) -> bytes:
+    """Inverse of ``field_to_ascii`` for the fields the kernel shows unambiguously."""
     if not token:
         return b""
     try:
-        if field_id in _DIGEST_FIELDS:
-            sep = token.rfind(b":")
-            if sep < 0:
-                return bytes.fromhex(token.decode("ascii"))
-            return token[: sep + 1] + b"\x00" + bytes.fromhex(token[sep + 1 :].decode("ascii"))
-        if field_id in _STRING_FIELDS:
-            return token if ima else token + b"\x00"
-        if field_id in _UINT_FIELDS:
-            return int(token).to_bytes(_UINT_FIELDS[field_id], byteorder)
-        return bytes.fromhex(token.decode("ascii"))
-    except (ValueError, UnicodeDecodeError, OverflowError):
+        return ascii_decoder(field_id, byteorder, ima=ima)(token)
+    except (ValueError, OverflowError):
         raise FormatError(f"`{field_id}` value {token[:40]!r} is not what the kernel prints") from None
