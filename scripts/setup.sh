@@ -35,9 +35,11 @@ fi
 
 # The Keylime peer for interop tests and bench/log_parse, in its own venv so PyPI keylime never
 # touches .venv. Its wheel declares no dependencies: these are what keylime.ima imports (gpg,
-# yaml and cryptography come from Debian through --system-site-packages).
+# yaml and cryptography come from Debian through --system-site-packages); SQLAlchemy, pyasn1 and
+# tornado are what `keylime-policy create runtime` imports (bench/keylime_policy).
 if [ ! -x .venv-peer/bin/python ]; then
     /usr/bin/python3 -m venv --system-site-packages .venv-peer
 fi
-.venv-peer/bin/python -m pip install -q --disable-pip-version-check 'keylime==7.14.3' 'jsonschema==4.26.0' 'lark==1.3.1' 'packaging==26.3'
+.venv-peer/bin/python -m pip install -q --disable-pip-version-check 'keylime==7.14.3' 'jsonschema==4.26.0' 'lark==1.3.1' 'packaging==26.3' \
+    'SQLAlchemy==2.1.9' 'pyasn1==0.6.5' 'pyasn1_modules==0.4.2' 'tornado==6.6.1'
 echo "setup.sh: ready: $(.venv/bin/imaguard --version) in .venv"
