@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imaguard.errors import FormatError
 from imaguard.ima.measurements import iter_ascii, iter_binary
-from imaguard.ima.replay import replay
-from logbuilder import generate, write_logs
+from imaguard.ima.replay import replay, replay_binary
+from logbuilder import LogBuilder, d_ng, generate, n_ng, sig_v2, write_logs
 
 LAB = Path(__file__).resolve().parents[1] / "data" / "lab"
 CAPTURES = sorted(p.parent for p in LAB.rglob("pcr10.json"))
@@ -101,6 +101,51 @@ def test_mutated_binary_lists_raise_only_format_error(data):
     _only_format_errors(lambda d: iter_binary(d, byteorder="big"), data)
 
 
+def _outcome(fn, data: bytes) -> tuple:
+    try:
+        r = fn(data)
+    except FormatError as exc:
+        return ("error", str(exc))
+    return ("ok", r.pcrs, r.count, r.violations, r.end, r.truncated, r.boot_aggregate, r.templates)
+
+
+def _both_paths_agree(data: bytes, byteorder: str = "little") -> None:
+    """replay_binary (no Entry per record) must say exactly what replay(iter_binary(...)) says."""
+    slow = _outcome(lambda d: replay(iter_binary(d, byteorder=byteorder), keep_entries=False), data)
+    fast = _outcome(lambda d: replay_binary(d, byteorder=byteorder), data)
+    assert fast == slow
+
+
+def _mixed_list() -> bytes:
+    b = LogBuilder()
+    b.boot_aggregate(template="ima-sig")
+    b.ima("/sbin/init", b"init")
+    b.file("/usr/bin/cat", b"cat", sig=sig_v2(b"\x01\x02\x03\x04", b"\x55" * 64))
+    b.file("/usr/lib/m.ko", b"ko", template="ima-modsig")
+    b.buf("_ima", b"\x30\x82cert")
+    b.violation("/etc/busy")
+    b.add("d-ng|n-ng|sig|iuid", (d_ng(b"\x66" * 32), n_ng("/c"), b"", b"\x00\x00\x00\x00"))
+    b.add("ima-ng", (d_ng(b"\x11" * 20, "sha1"), n_ng("/legacy-sha1")), pcr=11)
+    return b.binary()
+
+
+_MIXED = _mixed_list()
+
+
+def test_the_fast_replay_path_agrees_on_every_real_and_built_list():
+    for data in [*_REAL_BINARY, _MIXED]:
+        _both_paths_agree(data)
+        for cut in range(0, len(data), 7):
+            _both_paths_agree(data[:cut])
+
+
+@_FUZZ
+@given(_mutations([*_REAL_BINARY, _MIXED]))
+def test_the_fast_replay_path_agrees_on_mutated_lists(data):
+    _both_paths_agree(data)
+    _both_paths_agree(data, "big")
+
+
 @_FUZZ
 @given(_mutations(_REAL_ASCII))
 def test_mutated_ascii_lists_raise_only_format_error(data):
@@ -114,12 +159,14 @@ def test_random_bytes_raise_only_format_error(data):
     _only_format_errors(iter_ascii, data)
 
 
-def _peak_streaming(path: Path, ascii_form: bool) -> tuple[int, int]:
+def _peak_streaming(path: Path, form: str) -> tuple[int, int]:
     tracemalloc.start()
     try:
         with path.open("rb", buffering=0) as f:
-            stream = iter_ascii(f) if ascii_form else iter_binary(f)
-            r = replay(stream, keep_entries=False)
+            if form == "scan":
+                r = replay_binary(f)
+            else:
+                r = replay(iter_ascii(f) if form == "ascii" else iter_binary(f), keep_entries=False)
         return r.count, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -132,11 +179,11 @@ def test_memory_stays_bounded_whatever_the_list_size(tmp_path):
         binary, ascii_path = tmp_path / f"{n}.bin", tmp_path / f"{n}.txt"
         with binary.open("wb") as b, ascii_path.open("wb") as a:
             write_logs(generate(n), b, a)
-        for form, path in (("binary", binary), ("ascii", ascii_path)):
-            count, peak = _peak_streaming(path, form == "ascii")
+        for form, path in (("binary", binary), ("scan", binary), ("ascii", ascii_path)):
+            count, peak = _peak_streaming(path, form)
             assert count == n
             peaks[form, n] = peak
-    for form in ("binary", "ascii"):
+    for form in ("binary", "scan", "ascii"):
         # Two 1 MiB read chunks plus one record, whatever the size: 4x the list, same peak.
         assert peaks[form, 40_000] < 3 << 20, peaks
         assert abs(peaks[form, 40_000] - peaks[form, 10_000]) < 256 << 10, peaks

@@ -11,12 +11,13 @@ from imaguard.errors import ExitCode, FormatError, UsageError
 from imaguard.ima.measurements import (
     BANK_DIGEST_SIZES,
     Entry,
+    LogReader,
     LogStream,
     detect_byteorder,
     iter_ascii,
     iter_binary,
 )
-from imaguard.ima.replay import ReplayedLog, compare, replay
+from imaguard.ima.replay import ReplayedLog, compare, replay, replay_binary
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -109,15 +110,17 @@ def _open(args: argparse.Namespace) -> tuple[str, IO[bytes]]:
     return found.path, open_log(found)
 
 
-def _stream(args: argparse.Namespace, f: IO[bytes]) -> tuple[LogStream, ByteOrder]:
+def _stream(args: argparse.Namespace, f: IO[bytes]) -> tuple[LogStream, LogReader, ByteOrder]:
+    """The entry stream, the reader it reads (for the summary path), and the byte order."""
     byteorder: ByteOrder = "little" if args.byteorder == "auto" else args.byteorder
     if args.ascii:
-        return iter_ascii(f, byteorder=byteorder), byteorder
+        return iter_ascii(f, byteorder=byteorder), f, byteorder
+    reader: LogReader = f
     if args.byteorder == "auto":
         head = f.read(4)
         byteorder = detect_byteorder(head)
-        return iter_binary(_Prefixed(head, f), byteorder=byteorder, bank=args.bank), byteorder
-    return iter_binary(f, byteorder=byteorder, bank=args.bank), byteorder
+        reader = _Prefixed(head, f)
+    return iter_binary(reader, byteorder=byteorder, bank=args.bank), reader, byteorder
 
 
 def _text(b: bytes) -> str:
@@ -166,15 +169,19 @@ def _cmd_log(args: argparse.Namespace) -> int:
     source, f = _open(args)
     out = sys.stdout
     try:
-        stream, byteorder = _stream(args, f)
+        stream, reader, byteorder = _stream(args, f)
         if args.json:
             head = {"source": source, "form": "ascii" if args.ascii else "binary", "bank": args.bank,
                     "byteorder": byteorder}
             out.write(json.dumps(head)[:-1] + ', "entries": [')
         elif not args.summary:
             out.write(f"{'#':>6} {'PCR':>3} {'TEMPLATE':<10} DIGEST SIG PATH\n")
-        entries = stream if args.summary else _listed(stream, out, args.json)
-        replayed = replay(entries, banks=_BANKS, keep_entries=False, stream=stream)
+        if args.summary and not args.ascii:
+            # No listing: check and replay the records without making an Entry for each.
+            replayed = replay_binary(reader, byteorder=byteorder, bank=args.bank, banks=_BANKS)
+        else:
+            entries = stream if args.summary else _listed(stream, out, args.json)
+            replayed = replay(entries, banks=_BANKS, keep_entries=False, stream=stream)
     except FormatError as exc:
         message = f"{source}: {exc}"
         if not args.json:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from imaguard.errors import FormatError
 from imaguard.ima.templates import (
+    DIGEST_PREFIX_SIZES,
     IMA_NAME_LEN,
     ByteOrder,
     FileDigest,
@@ -51,10 +52,12 @@ __all__ = [
     "Entry",
     "LogReader",
     "LogStream",
+    "RecordSink",
     "Truncated",
     "detect_byteorder",
     "iter_ascii",
     "iter_binary",
+    "scan_binary",
 ]
 
 # TPM 2.0 PC Client PCRs are 0..23; anything far beyond means a wrong byte order or garbage.
@@ -342,7 +345,7 @@ class _BinaryParser:
         return p + 4, p + 4 + dlen
 
     def parse(self, buf: bytes, pos: int, base: int) -> Iterator[Entry]:
-        stream, head, hlen, zero, hfn = self.stream, self.head, self.head.size, self.zero, self.hfn
+        stream, head, hlen = self.stream, self.head, self.head.size
         n = len(buf)
         while n - pos >= hlen:
             pcr, td, nlen = head.unpack_from(buf, pos)
@@ -358,22 +361,126 @@ class _BinaryParser:
             span = self.data_span(t, buf, p, base)
             if span is None or span[1] > n:
                 return
-            start, end = span
-            data = buf[start:end]
-            try:
-                fields = split_template_data(t, data, self.byteorder)
-                entry = Entry(base + pos, pcr, td, t, data, fields)
-                _check_fields(entry)
-            except FormatError as exc:
-                raise _rebased(exc, base + start, f"{t.name} template data") from exc
-            if td != zero and hfn(ima_hashed_data(fields) if t.is_ima else data).digest() != td:
-                raise FormatError(
-                    f"template digest of entry {stream.count} does not match its data", offset=base + pos + 4
-                )
-            pos = end
+            entry = self.entry(t, buf, pos, base, span=span, head=(pcr, td))
+            pos = span[1]
             stream.end = base + pos
             stream.count += 1
             yield entry
+
+
+    def entry(
+        self, t: Template, buf: bytes, pos: int, base: int, *, span: tuple[int, int], head: tuple[int, bytes]
+    ) -> Entry:
+        """The full path: split, check and hash-check one record (raises the precise FormatError)."""
+        pcr, td = head
+        start, end = span
+        data = buf[start:end]
+        try:
+            fields = split_template_data(t, data, self.byteorder)
+            entry = Entry(base + pos, pcr, td, t, data, fields)
+            _check_fields(entry)
+        except FormatError as exc:
+            raise _rebased(exc, base + start, f"{t.name} template data") from exc
+        if td != self.zero and self.hfn(entry.hashed_data()).digest() != td:
+            raise FormatError(
+                f"template digest of entry {self.stream.count} does not match its data", offset=base + pos + 4
+            )
+        return entry
+
+    def common_ok(self, t: Template, data: bytes) -> bool:
+        """The fast check of a ``d-ng|n-ng|…`` record: field lengths add up, d-ng has a known
+        ``algo:\\0`` prefix and its size, n-ng ends in NUL. False means: take the full path."""
+        if t.fields[:2] != ("d-ng", "n-ng") or not t.known:
+            return False
+        u32, dlen, q, k, n_end = self.u32, len(data), 0, 0, 0
+        while q < dlen:
+            if dlen - q < 4:  # a u32 length
+                return False
+            (fl,) = u32(data, q)
+            q += 4
+            if fl > dlen - q:
+                return False
+            if k == 0:
+                sep = data.find(b":\x00", 4, 4 + fl)
+                if sep < 0 or DIGEST_PREFIX_SIZES.get(data[4 : sep + 2]) != 2 + fl - sep:
+                    return False
+            elif k == 1:
+                if fl == 0:
+                    return False
+                n_end = q + fl
+            q += fl
+            k += 1
+        return k == len(t.fields) and n_end > 0 and data[n_end - 1] == 0
+
+    def scan(self, sink: RecordSink) -> _Parse:
+        """``parse`` without Entry objects, for replaying long lists: the same checks, in a fused loop
+        for templates starting ``d-ng|n-ng`` (ima-ng, ima-sig, ima-buf, …), each record handed to
+        ``sink``; other templates and anything unusual go through ``entry`` (differential-tested)."""
+        stream, hlen, zero, hfn = self.stream, self.head.size, self.zero, self.hfn
+        unpack_head, templates, common_ok = self.head.unpack_from, self.templates, self.common_ok
+
+        def parse(buf: bytes, pos: int, base: int) -> Iterator[Entry]:
+            n = len(buf)
+            while n - pos >= hlen:
+                pcr, td, nlen = unpack_head(buf, pos)
+                if pcr > MAX_PCR:
+                    raise FormatError(f"PCR index {pcr} is out of range (byte order?)", offset=base + pos)
+                if not 0 < nlen <= _MAX_NAME:
+                    raise FormatError(f"template name length {nlen} is out of range", offset=base + pos + hlen - 4)
+                p = pos + hlen + nlen
+                if p > n:
+                    return
+                raw_name = buf[pos + hlen : p]
+                t = templates.get(raw_name) or self.template(raw_name, base + pos + hlen)
+                span = self.data_span(t, buf, p, base)
+                if span is None or span[1] > n:
+                    return
+                start, end = span
+                data = buf[start:end]
+                ok = common_ok(t, data)
+                if ok:
+                    if td != zero and hfn(data).digest() != td:
+                        raise FormatError(
+                            f"template digest of entry {stream.count} does not match its data", offset=base + pos + 4
+                        )
+                else:
+                    data = self.entry(t, buf, pos, base, span=span, head=(pcr, td)).template_data
+                sink(pcr, td, t, data)
+                pos = end
+                stream.end = base + pos
+                stream.count += 1
+            return
+            yield  # a generator that yields nothing: records go to the sink
+
+        return parse
+
+
+# scan_binary hands each checked record to a sink: PCR index, template digest, template, template data.
+RecordSink = Callable[[int, bytes, Template, bytes], None]
+
+
+def scan_binary(
+    source: bytes | bytearray | memoryview | LogReader,
+    sink: RecordSink,
+    *,
+    byteorder: ByteOrder = "little",
+    bank: str = "sha1",
+    max_template_data: int = MAX_TEMPLATE_DATA,
+    chunk_size: int = _CHUNK,
+) -> LogStream:
+    """Check every record of a binary list like ``iter_binary``, handing each to ``sink`` instead of
+    yielding an Entry (the replay of long lists). Returns the exhausted LogStream (end, truncation);
+    FormatError as ``iter_binary`` raises it."""
+
+    def gen(stream: LogStream) -> Iterator[Entry]:
+        parser = _BinaryParser(stream, byteorder, bank, max_template_data)
+        pending = max_template_data + parser.head.size + _MAX_NAME + 4
+        yield from _drive(source, stream, parser.scan(sink), chunk_size, max(pending, chunk_size))
+
+    stream = LogStream(gen)
+    for _ in stream:
+        pass
+    return stream
 
 
 def iter_binary(

@@ -12,13 +12,22 @@ A ``ReplayedLog`` is only made here: it is the one log type a report may be buil
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from imaguard.errors import FormatError
-from imaguard.ima.measurements import BANK_DIGEST_SIZES, Entry, LogStream, Truncated
+from imaguard.ima.measurements import (
+    BANK_DIGEST_SIZES,
+    MAX_TEMPLATE_DATA,
+    Entry,
+    LogReader,
+    LogStream,
+    Truncated,
+    scan_binary,
+)
+from imaguard.ima.templates import ByteOrder, Template, split_template_data
 
-__all__ = ["PcrMismatch", "ReplayedLog", "compare", "replay"]
+__all__ = ["PcrMismatch", "ReplayedLog", "compare", "replay", "replay_binary"]
 
 BOOT_AGGREGATE = b"boot_aggregate"
 
@@ -65,11 +74,53 @@ class ReplayedLog:
         return self.pcrs[bank].get(index, bytes(BANK_DIGEST_SIZES[bank]))
 
 
-def _bank_fn(bank: str) -> tuple[int, object]:
+def _bank_fn(bank: str) -> tuple[int, Callable[[bytes], hashlib._Hash]]:
     size = BANK_DIGEST_SIZES.get(bank)
     if size is None or bank not in hashlib.algorithms_available:
         raise FormatError(f"cannot replay the {bank!r} bank", reason="unsupported-algo")
-    return size, getattr(hashlib, bank, None) or (lambda b: hashlib.new(bank, b))
+    fn: Callable[[bytes], hashlib._Hash] = getattr(hashlib, bank, None) or (lambda b: hashlib.new(bank, b))
+    return size, fn
+
+
+class _Replay:
+    """PCR state and counts while entries or records are fed in: the one extend rule of both paths."""
+
+    def __init__(self, banks: tuple[str, ...]) -> None:
+        if not banks:
+            raise FormatError("no PCR bank to replay")
+        self.state: dict[str, dict[int, bytes]] = {}
+        # Per bank: its PCRs, hash, all-zero start, all-ones violation value, whether it is sha1
+        # (whose logged, parser-checked template digest is used as is; other banks hash the data).
+        self.setup: list[tuple[dict[int, bytes], Callable[[bytes], hashlib._Hash], bytes, bytes, bool]] = []
+        for bank in banks:
+            size, fn = _bank_fn(bank)
+            self.state[bank] = {10: bytes(size)}
+            self.setup.append((self.state[bank], fn, bytes(size), b"\xff" * size, bank == "sha1"))
+        self.zeros = {n: bytes(n) for n in BANK_DIGEST_SIZES.values()}
+        self.templates: dict[str, int] = {}
+        self.count = self.violations = 0
+        self.boot: Entry | None = None
+
+    def extend(self, pcr: int, td: bytes, template: Template, hashed: bytes) -> None:
+        violation = td == self.zeros.get(len(td))
+        self.violations += violation
+        for pcrs, fn, zero, ff, is_sha1 in self.setup:
+            if violation:
+                x = ff
+            elif is_sha1 and len(td) == len(zero):
+                x = td
+            else:
+                x = fn(hashed).digest()
+            pcrs[pcr] = fn(pcrs.get(pcr, zero) + x).digest()
+        self.templates[template.name] = self.templates.get(template.name, 0) + 1
+        self.count += 1
+
+    def result(self, entries: tuple[Entry, ...] | None, source: LogStream | None) -> ReplayedLog:
+        end, truncated = (source.end, source.truncated) if source is not None else (0, None)
+        return ReplayedLog(
+            pcrs=self.state, count=self.count, violations=self.violations, boot_aggregate=self.boot,
+            entries=entries, end=end, truncated=truncated, templates=self.templates,
+        )
 
 
 def replay(
@@ -85,52 +136,43 @@ def replay(
     the LogStream the entries come from when they are passed through a wrapper, for its end
     offset and truncation (a LogStream passed as ``entries`` is used directly).
     """
-    if not banks:
-        raise FormatError("no PCR bank to replay")
-    state: dict[str, dict[int, bytes]] = {}
-    # Per bank: its PCRs, hash function, all-zero start value, all-ones violation value, whether
-    # the logged sha1 digest can be used as is. Locals, because this loop runs once per entry.
-    setup = []
-    for bank in banks:
-        size, fn = _bank_fn(bank)
-        state[bank] = {10: bytes(size)}
-        setup.append((state[bank], fn, bytes(size), b"\xff" * size, bank == "sha1"))
-    zeros = {n: bytes(n) for n in BANK_DIGEST_SIZES.values()}
+    r = _Replay(banks)
     kept: list[Entry] | None = [] if keep_entries else None
-    templates: dict[str, int] = {}
-    count = violations = 0
-    boot: Entry | None = None
+    extend = r.extend
     for e in entries:
-        td, pcr, t = e.template_digest, e.pcr, e.template
-        violation = td == zeros.get(len(td))
-        violations += violation
-        data = e.hashed_data() if t.is_ima else e.template_data
-        for pcrs, fn, zero, ff, is_sha1 in setup:
-            if violation:
-                x = ff
-            elif is_sha1 and len(td) == 20:
-                x = td  # checked against the data by the parser; other banks hash the data
-            else:
-                x = fn(data).digest()  # type: ignore[operator]
-            pcrs[pcr] = fn(pcrs.get(pcr, zero) + x).digest()  # type: ignore[operator]
-        if count == 0 and e.path == BOOT_AGGREGATE:
-            boot = e
-        templates[t.name] = templates.get(t.name, 0) + 1
-        count += 1
+        if r.count == 0 and e.path == BOOT_AGGREGATE:
+            r.boot = e
+        t = e.template
+        extend(e.pcr, e.template_digest, t, e.hashed_data() if t.is_ima else e.template_data)
         if kept is not None:
             kept.append(e)
     source = stream if stream is not None else entries if isinstance(entries, LogStream) else None
-    end, truncated = (source.end, source.truncated) if source is not None else (0, None)
-    return ReplayedLog(
-        pcrs=state,
-        count=count,
-        violations=violations,
-        boot_aggregate=boot,
-        entries=tuple(kept) if kept is not None else None,
-        end=end,
-        truncated=truncated,
-        templates=templates,
-    )
+    return r.result(tuple(kept) if kept is not None else None, source)
+
+
+def replay_binary(
+    source: bytes | bytearray | memoryview | LogReader,
+    *,
+    byteorder: ByteOrder = "little",
+    bank: str = "sha1",
+    banks: tuple[str, ...] = ("sha1", "sha256"),
+    max_template_data: int = MAX_TEMPLATE_DATA,
+) -> ReplayedLog:
+    """``replay(iter_binary(source, …), keep_entries=False)`` without making an Entry per record:
+    the same checks and result (``entries`` is None), for long lists (``imaguard log --summary``)."""
+    r = _Replay(banks)
+    extend = r.extend
+
+    def sink(pcr: int, td: bytes, template: Template, data: bytes) -> None:
+        if r.count == 0 or template.is_ima:
+            e = Entry(0, pcr, td, template, data, split_template_data(template, data, byteorder))
+            if r.count == 0 and e.path == BOOT_AGGREGATE:
+                r.boot = e
+            data = e.hashed_data()
+        extend(pcr, td, template, data)
+
+    stream = scan_binary(source, sink, byteorder=byteorder, bank=bank, max_template_data=max_template_data)
+    return r.result(None, stream)
 
 
 def compare(replayed: ReplayedLog, tpm: Mapping[str, Mapping[int, bytes]]) -> list[PcrMismatch]:

@@ -25,6 +25,7 @@ from imaguard.errors import FormatError
 
 __all__ = [
     "BUILTIN_TEMPLATES",
+    "DIGEST_PREFIX_SIZES",
     "IMA_NAME_LEN",
     "ByteOrder",
     "FileDigest",
@@ -137,15 +138,15 @@ _LEGACY_BY_LEN = {20: "sha1", 16: "md5"}
 _ALGO_BY_NAME = {a.kernel_name: a for a in HashAlgo}
 # b"sha256:\0" -> 32 (d-ng, d-modsig), b"ima:sha256:\0" -> 32 (d-ngv2): the well-formed prefixes of
 # known algorithms, so checking a digest field in the parser's hot loop is one dict lookup.
-_PREFIX_SIZES = {f"{a.kernel_name}:".encode() + b"\x00": a.digest_size for a in HashAlgo}
-_PREFIX_SIZES_V2 = {kind + p: n for p, n in _PREFIX_SIZES.items() for kind in (b"ima:", b"verity:")}
+DIGEST_PREFIX_SIZES = {f"{a.kernel_name}:".encode() + b"\x00": a.digest_size for a in HashAlgo}
+_PREFIX_SIZES_V2 = {kind + p: n for p, n in DIGEST_PREFIX_SIZES.items() for kind in (b"ima:", b"verity:")}
 
 
 def check_digest_field(field_id: str, data: bytes) -> None:
     """FormatError unless ``data`` is a well-formed digest field (fast path for known algorithms)."""
     sep = data.find(b":\x00")
     if sep > 0:
-        size = (_PREFIX_SIZES_V2 if field_id == "d-ngv2" else _PREFIX_SIZES).get(data[: sep + 2])
+        size = (_PREFIX_SIZES_V2 if field_id == "d-ngv2" else DIGEST_PREFIX_SIZES).get(data[: sep + 2])
         if size is not None and len(data) == sep + 2 + size:
             return
     parse_digest_field(field_id, data)
