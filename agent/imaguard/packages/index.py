@@ -182,6 +182,17 @@ class DigestIndex:
         for r in self._db.execute(_ENTRY_SQL + "ORDER BY f.path"):
             yield _entry(r)
 
+    def iter_digests(self, algo: HashAlgo) -> Iterator[tuple[bytes, bytes]]:
+        """(path, digest) of every file indexed with ``algo``; plain tuples, for exports of 100,000 rows."""
+        yield from self._db.execute("SELECT path, digest FROM files WHERE algo = ?", (int(algo),))
+
+    def has_files_under(self, directory: bytes) -> bool:
+        """Whether any indexed path lies under ``directory`` (a range scan of the path index)."""
+        lo = directory.rstrip(b"/") + b"/"
+        hi = lo[:-1] + b"0"  # the byte after "/": every path with the prefix sorts in [lo, hi)
+        row = self._db.execute("SELECT 1 FROM files WHERE path >= ? AND path < ? LIMIT 1", (lo, hi)).fetchone()
+        return row is not None
+
     def counts(self) -> tuple[int, int]:
         packages = self._db.execute("SELECT count(*) FROM packages").fetchone()[0]
         files = self._db.execute("SELECT count(*) FROM files").fetchone()[0]
