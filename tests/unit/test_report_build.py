@@ -17,10 +17,11 @@ from imaguard.ima.replay import replay
 from imaguard.keys.material import load_certificate, load_private_key
 from imaguard.packages.index import DigestIndex
 from imaguard.packages.model import Evidence, FileKind, InstalledPackage, PackageFile
-from imaguard.report.build import build_report, usr_aliases
+from imaguard.report.build import build_report
 from imaguard.report.envelope import sign_report
 from imaguard.report.facts import Mapping, ProcessInfo
 from imaguard.report.model import HostFacts, read_report
+from imaguard.report.paths import usr_aliases
 from imaguard.report.verify import verify_report
 
 ROOT = Path(__file__).resolve().parents[2]

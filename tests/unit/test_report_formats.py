@@ -10,35 +10,29 @@ from pathlib import Path
 from imaguard.digests import HashAlgo
 from imaguard.ima.measurements import iter_binary
 from imaguard.keys.material import load_certificate
-from imaguard.packages.index import IndexEntry
-from imaguard.packages.model import Evidence
+from imaguard.packages.index import DigestIndex
+from imaguard.packages.model import Evidence, FileKind, InstalledPackage, PackageFile
 from imaguard.report.formats.cel import CelRecord, cel_document, extended_digests
-from imaguard.report.formats.keylime_policy import keylime_policy, unowned_dirs
+from imaguard.report.formats.keylime_policy import keylime_policy
 from imaguard.report.model import EntryClass, EntryReport
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "tests" / "data" / "lab"
 
 
-def _entry(path: bytes, content: bytes, algo: HashAlgo = HashAlgo.SHA256) -> IndexEntry:
-    digest = hashlib.new(algo.kernel_name, content).digest()
-    return IndexEntry("p", "1", "amd64", path, algo, Evidence.REPO_VERIFIED, "p", "1", digest)
-
-
-def test_policy_lists_both_usr_names_and_leaves_weak_digests_out():
+def test_policy_lists_both_usr_names_and_marks_excludes():
     cert = load_certificate(LAB / "ima-rsa.cert.der")
-    files = [_entry(b"/bin/ls", b"ls"), _entry(b"/usr/bin/ls", b"ls2"), _entry(b"/usr/share/a b", b"ab"),
-             _entry(b"/etc/x", b"x", HashAlgo.MD5)]  # fmt: skip
-    policy, stats = keylime_policy(files, certificates=[cert], exclude_candidates=["/opt", "/etc", "/usr/local"],
+    sha = lambda b: hashlib.sha256(b).digest()  # noqa: E731
+    rows = [(b"/bin/ls", sha(b"ls")), (b"/usr/bin/ls", sha(b"ls2")), (b"/usr/share/a b", sha(b"ab"))]
+    policy, stats = keylime_policy(rows, skipped_weak=7, certificates=[cert], exclude_dirs=["/usr/local", "/opt/"],
                                    boot_aggregate="ab" * 32, timestamp="t")  # fmt: skip
-    sha = lambda b: hashlib.sha256(b).hexdigest()  # noqa: E731
+    hx = lambda b: sha(b).hex()  # noqa: E731
     assert policy["digests"] == {
-        "/bin/ls": sorted([sha(b"ls"), sha(b"ls2")]), "/usr/bin/ls": sorted([sha(b"ls"), sha(b"ls2")]),
-        "/usr/share/a_b": [sha(b"ab")], "boot_aggregate": ["ab" * 32],
+        "/bin/ls": sorted([hx(b"ls"), hx(b"ls2")]), "/usr/bin/ls": sorted([hx(b"ls"), hx(b"ls2")]),
+        "/usr/share/a_b": [hx(b"ab")], "boot_aggregate": ["ab" * 32],
     }  # fmt: skip
-    # /etc holds a package file (even with only an MD5): not excluded.
     assert policy["excludes"] == ["^/opt/", "^/usr/local/"]
-    assert (stats.files, stats.paths, stats.skipped_weak) == (4, 4, 1)
+    assert (stats.files, stats.paths, stats.skipped_weak) == (3, 4, 7)
     assert policy["keyrings"] == {"_ima": [hashlib.sha256(cert.der).hexdigest()]}
     keys = json.loads(policy["verification-keys"])
     assert keys["keyids"] == [int.from_bytes(cert.key_id, "big")]
@@ -48,8 +42,15 @@ def test_policy_lists_both_usr_names_and_leaves_weak_digests_out():
     assert policy["ima"] == {"ignored_keyrings": [], "log_hash_alg": "sha1", "dm_policy": None}
 
 
-def test_unowned_dirs_look_two_levels_deep():
-    assert unowned_dirs(["/usr/local", "/usr", "/opt/"], {b"/usr", b"/usr/bin", b"/opt"}) == ["/usr/local"]
+def test_index_range_query_finds_files_under_a_directory(tmp_path):
+    with DigestIndex.open(tmp_path) as idx:
+        idx.replace_package(InstalledPackage("p", "1", "all"), [
+            PackageFile(b"/usr/local0", FileKind.REGULAR, Evidence.REPO_VERIFIED, b"\1" * 32, HashAlgo.SHA256),
+            PackageFile(b"/etc/x", FileKind.REGULAR, Evidence.LOCAL_DB, b"\1" * 16, HashAlgo.MD5)])  # fmt: skip
+        assert idx.has_files_under(b"/etc")
+        assert not idx.has_files_under(b"/usr/local")  # "/usr/local0" is not under it
+        assert not idx.has_files_under(b"/opt/")
+        assert list(idx.iter_digests(HashAlgo.SHA256)) == [(b"/usr/local0", b"\1" * 32)]
 
 
 def test_cel_records_carry_extended_digests_and_provenance():

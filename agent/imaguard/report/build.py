@@ -38,6 +38,7 @@ from imaguard.report.model import (
     Report,
     SignatureStatus,
 )
+from imaguard.report.paths import usr_aliases
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -47,23 +48,10 @@ if TYPE_CHECKING:
 
 __all__ = ["LogItem", "PackageLookup", "build_report", "log_items", "summarize", "usr_aliases"]
 
-_MERGED = (b"bin", b"sbin", b"lib", b"lib32", b"lib64", b"libx32")
-
-
 class PackageLookup(Protocol):
     def lookup_full(self, digest: bytes) -> list[IndexEntry]: ...
 
     def lookup_path(self, path: bytes) -> list[IndexEntry]: ...
-
-
-def usr_aliases(path: bytes) -> tuple[bytes, ...]:
-    """``path`` and its other name on a merged-/usr system (dpkg lists /bin/ls, the kernel sees /usr/bin/ls)."""
-    parts = path.split(b"/", 3)
-    if len(parts) >= 3 and parts[1] == b"usr" and parts[2] in _MERGED:
-        return (path, path[4:])
-    if len(parts) >= 3 and parts[1] in _MERGED:
-        return (path, b"/usr" + path)
-    return (path,)
 
 
 @dataclass(frozen=True, slots=True)

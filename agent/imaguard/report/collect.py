@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imaguard import __version__
-from imaguard.errors import HostStateError, TrustError, UnsupportedError, UsageError
+from imaguard.errors import HostStateError, TrustError, UsageError
 from imaguard.host.identity import read_identity
 from imaguard.host.processes import list_processes
 from imaguard.ima.logsource import locate
@@ -22,7 +22,6 @@ from imaguard.ima.replay import ReplayedLog, replay
 from imaguard.packages.index import DigestIndex
 from imaguard.report.build import build_report
 from imaguard.report.formats.cel import CelRecord, cel_document, extended_digests
-from imaguard.report.formats.keylime_policy import PolicyStats, keylime_policy
 from imaguard.report.model import HostFacts, QuoteReport, Report
 
 if TYPE_CHECKING:
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
 
     from imaguard.keys.material import Certificate
 
-__all__ = ["Collected", "cel_of", "collect", "keylime_policy_here", "read_log"]
+__all__ = ["Collected", "cel_of", "collect", "read_log", "replay_bytes"]
 
 _QUOTE_ATTEMPTS = 4
 _LOG_LIMIT = 256 << 20  # config Limits has no log size yet; a list this large is not a real host's
@@ -70,7 +69,7 @@ def read_log(log_file: Path | None) -> tuple[bytes, str]:
     return _read_bytes(path), path
 
 
-def _replay(data: bytes) -> ReplayedLog:
+def replay_bytes(data: bytes) -> ReplayedLog:
     return replay(iter_binary(data, byteorder=detect_byteorder(data)))
 
 
@@ -114,7 +113,7 @@ def collect(
         source = _log_path(log_file)
     else:
         data, source = read_log(log_file)
-    replayed = _replay(data)
+    replayed = replay_bytes(data)
     with DigestIndex.open(state_dir) as index:
         report = build_report(
             replayed, source=source, lookup=index, processes=procs, host=_host(),
@@ -137,24 +136,3 @@ def cel_of(collected: Collected) -> list[dict[str, Any]]:
         sha1, sha256 = extended_digests(e.template_digest, e.hashed_data(), e.is_violation)
         records.append(CelRecord(e.pcr, e.template_name, e.template_data, sha1, sha256))
     return cel_document(records, collected.report.entries)
-
-
-def keylime_policy_here(
-    state_dir: Path, certificates: Sequence[Certificate], log_file: Path | None, candidates: Sequence[str]
-) -> tuple[dict[str, Any], PolicyStats]:
-    """The Keylime runtime policy of the installed packages; ``boot_aggregate`` from the log when one is readable."""
-    boot: str | None = None
-    try:
-        data, _ = read_log(log_file)
-    except UnsupportedError:
-        data = b""  # no IMA here (a build host): a policy without boot_aggregate
-    if data:
-        entry = _replay(data).boot_aggregate
-        if entry is not None and entry.digest is not None:
-            boot = entry.digest.digest.hex()
-    present = [c for c in candidates if Path(c).is_dir()]
-    with DigestIndex.open(state_dir) as index:
-        return keylime_policy(
-            index.iter_files(), certificates=certificates, exclude_candidates=present, boot_aggregate=boot,
-            timestamp=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        )  # fmt: skip

@@ -10,8 +10,8 @@ Schema as Keylime 7.14 reads it (``keylime/ima/ima.py`` ``RUNTIME_POLICY_SCHEMA`
   entries. Every trusted SHA-256 digest of a package file, under both merged-/usr names (dpkg says
   ``/bin/ls``, the kernel logs ``/usr/bin/ls``); spaces become ``_`` as Keylime's own generator does;
   ``boot_aggregate`` when the report's log gives one;
-- ``excludes``: regular expressions (``re.match`` at the start of the path): the given directories
-  that hold no package file, so what no package owns is neither trusted nor failed;
+- ``excludes``: regular expressions (``re.match`` at the start of the path): the directories the
+  caller found to hold no package file, so what no package owns is neither trusted nor failed;
 - ``keyrings``: keyring -> digests of the certificates the kernel may measure into it (KEY_CHECK);
 - ``ima``: ``ignored_keyrings``, ``log_hash_alg`` (the template-hash algorithm of the ASCII log: sha1),
   ``dm_policy`` null;
@@ -31,48 +31,37 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import serialization
-
-from imaguard.digests import HashAlgo
-from imaguard.report.build import usr_aliases
+from imaguard.report.paths import usr_aliases
 
 if TYPE_CHECKING:
     from imaguard.keys.material import Certificate
-    from imaguard.packages.index import IndexEntry
 
-__all__ = ["POLICY_VERSION", "PolicyStats", "keylime_policy", "unowned_dirs"]
+__all__ = ["POLICY_VERSION", "PolicyStats", "excludes", "keylime_policy"]
 
 POLICY_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyStats:
-    files: int  # index rows read
-    paths: int  # distinct paths in ``digests`` (aliases counted)
-    skipped_weak: int  # rows whose digest is not SHA-256 (dpkg md5sums): never put into a policy
+    files: int  # package files with a SHA-256 digest read from the index
+    paths: int  # distinct paths in ``digests`` (both merged-/usr names counted)
+    skipped_weak: int  # package files whose only digest is not SHA-256 (dpkg md5sums): never put into a policy
 
 
 def _key(path: bytes) -> str:
     return path.decode("utf-8", "surrogateescape").replace(" ", "_")
 
 
-def _prefixes(path: bytes, into: set[bytes]) -> None:
-    """Add the first two directory levels of ``path`` ("/usr", "/usr/local") to ``into``."""
-    parts = path.split(b"/", 3)
-    if len(parts) >= 3:
-        into.add(b"/" + parts[1])
-        if len(parts) == 4:
-            into.add(b"/" + parts[1] + b"/" + parts[2])
-
-
-def unowned_dirs(candidates: Iterable[str], prefixes: set[bytes]) -> list[str]:
-    """The candidate directories (one or two levels deep) under which no package file lies."""
-    return sorted(c.rstrip("/") for c in candidates if c.rstrip("/").encode() not in prefixes)
+def excludes(dirs: Iterable[str]) -> list[str]:
+    """Keylime exclude expressions (``re.match``: anchored at the start) for whole directories."""
+    return [f"^{re.escape(d.rstrip('/'))}/" for d in sorted(dirs)]
 
 
 def _keyring_json(certs: Sequence[Certificate]) -> str:
     if not certs:
         return ""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - only with certificates
+
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     doc = {
         "keyids": [int.from_bytes(c.key_id, "big") for c in certs],
@@ -83,36 +72,40 @@ def _keyring_json(certs: Sequence[Certificate]) -> str:
 
 
 def keylime_policy(
-    files: Iterable[IndexEntry],
+    rows: Iterable[tuple[bytes, bytes]],
     *,
+    skipped_weak: int = 0,
     certificates: Sequence[Certificate] = (),
-    exclude_candidates: Sequence[str] = (),
+    exclude_dirs: Iterable[str] = (),
     boot_aggregate: str | None = None,
     timestamp: str = "",
 ) -> tuple[dict[str, Any], PolicyStats]:
-    """The policy and what went into it; ``exclude_candidates`` holding no package file become excludes."""
-    digests: dict[str, set[str]] = {}
-    prefixes: set[bytes] = set()
-    rows = weak = 0
-    for f in files:
-        rows += 1
-        for alias in usr_aliases(f.path):
-            _prefixes(alias, prefixes)
-            if f.algo is not HashAlgo.SHA256:
-                continue
-            digests.setdefault(_key(alias), set()).add(f.digest.hex())
-        weak += f.algo is not HashAlgo.SHA256
+    """The policy from (path, SHA-256 digest) rows of the digest index, and what went into it."""
+    digests: dict[str, list[str]] = {}
+    n = 0
+    for path, digest in rows:
+        n += 1
+        hexd = digest.hex()
+        for alias in usr_aliases(path):
+            key = _key(alias)
+            have = digests.get(key)
+            if have is None:
+                digests[key] = [hexd]
+            elif hexd not in have:
+                have.append(hexd)
     if boot_aggregate:
-        digests.setdefault("boot_aggregate", set()).add(boot_aggregate)
+        digests.setdefault("boot_aggregate", []).append(boot_aggregate)
+    for values in digests.values():
+        values.sort()
     keyrings = {"_ima": sorted({hashlib.sha256(c.der).hexdigest() for c in certificates})} if certificates else {}
     policy: dict[str, Any] = {
         "meta": {"version": POLICY_VERSION, "generator": 0, **({"timestamp": timestamp} if timestamp else {})},
         "release": 0,
-        "digests": {path: sorted(v) for path, v in sorted(digests.items())},
-        "excludes": [f"^{re.escape(d)}/" for d in unowned_dirs(exclude_candidates, prefixes)],
+        "digests": dict(sorted(digests.items())),
+        "excludes": excludes(exclude_dirs),
         "keyrings": keyrings,
         "ima": {"ignored_keyrings": [], "log_hash_alg": "sha1", "dm_policy": None},
         "ima-buf": {},
         "verification-keys": _keyring_json(certificates),
     }
-    return policy, PolicyStats(rows, len(digests), weak)
+    return policy, PolicyStats(n, len(digests), skipped_weak)
