@@ -1,7 +1,9 @@
 """Who this host is, for the report: machine id, boot id, kernel, IMA policy and IMA keys.
 
-The IMA keys and the readable policy come from :func:`imaguard.ima.probe.read_kernel_facts` (the
-same facts ``imaguard doctor`` shows); this module only adds the identifiers and hashes the policy.
+Keys are read like ``imaguard doctor`` reads them (``ima/keyring.py``: ``/proc/keys`` and the
+keyring's links; ``ima/hostfacts.py`` ``KeyEntry`` for the key id in a description), without the
+rest of the kernel probe (config, crypto, xattrs), which a report does not need and would pay for
+in start-up time.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from imaguard.ima.hostfacts import IMA_KEYRING, TRUSTED_IMA_KEYRING
-from imaguard.ima.probe import read_kernel_facts
+from imaguard.errors import FormatError, HostStateError
+from imaguard.ima import keyring
+from imaguard.ima.hostfacts import IMA_KEYRING, TRUSTED_IMA_KEYRING, KeyEntry, PolicyFile
+from imaguard.ima.securityfs import IMA_DIR
 
 __all__ = ["HostIdentity", "ImaKey", "read_identity"]
 
@@ -47,22 +51,60 @@ def _read(path: str) -> str | None:
     return value or None
 
 
+def _ima_keys() -> tuple[ImaKey, ...]:
+    try:
+        keys = keyring.read_proc_keys()
+    except (HostStateError, FormatError):
+        return ()
+    by_serial = {k.serial: k for k in keys}
+    found: list[ImaKey] = []
+    for ring in keys:
+        if ring.type != "keyring" or ring.description not in (IMA_KEYRING, TRUSTED_IMA_KEYRING):
+            continue
+        try:
+            members = keyring.keyring_links(ring.serial)
+        except HostStateError:
+            continue  # not readable by us
+        for serial in members:
+            key = by_serial.get(serial)
+            if key is None:
+                continue
+            entry = KeyEntry(ring.description, key.description, serial)
+            found.append(ImaKey(ring.description, key.description,
+                                entry.key_id.hex() if entry.key_id is not None else None))  # fmt: skip
+    return tuple(found)
+
+
+def _policy() -> tuple[str, str | None]:
+    """The policy file's state and, where the kernel lets root read it back, the SHA-256 of the policy."""
+    path = Path(IMA_DIR) / "policy"
+    if not Path(IMA_DIR).is_dir():
+        return PolicyFile.UNKNOWN.value, None
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return PolicyFile.GONE.value, None
+    except OSError:
+        return PolicyFile.UNKNOWN.value, None
+    if st.st_mode & 0o200:
+        return PolicyFile.WRITABLE.value, None
+    try:
+        text = path.read_bytes()  # CONFIG_IMA_READ_POLICY: the loaded rules
+    except OSError:
+        return PolicyFile.GONE.value, None
+    return PolicyFile.GONE.value, hashlib.sha256(text).hexdigest()
+
+
 def read_identity() -> HostIdentity:
-    facts = read_kernel_facts(with_xattrs=False)
     uname = os.uname()
-    policy = facts.policy_text
-    keys = tuple(
-        ImaKey(k.keyring, k.description, k.key_id.hex() if k.key_id is not None else None)
-        for k in facts.keyring_keys
-        if k.keyring in (IMA_KEYRING, TRUSTED_IMA_KEYRING)
-    )
+    state, digest = _policy()
     return HostIdentity(
         machine_id=_read("/etc/machine-id"),
         boot_id=_read("/proc/sys/kernel/random/boot_id"),
         hostname=uname.nodename,
         kernel_release=uname.release,
         kernel_version=uname.version,
-        ima_policy_sha256=hashlib.sha256(policy.encode()).hexdigest() if policy is not None else None,
-        ima_policy_state=facts.policy_file.value,
-        ima_keys=keys,
+        ima_policy_sha256=digest,
+        ima_policy_state=state,
+        ima_keys=_ima_keys(),
     )
