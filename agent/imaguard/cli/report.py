@@ -30,7 +30,11 @@ from the digest index: every trusted SHA-256 digest by path, --cert/--ima-cert a
 keys, excludes for directories no package owns), cel (the log as TCG Canonical Event Log JSON,
 each record with its package provenance).
 
-The digest index is built by `imaguard packages index`. The document goes to stdout or --output.
+The digest index is built by `imaguard packages index`. The document goes to stdout or --output;
+a one-line summary to stderr (not with --json). Schema: docs/report.md.
+
+Exit status: 0 written, 1 failure, 2 usage error, 3 the TPM's PCR 10 does not match the log,
+77 no IMA or no TPM (with --nonce) here.
 """
 
 _VERIFY_HELP = """\
@@ -56,7 +60,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="json (default), keylime-policy or cel")  # fmt: skip
     p.add_argument("--nonce", metavar="N", help="attach a TPM quote over PCR 10 made for this nonce")
     p.add_argument("--sign", type=Path, metavar="KEY", help="sign the report (DSSE) with this private key")
-    p.add_argument("--cert", type=Path, metavar="CERT", help="certificate of --sign's key (required with --sign)")
+    p.add_argument("--cert", type=Path, metavar="CERT",
+                   help="certificate of --sign's key (required with --sign); also checks ima-sig signatures, "
+                        "and is a verification key of --format keylime-policy")  # fmt: skip
     p.add_argument("--password-file", type=Path, metavar="FILE", help="file holding --sign's key password")
     p.add_argument("--ima-cert", type=Path, action="append", default=[], metavar="CERT",
                    help="IMA certificate to check ima-sig signatures with (repeatable)")  # fmt: skip
