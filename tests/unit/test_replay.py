@@ -112,3 +112,11 @@ def test_compare_names_each_differing_bank():
 def test_a_bank_hashlib_cannot_compute_is_refused():
     with pytest.raises(FormatError, match="cannot replay the 'md4' bank"):
         replay([], banks=("md4",))
+
+
+@pytest.mark.parametrize("capture", CAPTURES, ids=lambda p: p.name)
+def test_the_unrolled_default_banks_equal_the_general_rule(capture):
+    log = (capture / "binary_runtime_measurements").read_bytes()
+    default = replay(iter_binary(log))  # ("sha1", "sha256"): the unrolled path
+    general = replay(iter_binary(log), banks=("sha256", "sha1"))
+    assert (general.pcrs, general.violations, general.count) == (default.pcrs, default.violations, default.count)

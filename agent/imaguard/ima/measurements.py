@@ -392,25 +392,28 @@ class _BinaryParser:
         ``algo:\\0`` prefix and its size, n-ng ends in NUL. False means: take the full path."""
         if t.fields[:2] != ("d-ng", "n-ng") or not t.known:
             return False
-        u32, dlen, q, k, n_end = self.u32, len(data), 0, 0, 0
+        u32, dlen = self.u32, len(data)
+        if dlen < 8:  # two u32 lengths
+            return False
+        (fl,) = u32(data, 0)
+        q = 4 + fl  # end of d-ng
+        if q + 4 > dlen:
+            return False
+        sep = data.find(b":\x00", 4, q)
+        if sep < 0 or DIGEST_PREFIX_SIZES.get(data[4 : sep + 2]) != q - sep - 2:
+            return False
+        (fl,) = u32(data, q)
+        q += 4 + fl  # end of n-ng
+        if fl == 0 or q > dlen or data[q - 1] != 0:
+            return False
+        k = 2
         while q < dlen:
             if dlen - q < 4:  # a u32 length
                 return False
             (fl,) = u32(data, q)
-            q += 4
-            if fl > dlen - q:
-                return False
-            if k == 0:
-                sep = data.find(b":\x00", 4, 4 + fl)
-                if sep < 0 or DIGEST_PREFIX_SIZES.get(data[4 : sep + 2]) != 2 + fl - sep:
-                    return False
-            elif k == 1:
-                if fl == 0:
-                    return False
-                n_end = q + fl
-            q += fl
+            q += 4 + fl
             k += 1
-        return k == len(t.fields) and n_end > 0 and data[n_end - 1] == 0
+        return q == dlen and k == len(t.fields)
 
     def scan(self, sink: RecordSink) -> _Parse:
         """``parse`` without Entry objects, for replaying long lists: the same checks, in a fused loop
