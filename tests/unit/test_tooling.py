@@ -34,6 +34,8 @@ PURE_MODULES = [
     "ima/doctor.py",
     "ima/keyload.py",
     "ima/bootfiles.py",
+    "ima/logstream.py",
+    "ima/asciilog.py",
     "report/model.py",
     "report/facts.py",
     "report/build.py",
