@@ -192,6 +192,17 @@ def _install_guest_files(rootfs: Path) -> None:
     pth.parent.mkdir(parents=True, exist_ok=True)
     pth.write_text("/lab/src/agent\n")
     (rootfs / "etc/hostname").write_text("imaguard-lab\n")
+    # debootstrap leaves these two 0755 (seen in the issue-6 stage run: the enforce gate rightly
+    # counted them as unsigned programs); nothing executes them
+    for rel in ("etc/hostname", "etc/resolv.conf"):
+        if (rootfs / rel).is_file() and not (rootfs / rel).is_symlink():
+            (rootfs / rel).chmod(0o644)
+    # update-initramfs in the guest (`imaguard keys install`, then a reboot with the guest's own
+    # initrd): MODULES=most took more than 5 minutes under TCG; dep (the modules this guest's root
+    # device needs) keeps it short. The image's own initrd, built by debootstrap, stays "most".
+    conf = rootfs / "etc/initramfs-tools/conf.d/imaguard-lab"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text("# imaguard lab: see vagrant/lab/README.md (update-initramfs under TCG)\nMODULES=dep\n")
 
 
 def make_ext4(tree: Path, image: Path, size_mib: int, log: Path) -> float:

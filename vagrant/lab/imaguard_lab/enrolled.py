@@ -39,6 +39,7 @@ __all__ = ["Enrolled", "build_enrolled", "enrolled_key", "merged_usr", "pruned",
 
 REPO = Path(__file__).resolve().parents[3]
 AGENT = REPO / "agent"
+_KEEP_RECENT_S = 3 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,9 +215,11 @@ def build_enrolled(recipe: Recipe | None = None, *, force: bool = False) -> Enro
     (tmp / "build.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    # One enrolled image is kept (~500 MiB each): any change to agent/imaguard makes a new one.
+    # Old enrolled images go (~500 MiB each; any change to agent/imaguard makes a new one), but not
+    # one made in the last hours: a multi-boot run of another test session may still be booting from
+    # it (each boot reopens the overlay's backing file).
     for old in cache_root().glob("enrolled-*"):
-        if old != final and not old.name.endswith(".tmp"):
+        if old != final and not old.name.endswith(".tmp") and time.time() - old.stat().st_mtime > _KEEP_RECENT_S:
             shutil.rmtree(old, ignore_errors=True)
     print(f"lab: enrolled image {key} ready: {json.dumps(info['enroll'])}", file=sys.stderr, flush=True)
     return Enrolled(Image(final, key))

@@ -334,7 +334,6 @@ def _guest_initrd(image: Image, run_dir: Path, number: int) -> Path:
     No qemu-nbd here: the overlay is flattened to a sparse raw file (~1 s) and debugfs reads the
     file from it, never mounting a guest-written filesystem.
     """
-    kernel = str(image.info().get("kernel") or "")
     raw = run_dir / "overlay.raw"
     dest = run_dir / f"initrd-{number}.img"
     try:
@@ -342,14 +341,19 @@ def _guest_initrd(image: Image, run_dir: Path, number: int) -> Path:
             ["qemu-img", "convert", "-O", "raw", str(run_dir / "overlay.qcow2"), str(raw)], check=True,
             capture_output=True,
         )  # fmt: skip
-        proc = subprocess.run(
-            ["debugfs", "-R", f"dump /boot/initrd.img-{kernel} {dest}", str(raw)], capture_output=True, text=True,
-            check=False,
-        )  # fmt: skip
+        listing = subprocess.run(["debugfs", "-R", "ls -p /boot", str(raw)], capture_output=True, text=True,
+                                 check=False)  # fmt: skip
+        # ls -p: /inode/mode/uid/gid/name/size/
+        names = sorted(f[5] for f in (ln.split("/") for ln in listing.stdout.splitlines()) if len(f) > 6
+                       and f[5].startswith("initrd.img-"))  # fmt: skip
+        if len(names) != 1:
+            raise RuntimeError(f"expected one /boot/initrd.img-* on the guest disk, found {names}: {listing.stderr}")
+        proc = subprocess.run(["debugfs", "-R", f"dump /boot/{names[0]} {dest}", str(raw)], capture_output=True,
+                              text=True, check=False)  # fmt: skip
     finally:
         raw.unlink(missing_ok=True)
     if proc.returncode != 0 or not dest.is_file() or dest.stat().st_size == 0:
-        raise RuntimeError(f"cannot read /boot/initrd.img-{kernel} from the guest disk: {proc.stderr.strip()}")
+        raise RuntimeError(f"cannot read /boot/{names[0]} from the guest disk: {proc.stderr.strip()}")
     return dest
 
 

@@ -1,6 +1,7 @@
 """The work disk: a small ext4 image (guest ``/dev/vdb`` at ``/lab``) carrying the run in and out.
 
-In: the project tree (``/lab/src/agent``, importable through the image's ``.pth``), the guest-side
+In: the project tree (``/lab/src/agent``, importable through the image's ``.pth``, and the policy
+templates ``/lab/src/policies``), the guest-side
 scenario scripts (``/lab/src/tests/vm/guest``), the run's keys (``/lab/keys``), its parameters
 (``/lab/params.json``) and the entry point ``/lab/run``. Out: everything the guest writes under
 ``/lab/out`` (results.jsonl, exit-status, dmesg, measurement lists), read back on the host with
@@ -33,6 +34,8 @@ def make_work_disk(
     shutil.rmtree(stage, ignore_errors=True)
     (stage / "src" / "tests" / "vm").mkdir(parents=True)
     shutil.copytree(repo / "agent", stage / "src" / "agent", ignore=_IGNORE)
+    # the policy templates, where imaguard looks for them in a source tree (agent/../policies)
+    shutil.copytree(repo / "policies", stage / "src" / "policies", ignore=_IGNORE)
     shutil.copytree(repo / "tests" / "vm" / "guest", stage / "src" / "tests" / "vm" / "guest", ignore=_IGNORE)
     shutil.copytree(keys_dir, stage / "keys")
     (stage / "out").mkdir()
