@@ -22,11 +22,12 @@ functions; the I/O is in the functions that say so.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno as errno_mod
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,7 @@ __all__ = [
     "keyring_links",
     "parse_key_description",
     "parse_proc_keys",
+    "possess_user_keyring",
     "read_proc_keys",
     "request_keyring",
     "search_keyring",
@@ -65,6 +67,9 @@ TRUSTED_IMA_KEYRING = ".ima"  # restricted keyring made at boot with CONFIG_INTE
 
 # include/uapi/linux/keyctl.h
 KEY_SPEC_USER_KEYRING = -4
+_KEY_SPEC_THREAD_KEYRING = -1
+_KEYCTL_GET_KEYRING_ID = 0
+_KEYCTL_LINK = 8
 _KEYCTL_DESCRIBE = 6
 _KEYCTL_READ = 11
 _KEYCTL_SEARCH = 10
@@ -291,6 +296,32 @@ def _keyctl(cmd: int, *args: int | bytes | ctypes.Array[ctypes.c_char] | None) -
     return int(res)
 
 
+def possess_user_keyring() -> None:
+    """Link root's user keyring ``@u`` into this thread's keyring, so that ``_ima`` (linked in ``@u``) is
+    *possessed*: its possessor permissions (read, write) then apply to this process.
+
+    Needed where the session keyring does not link ``@u``: a systemd service has its own session
+    keyring by default (``KeyringMode=private``), and there ``_ima`` grants only "view" (the user
+    permissions of a keyring made by ``keyctl newring``): reading it fails with EACCES, and so does
+    adding a key (seen in the lab, issue 6). The thread keyring dies with the thread and is not
+    inherited by children; nothing else changes.
+    """
+    _keyctl(_KEYCTL_GET_KEYRING_ID, _KEY_SPEC_THREAD_KEYRING, 1)
+    _keyctl(_KEYCTL_LINK, KEY_SPEC_USER_KEYRING, _KEY_SPEC_THREAD_KEYRING)
+
+
+def _possessing(call: Callable[[], int]) -> int:
+    """``call()``; on EACCES once more after :func:`possess_user_keyring`."""
+    try:
+        return call()
+    except OSError as exc:
+        if exc.errno != errno_mod.EACCES:
+            raise
+    with contextlib.suppress(OSError):  # the retry reports the original refusal
+        possess_user_keyring()
+    return call()
+
+
 def read_proc_keys(path: str = "/proc/keys") -> tuple[ProcKey, ...]:
     """Read and parse ``/proc/keys`` (only the keys this process may view are listed)."""
     try:
@@ -334,7 +365,7 @@ def keyring_links(keyring: int) -> tuple[int, ...]:
     """Serials of the keys linked into ``keyring`` (``KEYCTL_READ``)."""
     buf = ctypes.create_string_buffer(4 * _MAX_KEYRING_LINKS)
     try:
-        n = _keyctl(_KEYCTL_READ, keyring, buf, len(buf))
+        n = _possessing(lambda: _keyctl(_KEYCTL_READ, keyring, buf, len(buf)))
     except OSError as exc:
         raise HostStateError(
             f"keyctl read {keyring:08x}: {exc.strerror}", reason="keyctl-failed", errno=exc.errno
@@ -405,7 +436,7 @@ def find_or_create_ima_keyring(*, parent: int = KEY_SPEC_USER_KEYRING) -> int:
 def unlink_key(serial: int, keyring: int) -> None:
     """Unlink a key from a keyring (``KEYCTL_UNLINK``): undo an ``add_certificate`` of this run."""
     try:
-        _keyctl(_KEYCTL_UNLINK, serial, keyring)
+        _possessing(lambda: _keyctl(_KEYCTL_UNLINK, serial, keyring))
     except OSError as exc:
         raise HostStateError(
             f"keyctl unlink {serial:08x} from {keyring:08x}: {exc.strerror}", reason="keyctl-failed", errno=exc.errno
@@ -430,6 +461,6 @@ def add_certificate(
     # No description: the kernel names the key from the certificate ("CN: SKID").
     desc = description.encode() if description is not None else None
     try:
-        return _add_key(b"asymmetric", desc, der, keyring)
+        return _possessing(lambda: _add_key(b"asymmetric", desc, der, keyring))
     except OSError as exc:
         raise add_key_error(exc.errno or 0, is_ec=is_ec, keyring=keyring) from exc
