@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from imaguard.cli.main import main
+from imaguard.ima.measurements import iter_binary
+from imaguard.ima.replay import replay
 
 LAB = Path(__file__).resolve().parents[1] / "data" / "lab"
 BINARY = LAB / "binary_runtime_measurements"
@@ -84,3 +86,17 @@ def test_usage_errors(tmp_path, capsys):
     assert capsys.readouterr().err == f"imaguard: error: {tmp_path / 'missing'}: cannot read: No such file or directory\n"
     assert main(["log", "--file", str(BINARY), "--pcr", "sha256:abcd"]) == 2
     assert capsys.readouterr().err == "imaguard: error: --pcr 'sha256:abcd': expected BANK:HEX with a sha256 digest\n"
+
+
+def test_a_list_that_grew_after_the_pcr_read_is_vouched_for_up_to_the_pcr(capsys):
+    first5 = replay(iter_binary(BINARY.read_bytes()[:1704]))
+    pcrs = [f"--pcr={bank}:{first5.pcr(10, bank).hex()}" for bank in ("sha1", "sha256")]
+    assert main(["log", "--file", str(BINARY), "--summary", *pcrs]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "the TPM vouches for the first 5 entries; 1 more were added after PCR 10 was read (the list grew)"
+    )
+    assert main(["log", "--file", str(BINARY), "--json", *pcrs]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["matches_tpm"], doc["vouched_entries"], doc["grew_after_pcr_read"]) == (False, 5, True)
+    # Only one bank reached: not a grown list but a mismatch.
+    assert main(["log", "--file", str(BINARY), "--summary", pcrs[0], f"--pcr=sha256:{'00' * 32}"]) == 3

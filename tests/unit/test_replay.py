@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imaguard.errors import FormatError
 from imaguard.ima.measurements import iter_ascii, iter_binary
-from imaguard.ima.replay import PcrMismatch, compare, replay
+from imaguard.ima.replay import PcrMismatch, compare, replay, replay_binary
 from logbuilder import LogBuilder
 from vm.expectations import replay_pcr10
 
@@ -120,3 +120,13 @@ def test_the_unrolled_default_banks_equal_the_general_rule(capture):
     default = replay(iter_binary(log))  # ("sha1", "sha256"): the unrolled path
     general = replay(iter_binary(log), banks=("sha256", "sha1"))
     assert (general.pcrs, general.violations, general.count) == (default.pcrs, default.violations, default.count)
+
+
+def test_expected_pcr_values_are_matched_on_the_way():
+    log = (LAB / "binary_runtime_measurements").read_bytes()
+    tpm = {bank: v[10] for bank, v in _tpm(LAB).items()}
+    assert replay(iter_binary(log), expect=tpm).matched == {"sha1": 6, "sha256": 6}
+    assert replay_binary(log, expect=tpm).matched == {"sha1": 6, "sha256": 6}
+    zero = {"sha1": bytes(20), "sha256": bytes(32)}
+    assert replay(iter_binary(log), expect=zero).matched == {"sha1": 0, "sha256": 0}
+    assert replay(iter_binary(log), expect={"sha256": bytes(32) + b"x"}).matched == {}

@@ -37,8 +37,10 @@ templates are kept raw). A list that ends inside a record (one that grew while i
 at the last whole record; the output says where.
 
 --replay computes PCR 10 (and any other PCR the list extends) for the sha1 and sha256 banks the
-way the kernel extends them (violations as all-0xff). --pcr-from-tpm reads the TPM's values with
-tpm2_pcrread and compares; --pcr BANK:HEX compares with values given on the command line.
+way the kernel extends them (violations as all-0xff). --pcr-from-tpm reads the TPM's PCR 10 with
+tpm2_pcrread first, then the list, and compares; --pcr BANK:HEX compares with values given on the
+command line. A list that grew after the PCR was read is not a mismatch when the replay reached the
+TPM's value on the way in every bank: the output says for how many leading entries the TPM vouches.
 
 Exit status: 0 ok, 1 unreadable or malformed list, 3 the replay differs from the TPM's PCRs,
 77 no IMA, no TPM or no tpm2-tools here.
@@ -164,8 +166,16 @@ def _listed(stream: LogStream, out: IO[str], as_json: bool) -> Iterator[Entry]:
 
 
 def _cmd_log(args: argparse.Namespace) -> int:
-    expected = _expected(args.pcr)
-    want_replay = args.replay or args.pcr_from_tpm or bool(expected)
+    tpm = _expected(args.pcr)
+    want_replay = args.replay or args.pcr_from_tpm or bool(tpm)
+    if args.pcr_from_tpm:
+        # PCR first, list second: the kernel appends to the list before it extends the PCR, so a
+        # list read afterwards holds every entry the PCR covers (and maybe newer ones).
+        from imaguard.ima.pcrs import read_pcrs  # noqa: PLC0415 - runs tpm2_pcrread only when asked
+
+        for bank, values in read_pcrs(_BANKS, (10,)).items():
+            tpm.setdefault(bank, {}).update(values)
+    expect = {bank: values[10] for bank, values in tpm.items() if 10 in values}
     source, f = _open(args)
     out = sys.stdout
     try:
@@ -178,10 +188,10 @@ def _cmd_log(args: argparse.Namespace) -> int:
             out.write(f"{'#':>6} {'PCR':>3} {'TEMPLATE':<10} DIGEST SIG PATH\n")
         if args.summary and not args.ascii:
             # No listing: check and replay the records without making an Entry for each.
-            replayed = replay_binary(reader, byteorder=byteorder, bank=args.bank, banks=_BANKS)
+            replayed = replay_binary(reader, byteorder=byteorder, bank=args.bank, banks=_BANKS, expect=expect)
         else:
             entries = stream if args.summary else _listed(stream, out, args.json)
-            replayed = replay(entries, banks=_BANKS, keep_entries=False, stream=stream)
+            replayed = replay(entries, banks=_BANKS, keep_entries=False, stream=stream, expect=expect)
     except FormatError as exc:
         message = f"{source}: {exc}"
         if not args.json:
@@ -194,22 +204,29 @@ def _cmd_log(args: argparse.Namespace) -> int:
     finally:
         if f is not sys.stdin.buffer:
             f.close()
-    tpm = dict(expected)
-    if args.pcr_from_tpm:
-        from imaguard.ima.pcrs import read_pcrs  # noqa: PLC0415 - runs tpm2_pcrread only when asked
-
-        for bank, values in read_pcrs(_BANKS, (10,)).items():
-            tpm.setdefault(bank, {}).update(values)
     mismatches = compare(replayed, tpm) if tpm else []
+    # The list grew after the PCR read: the TPM still vouches for a prefix of it in every bank.
+    # A zero-length prefix vouches for nothing (e.g. a TPM reset since the list began): a mismatch.
+    grown = (
+        bool(mismatches)
+        and all(m.bank in replayed.matched and m.pcr == 10 for m in mismatches)  # IMA's PCR
+        and (_vouched(replayed) or 0) > 0
+    )
     if args.json:
-        _finish_json(out, replayed, want_replay, tpm, mismatches)
+        _finish_json(out, replayed, want_replay, tpm, mismatches, grown=grown)
     else:
-        _finish_text(out, source, replayed, want_replay=want_replay, tpm=tpm, mismatches=mismatches)
-    return ExitCode.VERIFICATION_FAILED if mismatches else ExitCode.OK
+        _finish_text(out, source, replayed, want_replay=want_replay, tpm=tpm, mismatches=mismatches, grown=grown)
+    return ExitCode.VERIFICATION_FAILED if mismatches and not grown else ExitCode.OK
+
+
+def _vouched(r: ReplayedLog) -> int | None:
+    """How many leading entries the TPM vouches for (the fewest over the compared banks)."""
+    return min(r.matched.values()) if r.matched else None
 
 
 def _finish_json(
-    out: IO[str], r: ReplayedLog, want_replay: bool, tpm: dict[str, dict[int, bytes]], mismatches: list[Any]
+    out: IO[str], r: ReplayedLog, want_replay: bool, tpm: dict[str, dict[int, bytes]], mismatches: list[Any],
+    *, grown: bool,
 ) -> None:
     tail: dict[str, Any] = {
         "count": r.count,
@@ -225,12 +242,14 @@ def _finish_json(
         tail["tpm"] = {bank: {str(i): v.hex() for i, v in sorted(p.items())} for bank, p in tpm.items()}
         tail["matches_tpm"] = not mismatches
         tail["mismatches"] = [str(m) for m in mismatches]
+        tail["vouched_entries"] = _vouched(r)
+        tail["grew_after_pcr_read"] = grown
     out.write("], " + json.dumps(tail)[1:] + "\n")
 
 
 def _finish_text(
     out: IO[str], source: str, r: ReplayedLog, *, want_replay: bool, tpm: dict[str, dict[int, bytes]],
-    mismatches: list[Any],
+    mismatches: list[Any], grown: bool,
 ) -> None:
     kinds = ", ".join(f"{name} {n}" for name, n in sorted(r.templates.items()))
     out.write(f"{source}: {r.count} entries ({kinds or 'none'}), {r.violations} violations, "
@@ -246,6 +265,11 @@ def _finish_text(
                 have = tpm.get(bank, {}).get(index)
                 verdict = "" if have is None else (" = TPM" if have == value else f" != TPM {have.hex()}")
                 out.write(f"PCR {index} {bank}: {value.hex()}{verdict}\n")
+    if grown:
+        n = _vouched(r)
+        out.write(f"the TPM vouches for the first {n} entries; {r.count - (n or 0)} more were added after "
+                  "PCR 10 was read (the list grew)\n")
+        return
     for m in mismatches:
         print(f"imaguard: {m}", file=sys.stderr)
     if tpm and not mismatches:

@@ -64,6 +64,9 @@ class ReplayedLog:
     end: int = 0
     truncated: Truncated | None = None
     templates: Mapping[str, int] = field(default_factory=dict)
+    # For each bank given in ``expect``: after how many leading entries PCR 10 equalled the expected
+    # (TPM) value. A list read after the PCR may have grown: the TPM then vouches for that prefix.
+    matched: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def banks(self) -> tuple[str, ...]:
@@ -85,7 +88,7 @@ def _bank_fn(bank: str) -> tuple[int, Callable[[bytes], hashlib._Hash]]:
 class _Replay:
     """PCR state and counts while entries or records are fed in: the one extend rule of both paths."""
 
-    def __init__(self, banks: tuple[str, ...]) -> None:
+    def __init__(self, banks: tuple[str, ...], expect: Mapping[str, bytes] | None = None) -> None:
         if not banks:
             raise FormatError("no PCR bank to replay")
         self.state: dict[str, dict[int, bytes]] = {}
@@ -105,6 +108,26 @@ class _Replay:
         self.extend: Callable[[int, bytes, Template, bytes], None] = (
             self._extend_sha1_sha256 if banks == ("sha1", "sha256") else self._extend_any
         )
+        self.matched: dict[str, int] = {}
+        self.expect = {bank: value for bank, value in (expect or {}).items() if bank in self.state}
+        if self.expect:
+            self._match(10)
+            self.extend = self._watched(self.extend)
+
+    def _match(self, pcr: int) -> None:
+        for bank, value in self.expect.items():
+            if self.state[bank].get(pcr) == value:
+                self.matched[bank] = self.count
+
+    def _watched(
+        self, extend: Callable[[int, bytes, Template, bytes], None]
+    ) -> Callable[[int, bytes, Template, bytes], None]:
+        def watched(pcr: int, td: bytes, template: Template, hashed: bytes) -> None:
+            extend(pcr, td, template, hashed)
+            if pcr == 10:  # IMA's PCR
+                self._match(pcr)
+
+        return watched
 
     def _extend_sha1_sha256(self, pcr: int, td: bytes, template: Template, hashed: bytes) -> None:
         (p1, f1, z1, ff1, _), (p2, f2, z2, ff2, _) = self.setup
@@ -137,7 +160,7 @@ class _Replay:
         end, truncated = (source.end, source.truncated) if source is not None else (0, None)
         return ReplayedLog(
             pcrs=self.state, count=self.count, violations=self.violations, boot_aggregate=self.boot,
-            entries=entries, end=end, truncated=truncated, templates=self.templates,
+            entries=entries, end=end, truncated=truncated, templates=self.templates, matched=self.matched,
         )
 
 
@@ -147,14 +170,16 @@ def replay(
     banks: tuple[str, ...] = ("sha1", "sha256"),
     keep_entries: bool = True,
     stream: LogStream | None = None,
+    expect: Mapping[str, bytes] | None = None,
 ) -> ReplayedLog:
     """Replay entries (from ``iter_binary``/``iter_ascii`` or a builder) into each bank's PCRs.
 
     With ``keep_entries=False`` memory stays constant whatever the log's length. ``stream`` names
     the LogStream the entries come from when they are passed through a wrapper, for its end
-    offset and truncation (a LogStream passed as ``entries`` is used directly).
+    offset and truncation (a LogStream passed as ``entries`` is used directly). ``expect`` (bank ->
+    PCR 10 value read from the TPM before the list) fills ``ReplayedLog.matched``.
     """
-    r = _Replay(banks)
+    r = _Replay(banks, expect)
     kept: list[Entry] | None = [] if keep_entries else None
     extend = r.extend
     for e in entries:
@@ -175,10 +200,11 @@ def replay_binary(
     bank: str = "sha1",
     banks: tuple[str, ...] = ("sha1", "sha256"),
     max_template_data: int = MAX_TEMPLATE_DATA,
+    expect: Mapping[str, bytes] | None = None,
 ) -> ReplayedLog:
     """``replay(iter_binary(source, …), keep_entries=False)`` without making an Entry per record:
     the same checks and result (``entries`` is None), for long lists (``imaguard log --summary``)."""
-    r = _Replay(banks)
+    r = _Replay(banks, expect)
     extend = r.extend
 
     def sink(pcr: int, td: bytes, template: Template, data: bytes) -> None:
