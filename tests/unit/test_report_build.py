@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from logbuilder import LogBuilder, sig_v2
 
 from imaguard.digests import HashAlgo
 from imaguard.errors import FormatError, TrustError, UsageError
@@ -174,3 +175,28 @@ def test_signed_report_verifies_and_any_changed_byte_fails(index):
         verify_report(signed, certs=(), nonce=None, source="s")
     with pytest.raises(TrustError, match="not signed, but --cert asks for a signed one"):
         verify_report(_report(index).to_bytes(), certs=(cert,), nonce=None, source="s")
+
+
+def test_builder_log_violations_templates_and_the_last_measurement_wins(tmp_path):
+    b = LogBuilder()
+    b.boot_aggregate()
+    b.file("/usr/bin/tool", b"v1", template="ima-ng")
+    b.violation("/var/log/x")
+    b.file("/usr/bin/tool", b"v2-changed", template="ima-ng")  # measured again after a change
+    b.file("/usr/bin/other", b"o", sig=sig_v2(b"\1\2\3\4", b"\0" * 256))
+    b.file("/usr/bin/sha512", b"s", sig=sig_v2(b"\1\2\3\4", b"\0" * 256, algo_id=6))
+    with DigestIndex.open(tmp_path) as idx:
+        idx.replace_package(InstalledPackage("tool", "2", "amd64"), [
+            PackageFile(b"/usr/bin/tool", FileKind.REGULAR, Evidence.REPO_VERIFIED, hashlib.sha256(b"v1").digest(),
+                        HashAlgo.SHA256)])  # fmt: skip
+        report = build_report(replay(iter_binary(b.binary())), source="b", lookup=idx, host=HOST, generator="g",
+                              created="c", processes=[_proc(9, b"/usr/bin/tool", 5.0)])  # fmt: skip
+    got = [(str(e.klass), str(e.signature)) for e in report.entries]
+    assert got == [("boot-aggregate", "not-recorded"), ("package", "not-recorded"), ("violation", "unsigned"),
+                   ("modified", "not-recorded"), ("unknown", "unknown-key"), ("unknown", "unsupported-form")]  # fmt: skip
+    assert report.entries[2].extended == (b"\xff" * 20, b"\xff" * 32)
+    assert report.entries[5].signature_detail == "signed over sha512, the log has sha256 digest"
+    # The running tool is the changed file: the last entry for its path decides.
+    (proc,) = report.processes
+    assert (str(proc.klass), proc.exe.entry) == ("modified", 3)
+    assert verify_report(report.to_bytes(), certs=(), nonce=None, source="b").checks == ("schema-version", "replay")
