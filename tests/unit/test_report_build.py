@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import pytest
-from logbuilder import LogBuilder, sig_v2
 
 from imaguard.digests import HashAlgo
 from imaguard.errors import FormatError, TrustError, UsageError
@@ -24,6 +24,9 @@ from imaguard.report.facts import Mapping, ProcessInfo
 from imaguard.report.model import HostFacts, read_report
 from imaguard.report.paths import usr_aliases
 from imaguard.report.verify import verify_report
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from logbuilder import LogBuilder, sig_v2
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "tests" / "data" / "lab"
