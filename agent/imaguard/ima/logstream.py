@@ -239,6 +239,7 @@ class LogStream:
         self.end = 0
         self.count = 0
         self.truncated: Truncated | None = None
+        self.first: Entry | None = None  # set by scan_binary, which makes no other Entry
         self._it = gen(self)
 
     def __iter__(self) -> Iterator[Entry]:

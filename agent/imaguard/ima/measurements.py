@@ -186,12 +186,14 @@ class _BinaryParser:
     def scan(self, sink: RecordSink) -> Parse:
         """``parse`` without Entry objects, for replaying long lists: the same checks, in a fused loop
         for templates starting ``d-ng|n-ng`` (ima-ng, ima-sig, ima-buf, …), each record handed to
-        ``sink``; other templates and anything unusual go through ``entry`` (differential-tested)."""
+        ``sink``; the first record, other templates and anything unusual go through ``entry``
+        (differential-tested against ``parse``). The first record's Entry is kept as ``stream.first``."""
         stream, hlen, zero, hfn = self.stream, self.head.size, self.zero, self.hfn
-        unpack_head, templates, common_ok = self.head.unpack_from, self.templates, self.common_ok
+        unpack_head, templates = self.head.unpack_from, self.templates
+        common_ok, data_span = self.common_ok, self.data_span
 
         def parse(buf: bytes, pos: int, base: int) -> Iterator[Entry]:
-            n = len(buf)
+            n, count = len(buf), stream.count
             while n - pos >= hlen:
                 pcr, td, nlen = unpack_head(buf, pos)
                 if pcr > MAX_PCR:
@@ -200,33 +202,37 @@ class _BinaryParser:
                     raise FormatError(f"template name length {nlen} is out of range", offset=base + pos + hlen - 4)
                 p = pos + hlen + nlen
                 if p > n:
-                    return
+                    break
                 raw_name = buf[pos + hlen : p]
                 t = templates.get(raw_name) or self.template(raw_name, base + pos + hlen)
-                span = self.data_span(t, buf, p, base)
+                span = data_span(t, buf, p, base)
                 if span is None or span[1] > n:
-                    return
+                    break
                 start, end = span
                 data = buf[start:end]
-                ok = common_ok(t, data)
-                if ok:
+                if count and common_ok(t, data):
                     if td != zero and hfn(data).digest() != td:
                         raise FormatError(
-                            f"template digest of entry {stream.count} does not match its data", offset=base + pos + 4
+                            f"template digest of entry {count} does not match its data", offset=base + pos + 4
                         )
                 else:
-                    data = self.entry(t, buf, pos, base, span=span, head=(pcr, td)).template_data
+                    stream.count = count  # entry() names the entry in its errors
+                    entry = self.entry(t, buf, pos, base, span=(start, end), head=(pcr, td))
+                    if not count:
+                        stream.first = entry
+                    data = entry.hashed_data()
                 sink(pcr, td, t, data)
                 pos = end
-                stream.end = base + pos
-                stream.count += 1
+                count += 1
+            stream.end, stream.count = base + pos, count
             return
             yield  # a generator that yields nothing: records go to the sink
 
         return parse
 
 
-# scan_binary hands each checked record to a sink: PCR index, template digest, template, template data.
+# scan_binary hands each checked record to a sink: PCR index, template digest, template, and the
+# bytes the template digest covers (the template data; for `ima` its padded form).
 RecordSink = Callable[[int, bytes, Template, bytes], None]
 
 

@@ -25,7 +25,7 @@ from imaguard.ima.measurements import (
     Truncated,
     scan_binary,
 )
-from imaguard.ima.templates import ByteOrder, Template, split_template_data
+from imaguard.ima.templates import ByteOrder, Template
 
 __all__ = ["PcrMismatch", "ReplayedLog", "compare", "replay", "replay_binary"]
 
@@ -205,17 +205,9 @@ def replay_binary(
     """``replay(iter_binary(source, …), keep_entries=False)`` without making an Entry per record:
     the same checks and result (``entries`` is None), for long lists (``imaguard log --summary``)."""
     r = _Replay(banks, expect)
-    extend = r.extend
-
-    def sink(pcr: int, td: bytes, template: Template, data: bytes) -> None:
-        if r.count == 0 or template.is_ima:
-            e = Entry(0, pcr, td, template, data, split_template_data(template, data, byteorder))
-            if r.count == 0 and e.path == BOOT_AGGREGATE:
-                r.boot = e
-            data = e.hashed_data()
-        extend(pcr, td, template, data)
-
-    stream = scan_binary(source, sink, byteorder=byteorder, bank=bank, max_template_data=max_template_data)
+    stream = scan_binary(source, r.extend, byteorder=byteorder, bank=bank, max_template_data=max_template_data)
+    if stream.first is not None and stream.first.path == BOOT_AGGREGATE:
+        r.boot = stream.first
     return r.result(None, stream)
 
 
