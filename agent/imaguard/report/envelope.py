@@ -29,7 +29,10 @@ def is_envelope(data: bytes) -> bool:
     return isinstance(doc, dict) and "payloadType" in doc
 
 
-def open_envelope(data: bytes, certs: tuple[Certificate, ...], source: str) -> bytes:
-    """The report document inside a signed envelope; TrustError unless a signature verifies."""
+def open_envelope(data: bytes, certs: tuple[Certificate, ...], source: str) -> tuple[bytes, str]:
+    """The report document inside a signed envelope and who signed it; TrustError unless a signature verifies."""
     env = Envelope.from_json(data, source)
-    return verify_envelope(env, PAYLOAD_TYPE, certs, source)
+    payload = verify_envelope(env, PAYLOAD_TYPE, certs, source)
+    # verify_envelope only tries certificates whose key id an envelope signature names.
+    named = [c.subject for c in certs if c.key_id.hex() in {k for k, _ in env.signatures}]
+    return payload, named[0] if len(named) == 1 else "one of the given certificates"

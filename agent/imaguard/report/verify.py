@@ -63,8 +63,7 @@ def verify_report(data: bytes, *, certs: tuple[Certificate, ...], nonce: str | N
         if not certs:
             raise UsageError(f"{source}: the report is signed; give the signer's certificate with --cert",
                              reason="cert-required")  # fmt: skip
-        data = open_envelope(data, certs, source)
-        signed_by = next((c.subject for c in certs), None) if len(certs) == 1 else "one of the given certificates"
+        data, signed_by = open_envelope(data, certs, source)
         checks += ["signature", "payload-type"]
     elif certs:
         raise TrustError(f"{source}: the report is not signed, but --cert asks for a signed one",
