@@ -20,7 +20,7 @@ LAB = ROOT / "tests" / "data" / "lab"
 PEER = ROOT / ".venv-peer" / "bin" / "python"
 ADAPTER = ROOT / "tests" / "peer" / "keylime_ima.py"
 
-pytestmark = pytest.mark.skipif(not PEER.exists(), reason="no .venv-peer (scripts/setup.sh makes it)")
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.skipif(not PEER.exists(), reason="no .venv-peer (scripts/setup.sh makes it)")]
 
 
 def keylime(log: Path, policy: Path) -> tuple[int, dict[str, object]]:

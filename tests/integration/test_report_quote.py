@@ -31,8 +31,8 @@ LAB = ROOT / "tests" / "data" / "lab"
 KEYS = ROOT / "tests" / "data" / "keys"
 LOG = LAB / "binary_runtime_measurements"
 
-pytestmark = pytest.mark.skipif(shutil.which("swtpm") is None or shutil.which("tpm2_quote") is None,
-                                reason="needs swtpm and tpm2-tools")  # fmt: skip
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.skipif(shutil.which("swtpm") is None or shutil.which("tpm2_quote") is None,
+                                reason="needs swtpm and tpm2-tools")]  # fmt: skip
 
 
 def _free_port() -> int:
