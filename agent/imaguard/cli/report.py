@@ -114,7 +114,8 @@ def _write(doc: bytes, output: Path | None) -> None:
 
 
 def _dumps(doc: object) -> bytes:
-    return json.dumps(doc, indent=1).encode() + b"\n"
+    # Compact: the C encoder (indenting falls back to the pure-Python one, 10x slower on large logs).
+    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -134,7 +135,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         from imaguard.report.policy_export import keylime_policy_here  # noqa: PLC0415
 
         policy, stats = keylime_policy_here(state_dir, certs, args.file, _EXCLUDE_CANDIDATES)
-        _write(json.dumps(policy).encode() + b"\n", args.output)  # compact: C encoder, 10x faster on 50,000 paths
+        _write(_dumps(policy), args.output)
         if not args.json:
             print(f"keylime policy: {stats.paths} paths from {stats.files} package files with SHA-256 "
                   f"({stats.skipped_weak} without left out), excludes {policy['excludes']}",
@@ -149,7 +150,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
         key = load_private_key(args.sign, _password(args, args.sign), cert)
     collected = collect.collect(state_dir=state_dir, log_file=args.file, certificates=certs, nonce=args.nonce,
-                                processes=not args.no_processes)  # fmt: skip
+                                processes=args.format == "json" and not args.no_processes)  # fmt: skip
     if args.format == "cel":
         _write(_dumps(collect.cel_of(collected)), args.output)
         return ExitCode.OK
