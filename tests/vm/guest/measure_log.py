@@ -4,7 +4,7 @@ Makes the kernel log what the parser must handle with whatever template the kern
 chose (``ima_template=``, ``ima_template_fmt=``, ``ima_canonical_fmt``): executables (BPRM_CHECK),
 files read by root (FILE_CHECK) including a name with spaces, and one open-writers violation (a
 measured read while a writer holds the file open: zero digest in the log, 0xff extended). Then
-it saves the binary and ASCII lists around a PCR 10 read. Usage: ``python3 measure_log.py PARAMS``.
+it saves the binary and ASCII lists around a PCR 10 read, and runs ``imaguard log --pcr-from-tpm``. Usage: ``python3 measure_log.py PARAMS``.
 """
 
 from __future__ import annotations
@@ -92,6 +92,17 @@ def main() -> int:
                 "count": securityfs.read_counter(), "violations": securityfs.read_counter("violations")}  # fmt: skip
 
     step("measurements", measurements)
+
+    def imaguard_log() -> dict[str, Any]:
+        # imaguard's own path on the real kernel and TPM: PCR 10 read first, then the list.
+        proc = subprocess.run(
+            ["imaguard", "log", "--pcr-from-tpm", "--summary", "--json"], capture_output=True, text=True, check=False,
+            timeout=300, env={**os.environ, "TPM2TOOLS_TCTI": "device:/dev/tpmrm0"},
+        )  # fmt: skip
+        doc = json.loads(proc.stdout) if proc.stdout.strip() else None
+        return {"rc": proc.returncode, "doc": doc, "stderr": proc.stderr[-2000:]}
+
+    step("imaguard-log", imaguard_log)
     (ART / "kernel.txt").write_text(f"{os.uname().release} {os.uname().version}\n" + Path("/proc/cmdline").read_text())
     record("done")
     close_results()
