@@ -91,7 +91,7 @@ class _AsciiParser:
         try:
             toks = _split_ascii(t, tokens[3:])
             try:
-                fields = tuple(dec(tok) if tok else b"" for dec, tok in zip(decoders, toks, strict=True))
+                fields = tuple([dec(tok) if tok else b"" for dec, tok in zip(decoders, toks, strict=True)])
             except (ValueError, OverflowError):
                 raise FormatError("a field is not what the kernel prints") from None
             entry = Entry(where, pcr, td, t, build_template_data(t, fields, self.byteorder), fields)

@@ -231,7 +231,7 @@ def build_template_data(template: Template, fields: tuple[bytes, ...], byteorder
     if template.is_ima:
         d, n = fields
         return d + pack(len(n)) + n
-    return b"".join(pack(len(f)) + f for f in fields)
+    return b"".join([pack(len(f)) + f for f in fields])
 
 
 def ima_hashed_data(fields: tuple[bytes, ...]) -> bytes:
