@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import platform
 from dataclasses import dataclass
@@ -24,6 +25,13 @@ _RESOLVE_IN_ROOT = 0x10
 
 class _OpenHow(ctypes.Structure):
     _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
+
+
+@functools.cache
+def _openat2_nr() -> tuple[str, int | None]:
+    # Once per process: platform.machine() builds a uname result each call (~5 µs, per file).
+    arch = platform.machine()
+    return arch, _SYS_OPENAT2.get(arch)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -63,8 +71,7 @@ class Root:
         """Open an absolute in-root path; the last component's symlink rule comes from ``flags``."""
         if self.dir_fd is None:
             return os.open(path, flags)
-        arch = platform.machine()
-        nr = _SYS_OPENAT2.get(arch)
+        arch, nr = _openat2_nr()
         if nr is None:
             raise OSError(errno.ENOSYS, f"openat2 syscall number unknown on {arch}")
         how = _OpenHow(flags, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
