@@ -216,3 +216,15 @@ def test_field_errors_inside_template_data():
     with pytest.raises(FormatError, match=r"^ima-ng template data: field length 1000 exceeds the template data "
                                           r"\(at byte offset 38\)$"):
         list(iter_binary(bytes(rec)))
+
+
+@pytest.mark.parametrize("capture", sorted(p.parent for p in LAB.rglob("pcr10.json")), ids=lambda p: p.name)
+def test_every_real_capture_serializes_back_to_its_bytes(capture):
+    binary = (capture / "binary_runtime_measurements").read_bytes()
+    ascii_log = (capture / "ascii_runtime_measurements").read_bytes()
+    entries = list(iter_binary(binary))
+    assert b"".join(e.to_binary() for e in entries) == binary
+    assert b"".join(e.to_ascii() for e in entries) == ascii_log
+    for e in entries:
+        assert build_template_data(e.template, e.fields) == e.template_data
+        assert e.template.known
