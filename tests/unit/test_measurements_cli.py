@@ -100,3 +100,12 @@ def test_a_list_that_grew_after_the_pcr_read_is_vouched_for_up_to_the_pcr(capsys
     assert (doc["matches_tpm"], doc["vouched_entries"], doc["grew_after_pcr_read"]) == (False, 5, True)
     # Only one bank reached: not a grown list but a mismatch.
     assert main(["log", "--file", str(BINARY), "--summary", pcrs[0], f"--pcr=sha256:{'00' * 32}"]) == 3
+
+
+def test_an_error_before_the_first_record_is_one_json_error_document(tmp_path, capsys):
+    path = tmp_path / "garbage"
+    path.write_bytes(b"\x01\x02\x03\x04" * 10)
+    assert main(["log", "--file", str(path), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc == {"error": {"reason": "malformed", "message": (
+        f"{path}: first PCR index 01020304 is not a PCR in either byte order (at byte offset 0)")}}

@@ -178,12 +178,14 @@ def _cmd_log(args: argparse.Namespace) -> int:
     expect = {bank: values[10] for bank, values in tpm.items() if 10 in values}
     source, f = _open(args)
     out = sys.stdout
+    opened = False  # the JSON document has begun: an error must then close it, not start a second one
     try:
         stream, reader, byteorder = _stream(args, f)
         if args.json:
             head = {"source": source, "form": "ascii" if args.ascii else "binary", "bank": args.bank,
                     "byteorder": byteorder}
             out.write(json.dumps(head)[:-1] + ', "entries": [')
+            opened = True
         elif not args.summary:
             out.write(f"{'#':>6} {'PCR':>3} {'TEMPLATE':<10} DIGEST SIG PATH\n")
         if args.summary and not args.ascii:
@@ -194,7 +196,7 @@ def _cmd_log(args: argparse.Namespace) -> int:
             replayed = replay(entries, banks=_BANKS, keep_entries=False, stream=stream, expect=expect)
     except FormatError as exc:
         message = f"{source}: {exc}"
-        if not args.json:
+        if not opened:
             raise FormatError(message.removesuffix(f" (at byte offset {exc.offset})"), offset=exc.offset) from exc
         # Entries were already streamed: close the one document with the error instead of adding a second.
         out.write("], " + json.dumps({"error": {"reason": exc.reason, "message": message, "offset": exc.offset}})[1:]
