@@ -97,8 +97,9 @@ def _existing_valid(raw: bytes | None, digests: dict[HashAlgo, bytes], ctx: Cont
 def enroll_file(pkg: InstalledPackage, pf: PackageFile, ctx: Context, *, defer_links: bool = False) -> Outcome | None:
     """Label one package file; every failure becomes an Outcome with a reason, nothing is raised.
 
-    ``defer_links``: return None, untouched, for a regular file with several hard links, so that
-    one process (the caller's) labels every name of an inode and the second one is ``same-inode``.
+    ``defer_links``: return None, untouched, for a regular file with several hard links: worker
+    processes cannot see each other's inodes, so the caller labels the first name of each such
+    inode once and the others then find it labelled (``same-inode``).
     """
     ident = pkg.ident
     disk = pf.disk_path
