@@ -83,3 +83,17 @@ def test_committed_value_verifies_with_both_tools(algo, evmctl, imaguard_json, t
     assert proc.returncode == 0, proc.stdout + proc.stderr
     code, doc = imaguard_json(["verify", "--cert", str(CERT_PEM), str(target)])
     assert (code, doc["files"]) == (0, [{"path": str(target), "status": "verified", "key_id": "17b7ae8b", "algo": algo}])
+
+
+def test_identical_files_in_a_tree_get_the_committed_bytes_each(imaguard_json, tmp_path):
+    """``sign -r`` signs identical content once (sign/memo.py): every copy carries the fresh bytes."""
+    tree = tmp_path / "tree"
+    for d in ("b", "e/f"):
+        (tree / d).mkdir(parents=True)
+    copies = [write_file(tree / name, FIXED) for name in ("a", "b/c", "b/d", "e/f/g")]
+    other = write_file(tree / "other", FIXED + b"x")
+    code, doc = imaguard_json(["sign", "-r", "-j", "1", "--key", str(KEY), "--cert", str(CERT_PEM), str(tree)])
+    assert (code, doc["summary"]) == (0, {"signed": 5})
+    for path in copies:
+        assert get_ima(path).hex() == EXPECTED["sha256"]
+    assert get_ima(other).hex() != EXPECTED["sha256"]
