@@ -141,7 +141,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
 
     def job(item: tuple[InstalledPackage, PackageFile]) -> Outcome | None:
         # Workers cannot see each other's inodes: names of a multi-link inode come back unlabelled
-        # (None) and all run here afterwards, so the first is labelled and the others are same-inode.
+        # (None); afterwards the first name of each is labelled and the others find it (same-inode).
         return enroll_file(item[0], item[1], ctx, defer_links=True)
 
     outcomes: list[Outcome] = []
