@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -112,16 +113,17 @@ def disk_status(root: Path, f) -> str:
 
 def host_sample() -> list[str]:
     """Installed packages whose .deb apt still caches (the 15 smallest), and some with local-db only."""
-    source = DebSource(Path("/"), Path("/nonexistent"), fetch=False)
+    # A throw-away state dir: the apt index cache writes into it (a fixed path would litter the host).
+    with tempfile.TemporaryDirectory(prefix="imaguard-host-sample-") as state:
+        source = DebSource(Path("/"), Path(state), fetch=False)
+        installed = list(source.packages())
     archives = aptrepo.AptLayout.read(Path("/")).archives
     cached = []
-    for p in source.packages():
+    for p in installed:
         deb = archives / aptrepo.deb_file_name(p.name, p.version, p.architecture)
         if deb.exists():
             cached.append((deb.stat().st_size, p.name))
-    extra = [
-        n for n in ("nodejs", "bash", "libpq-dev", "dash", "coreutils") if any(p.name == n for p in source.packages())
-    ]
+    extra = [n for n in ("nodejs", "bash", "libpq-dev", "dash", "coreutils") if any(p.name == n for p in installed)]
     return [n for _, n in sorted(cached)[:15]] + extra
 
 
