@@ -20,7 +20,7 @@ import pytest
 
 from imaguard.packages.deb import DebSource
 
-__all__ = ["IGT_1", "Keys", "World", "build_deb", "make_keys", "make_world", "need", "run"]
+__all__ = ["IGT_1", "MAINT_SCRIPTS", "Keys", "World", "build_deb", "make_keys", "make_world", "need", "run"]
 
 
 def run(argv, **kw) -> subprocess.CompletedProcess[bytes]:
@@ -81,12 +81,26 @@ def make_keys(home: Path) -> Iterator[Keys]:
         subprocess.run(["gpgconf", "--homedir", home, "--kill", "all"], check=False)
 
 
-def build_deb(out: Path, name: str, version: str, files: dict[bytes, bytes], comp: str = "xz") -> Path:
+def build_deb(
+    out: Path,
+    name: str,
+    version: str,
+    files: dict[bytes, bytes],
+    comp: str = "xz",
+    *,
+    arch: str = "all",
+    scripts: dict[str, bytes] | None = None,
+    extra_control: str = "",
+) -> Path:
     tree = out / f"tree-{name}-{version}-{len(files)}-{comp}"
     (tree / "DEBIAN").mkdir(parents=True)
     (tree / "DEBIAN" / "control").write_text(
-        f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: t <t@example.org>\nDescription: test\n"
+        f"Package: {name}\nVersion: {version}\nArchitecture: {arch}\nMaintainer: t <t@example.org>\n"
+        f"Description: test\n{extra_control}"
     )
+    for script, body in (scripts or {}).items():
+        (tree / "DEBIAN" / script).write_bytes(body)
+        (tree / "DEBIAN" / script).chmod(0o755)
     conffiles = [p for p in files if p.startswith(b"/etc/")]
     if conffiles:
         (tree / "DEBIAN" / "conffiles").write_bytes(b"".join(p + b"\n" for p in conffiles))
@@ -102,6 +116,12 @@ def build_deb(out: Path, name: str, version: str, files: dict[bytes, bytes], com
     run(["dpkg-deb", f"-Z{comp}", "--root-owner-group", "--build", tree, deb])
     return deb
 
+
+# Maintainer scripts: dpkg runs them chrootless (--force-script-chrootless) on the host, so they do nothing.
+MAINT_SCRIPTS = {
+    "postinst": b"#!/bin/sh\n# igt-maint postinst: does nothing\nexit 0\n",
+    "prerm": b"#!/bin/sh\n# igt-maint prerm: does nothing\nexit 0\n",
+}
 
 IGT_1 = {
     b"/usr/share/igt/with space": b"space\n",
@@ -142,6 +162,9 @@ def make_world(tmp: Path, keys: Keys, *, repo_debs: list[str], installed: list[s
         "igt-1.0-rebuilt": build_deb(out, "igt", "1.0", {**IGT_1, b"/usr/bin/igt": b"#!/bin/sh\necho evil\n"}),
         "igt-2.0": build_deb(out, "igt", "2.0", {**IGT_1, b"/usr/share/igt/with space": b"v2\n"}),
         "igt-local-1.0": build_deb(out, "igt-local", "1.0", {b"/usr/bin/igt-local": b"#!/bin/sh\n"}),
+        # Multi-Arch: same, so dpkg names its info files igt-maint:amd64.*; it ships maintainer scripts.
+        "igt-maint-1.0": build_deb(out, "igt-maint", "1.0", {b"/usr/lib/igt-maint/data": b"d\n"}, arch="amd64",
+                                   scripts=MAINT_SCRIPTS, extra_control="Multi-Arch: same\n"),
     }
     repo = tmp / "repo"
     (repo / "pool").mkdir(parents=True)
@@ -192,5 +215,6 @@ def make_world(tmp: Path, keys: Keys, *, repo_debs: list[str], installed: list[s
     for key in installed:
         run(["dpkg", f"--root={root}", "--force-script-chrootless", "--log=/dev/null", "-i", debs[key]])
     for key in cached:
-        shutil.copy(debs[key], root / "var/cache/apt/archives/igt_1.0_all.deb")  # the name apt gives 1.0
+        apt_name = "igt-maint_1.0_amd64.deb" if key.startswith("igt-maint") else "igt_1.0_all.deb"
+        shutil.copy(debs[key], root / "var/cache/apt/archives" / apt_name)  # the name apt gives it
     return World(root, repo, tmp / "state", keys, debs)

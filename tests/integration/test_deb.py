@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from debworld import IGT_1, Keys, make_keys, make_world, need, run
+from debworld import IGT_1, MAINT_SCRIPTS, Keys, make_keys, make_world, need, run
 
 from imaguard.digests import HashAlgo
 from imaguard.packages import aptrepo, debchain
@@ -66,9 +66,14 @@ def test_repo_verified_digests_equal_the_files_inside_real_debs(tmp_path):
     files = list(source.files(pkg))
     reference = tar_digests(coreutils)
     verified = {f.path: f.digest for f in files if f.evidence is Evidence.REPO_VERIFIED}
+    info = b"/var/lib/dpkg/info/"
+    scripts = {p: d for p, d in verified.items() if p.startswith(info)}
+    verified = {p: d for p, d in verified.items() if not p.startswith(info)}
     assert verified == {p: d for p, d in reference.items() if p in verified}
     assert set(reference) <= {f.path for f in files}  # every shipped file is listed by dpkg
     assert len(verified) == len(reference) > 100
+    assert scripts == {info + f"coreutils.{n}".encode(): hashlib.sha256(b).digest()
+                       for n, b in control_scripts(coreutils).items()}  # fmt: skip
     assert all(f.digest_algo is HashAlgo.SHA256 and f.kind is FileKind.REGULAR for f in files if f.digest)
     assert pkg.origin == "Debian/bookworm"
     # The chain is cached: a fresh source with no .deb anywhere answers from the state directory.
@@ -259,6 +264,37 @@ def test_index_of_another_version_than_installed(tmp_path, keys):
     files = world.files()
     assert evidence_of(files) == {("local-db", "version-not-in-index")}
     assert "igt:all 1.0 is installed; signed indexes list only 2.0" in files[0].evidence_reason
+
+
+def control_scripts(deb: Path) -> dict[str, bytes]:
+    """The maintainer scripts as ``dpkg-deb --ctrl-tarfile`` extracts them: the independent reference."""
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(run(["dpkg-deb", "--ctrl-tarfile", deb]).stdout)) as tf:
+        for info in tf:
+            name = info.name.lstrip("./")
+            if info.isreg() and name in ("preinst", "postinst", "prerm", "postrm", "config"):
+                out[name] = tf.extractfile(info).read()
+    return out
+
+
+def test_maintainer_scripts_are_package_files_verified_by_the_chain(tmp_path, keys):
+    # dpkg executes /var/lib/dpkg/info/<pkg>.<script>; their bytes come from the signed .deb's control.tar.
+    debs = ["igt-1.0", "igt-maint-1.0"]
+    world = make_world(tmp_path, keys, repo_debs=debs, installed=debs, cached=debs)
+    files = {f.path: f for f in world.files("igt-maint")}
+    reference = control_scripts(world.debs["igt-maint-1.0"])
+    assert set(reference) == set(MAINT_SCRIPTS)
+    for name, body in reference.items():
+        path = f"/var/lib/dpkg/info/igt-maint:amd64.{name}".encode()  # Multi-Arch: same names them so
+        assert files[path].evidence is Evidence.REPO_VERIFIED
+        assert files[path].digest == hashlib.sha256(body).digest()
+        assert (files[path].kind, files[path].mode) == (FileKind.REGULAR, 0o755)
+        assert (world.root / path.decode().lstrip("/")).read_bytes() == body  # dpkg installed them verbatim
+    assert not [p for p in files if p.endswith((b".control", b".md5sums", b".list"))]
+    # A package without scripts gets none; one whose chain broke gets no evidence for them either.
+    assert not [p for p in map(bytes, (f.path for f in world.files("igt"))) if p.startswith(b"/var/lib/dpkg")]
+    broken = make_world(tmp_path / "b", keys, repo_debs=["igt-1.0"], installed=debs, cached=["igt-1.0"])
+    assert not [f for f in broken.files("igt-maint") if f.path.startswith(b"/var/lib/dpkg")]
 
 
 def test_local_dpkg_install_stays_local_db_and_says_so(tmp_path, keys):

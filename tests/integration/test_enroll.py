@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import rootlib
-from debworld import IGT_1, build_deb, make_keys, make_world, run
+from debworld import IGT_1, MAINT_SCRIPTS, build_deb, make_keys, make_world, run
 
 from imaguard.cli.main import main
 
@@ -120,6 +120,33 @@ def test_modified_file_is_refused_with_both_digests_and_left_unsigned(world, key
         os.getxattr(binary, IMA)
     assert main(["verify", "--cert", str(key.cert_pem), "--json", str(binary)]) == 3
     assert json.loads(capsys.readouterr().out)["files"][0]["reason"] == "no-signature"
+
+
+def test_maintainer_scripts_are_labelled_and_a_changed_one_refused(tmp_path, keypair, capsys, evmctl):
+    # Under an appraisal policy dpkg could not run an unlabelled /var/lib/dpkg/info script: every
+    # upgrade would fail. Their trusted bytes are the verified .deb's control.tar.
+    debs = ["igt-1.0", "igt-maint-1.0"]
+    with make_keys(tmp_path / "gnupg") as keys:
+        world = make_world(tmp_path / "w", keys, repo_debs=debs, installed=debs, cached=debs)
+    info = world.root / "var/lib/dpkg/info"
+    prerm = info / "igt-maint:amd64.prerm"
+    prerm.write_bytes(MAINT_SCRIPTS["prerm"].replace(b"does nothing", b"does evil"))
+    key = keypair("rsa2048")
+    code, doc, _ = _enroll(capsys, world, key, "igt-maint")
+    assert code == 1  # the changed script is refused
+    entry = _by_path(doc)[str(prerm)[len(str(world.root)):]]
+    assert (entry["outcome"], entry["reason"]) == ("refused", "digest-mismatch")
+    assert entry["expected"] == hashlib.sha256(MAINT_SCRIPTS["prerm"]).hexdigest()
+    with pytest.raises(OSError, match="No data available"):
+        os.getxattr(prerm, IMA)
+    postinst = info / "igt-maint:amd64.postinst"
+    assert main(["verify", "--cert", str(key.cert_pem), str(postinst)]) == 0
+    assert rootlib.run([evmctl, "ima_verify", "--key", str(key.cert_der), str(postinst)]).returncode == 0
+    # Files dpkg writes itself (.list, .md5sums) are no package's content and stay untouched.
+    for own in info.glob("igt-maint:amd64.*"):
+        if own.suffix not in (".postinst", ".prerm"):
+            with pytest.raises(OSError, match="No data available"):
+                os.getxattr(own, IMA)
 
 
 def test_modified_conffile_is_the_admins_business(world, keypair, capsys):

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from imaguard.errors import FormatError
 from imaguard.packages import aptsources, debchain, dpkgdb
-from imaguard.packages.deb import decode_members, encode_members
+from imaguard.packages.deb import VerifiedDeb, decode_members, encode_members
 from imaguard.packages.debchain import ChainError, ChainReason, IndexedVersion
 from imaguard.packages.debfile import DebMember, read_deb
 from imaguard.packages.model import FileKind
@@ -288,6 +288,25 @@ def test_member_names_stay_bytes_through_every_compression(ext, compress):
     assert contents.sha256 == hashlib.sha256(deb).digest()
 
 
+def test_maintainer_scripts_are_hashed_and_other_control_members_ignored():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data, mode in (("./control", b"Package: t\nVersion: 1\nArchitecture: all\n", 0o644),
+                                 ("./postinst", b"#!/bin/sh\nexit 0\n", 0o755), ("./config", b"#!/bin/sh\n", 0o755),
+                                 ("./md5sums", b"", 0o644), ("./triggers", b"interest x\n", 0o644),
+                                 ("./preinst.orig", b"#!/bin/sh\n", 0o755)):  # fmt: skip
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    deb = _ar([(b"debian-binary", b"2.0\n"), (b"control.tar", buf.getvalue()), (b"data.tar", _tar({b"./a": b"a"}))])
+    contents = read_deb_bytes(deb)
+    assert contents.scripts == (
+        DebMember(b"config", FileKind.REGULAR, 0o755, hashlib.sha256(b"#!/bin/sh\n").digest()),
+        DebMember(b"postinst", FileKind.REGULAR, 0o755, hashlib.sha256(b"#!/bin/sh\nexit 0\n").digest()),
+    )
+    assert [m.path for m in contents.members] == [b"/a"]
+
+
 def test_deb_member_order_is_enforced():
     tar = _tar({b"./a": b"a"})
     with pytest.raises(FormatError, match=r"first member of a .deb must be debian-binary"):
@@ -379,7 +398,15 @@ paths = st.binary(min_size=1, max_size=40).map(lambda b: b"/" + b.replace(b"\0",
 )
 def test_chain_cache_record_round_trips(rows):
     members = tuple(DebMember(p, k, m, d, t) for p, k, m, d, t in rows)
-    assert decode_members(encode_members(members)) == members
+    scripts = tuple(DebMember(b"postinst", FileKind.REGULAR, m, d or b"\0" * 32) for _, _, m, d, _ in rows[:2])
+    deb = VerifiedDeb(members, scripts)
+    assert decode_members(encode_members(deb)) == deb
+
+
+def test_chain_cache_record_of_the_format_without_scripts_is_re_walked():
+    old = b'{"format":1,"members":[]}'  # written before maintainer scripts were read: not trusted as "none"
+    with pytest.raises(FormatError, match="other format"):
+        decode_members(old)
 
 
 # --- fuzz: malformed input gives FormatError (or the chain's own ChainError), nothing else -----

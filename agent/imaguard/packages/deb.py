@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,14 +31,22 @@ if TYPE_CHECKING:
 
     from imaguard.packages.debchain import IndexEntry
 
-__all__ = ["DebSource", "decode_members", "encode_members"]
+__all__ = ["DebSource", "VerifiedDeb", "decode_members", "encode_members"]
 
-_CACHE_FORMAT = 1
+# 2: maintainer scripts added; a record of another format is re-walked, never half-trusted.
+_CACHE_FORMAT = 2
 
 
-def encode_members(members: tuple[DebMember, ...]) -> bytes:
-    """The chain cache record: paths and link targets base64 (bytes, never decoded)."""
-    rows = [
+@dataclass(frozen=True, slots=True)
+class VerifiedDeb:
+    """What the verified chain gives for one package: data.tar members and maintainer scripts."""
+
+    members: tuple[DebMember, ...]
+    scripts: tuple[DebMember, ...] = ()
+
+
+def _rows(members: tuple[DebMember, ...]) -> list[list[object]]:
+    return [
         [
             base64.b64encode(m.path).decode(),
             str(m.kind),
@@ -47,30 +56,39 @@ def encode_members(members: tuple[DebMember, ...]) -> bytes:
         ]
         for m in members
     ]
-    return json.dumps({"format": _CACHE_FORMAT, "members": rows}, separators=(",", ":")).encode()
 
 
-def decode_members(data: bytes) -> tuple[DebMember, ...]:
+def _members(rows: list[list[object]]) -> tuple[DebMember, ...]:
+    out = []
+    for path, kind, mode, sha, link in rows:
+        digest = bytes.fromhex(str(sha)) if sha is not None else None
+        if digest is not None and len(digest) != 32:
+            raise FormatError("chain cache: bad digest")
+        out.append(
+            DebMember(
+                base64.b64decode(str(path), validate=True),
+                FileKind(str(kind)),
+                int(str(mode)),
+                digest,
+                base64.b64decode(str(link), validate=True) if link is not None else None,
+            )
+        )
+    return tuple(out)
+
+
+def encode_members(deb: VerifiedDeb) -> bytes:
+    """The chain cache record: paths and link targets base64 (bytes, never decoded)."""
+    doc = {"format": _CACHE_FORMAT, "members": _rows(deb.members), "scripts": _rows(deb.scripts)}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode_members(data: bytes) -> VerifiedDeb:
     """Parse a chain cache record; FormatError on anything unexpected (the caller re-walks the chain)."""
     try:
         doc = json.loads(data)
         if doc["format"] != _CACHE_FORMAT:
             raise FormatError("chain cache: other format")
-        out = []
-        for path, kind, mode, sha, link in doc["members"]:
-            digest = bytes.fromhex(sha) if sha is not None else None
-            if digest is not None and len(digest) != 32:
-                raise FormatError("chain cache: bad digest")
-            out.append(
-                DebMember(
-                    base64.b64decode(path, validate=True),
-                    FileKind(kind),
-                    int(mode),
-                    digest,
-                    base64.b64decode(link, validate=True) if link is not None else None,
-                )
-            )
-        return tuple(out)
+        return VerifiedDeb(_members(doc["members"]), _members(doc["scripts"]))
     except FormatError:
         raise
     except (ValueError, KeyError, TypeError) as exc:
@@ -160,7 +178,7 @@ class DebSource:
         stem = aptrepo.deb_file_name(dp.name, dp.version, dp.architecture)[: -len(".deb")]
         return self.state_dir / "deb-chain" / f"{stem}_{sha256.hex()}.json"
 
-    def _read_checked(self, dp: dpkgdb.DpkgPackage, entry: IndexEntry, path: Path) -> tuple[DebMember, ...] | None:
+    def _read_checked(self, dp: dpkgdb.DpkgPackage, entry: IndexEntry, path: Path) -> VerifiedDeb | None:
         try:
             fd = aptrepo.open_deb(path)
             if fd is None:
@@ -179,9 +197,9 @@ class DebSource:
             raise ChainError(ChainReason.DEB_UNAVAILABLE, str(exc)) from exc
         debchain.check_deb_identity(contents.control, dp.name, dp.version, dp.architecture, deb=str(path))
         debchain.check_deb(entry, contents.sha256, contents.size, name=str(path))
-        return contents.members
+        return VerifiedDeb(contents.members, contents.scripts)
 
-    def _walk(self, dp: dpkgdb.DpkgPackage, entry: IndexEntry) -> tuple[DebMember, ...]:
+    def _walk(self, dp: dpkgdb.DpkgPackage, entry: IndexEntry) -> VerifiedDeb:
         """Find the exact .deb (apt's cache, ours, or fetched through apt) and read it checked."""
         file_name = aptrepo.deb_file_name(dp.name, dp.version, entry.architecture)
         own = self.state_dir / "debs"
@@ -205,8 +223,8 @@ class DebSource:
         where = "fetching through apt failed" if self.fetch else "fetching is disabled"
         raise ChainError(ChainReason.DEB_UNAVAILABLE, f"{file_name}: not in {self._apt().archives} or {own}; {where}")
 
-    def chain(self, pkg: InstalledPackage) -> tuple[DebMember, ...]:
-        """The verified members of the package's .deb; ChainError naming the link that broke."""
+    def chain(self, pkg: InstalledPackage) -> VerifiedDeb:
+        """The verified members and scripts of the package's .deb; ChainError naming the link that broke."""
         dp = self._entry(pkg.name, pkg.architecture)
         if dp.version != pkg.version:
             raise UsageError(f"{pkg.ident}: installed version is {dp.version}", reason="not-installed")
@@ -229,10 +247,11 @@ class DebSource:
         if self._diversions is None:
             self._diversions = dpkgdb.read_diversions(self.root)
         try:
-            members: dict[bytes, DebMember] = {m.path: m for m in self.chain(pkg)}
+            deb = self.chain(pkg)
+            members: dict[bytes, DebMember] = {m.path: m for m in deb.members}
             reason = ""
         except ChainError as exc:
-            members, reason = {}, exc.evidence_reason
+            deb, members, reason = VerifiedDeb(()), {}, exc.evidence_reason
         for path in dpkgdb.parse_list(listed or b""):
             div = self._diversions.get(path)
             config = path in dp.conffiles
@@ -272,3 +291,15 @@ class DebSource:
                 yield PackageFile(
                     path, FileKind.UNKNOWN, Evidence.NONE, evidence_reason=why, config=config, diverted_to=diverted_to
                 )
+        # dpkg copies the maintainer scripts from control.tar into its database verbatim and executes
+        # them there: package content like any data.tar file, verified by the same chain.
+        for script in deb.scripts:
+            name = script.path.decode()
+            yield PackageFile(
+                dpkgdb.info_file(self.root, dp, name),
+                FileKind.REGULAR,
+                Evidence.REPO_VERIFIED,
+                script.sha256,
+                HashAlgo.SHA256,
+                mode=script.mode,
+            )

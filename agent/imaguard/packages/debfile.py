@@ -1,5 +1,5 @@
-"""Read a ``.deb`` in one sequential pass: its SHA256, its control fields and the SHA-256 of every
-``data.tar`` member.
+"""Read a ``.deb`` in one sequential pass: its SHA256, its control fields, the SHA-256 of its
+maintainer scripts and of every ``data.tar`` member.
 
 One pass matters: the bytes hashed into the .deb's SHA256 are the very bytes decompressed and
 hashed per member, so a file swapped between "check the .deb" and "read the .deb" cannot slip in.
@@ -32,7 +32,11 @@ from imaguard.packages.model import FileKind
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["DebContents", "DebMember", "read_deb"]
+__all__ = ["MAINTAINER_SCRIPTS", "DebContents", "DebMember", "read_deb"]
+
+# The control.tar members dpkg installs as /var/lib/dpkg/info/<package>.<name> and executes
+# (deb-preinst(5) and friends, debconf's config): under an appraisal policy each exec is appraised.
+MAINTAINER_SCRIPTS = frozenset({"preinst", "postinst", "prerm", "postrm", "config"})
 
 _CHUNK = 1 << 20
 # dpkg writes file names raw; surrogateescape makes tarfile's str names a lossless view of them.
@@ -52,10 +56,13 @@ class DebMember:
 
 @dataclass(frozen=True, slots=True)
 class DebContents:
+    """``scripts``: the maintainer scripts, each a DebMember whose path is its bare name (``b"postinst"``)."""
+
     sha256: bytes
     size: int
     control: dict[str, bytes]
     members: tuple[DebMember, ...]
+    scripts: tuple[DebMember, ...] = ()
 
 
 class _HashingReader:
@@ -189,14 +196,9 @@ def _members(tar: tarfile.TarFile, name: str) -> list[DebMember]:
         path = _path(info.name)
         mode = info.mode & 0o7777
         if info.isreg():
-            f = tar.extractfile(info)
-            if f is None:
-                raise FormatError(f"{name}: cannot read member {info.name!r}")
-            h = hashlib.sha256()
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-            regular[path] = h.digest()
-            out.append(DebMember(path, FileKind.REGULAR, mode, h.digest()))
+            digest = _sha256(tar, info, name)
+            regular[path] = digest
+            out.append(DebMember(path, FileKind.REGULAR, mode, digest))
         elif info.islnk():
             # A hard link shares its target's content, which came earlier in the stream.
             target = regular.get(_path(info.linkname))
@@ -212,14 +214,34 @@ def _members(tar: tarfile.TarFile, name: str) -> list[DebMember]:
     return out
 
 
-def _control(tar: tarfile.TarFile, name: str) -> dict[str, bytes]:
+def _sha256(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str) -> bytes:
+    f = tar.extractfile(info)
+    if f is None:
+        raise FormatError(f"{name}: cannot read member {info.name!r}")
+    h = hashlib.sha256()
+    while chunk := f.read(_CHUNK):
+        h.update(chunk)
+    return h.digest()
+
+
+def _control(tar: tarfile.TarFile, name: str) -> tuple[dict[str, bytes], tuple[DebMember, ...]]:
+    fields: dict[str, bytes] | None = None
+    scripts: list[DebMember] = []
     for info in tar:
-        if info.isreg() and info.name.lstrip("./") == "control":
+        member = info.name.lstrip("./")
+        if not info.isreg():
+            continue
+        if member == "control":
             f = tar.extractfile(info)
             if f is None or info.size > 1 << 20:
-                break
-            return debchain.parse_stanza(f.read(), name=f"{name}: control")
-    raise FormatError(f"{name}: control.tar has no control file")
+                raise FormatError(f"{name}: control file unreadable or over 1 MiB")
+            fields = debchain.parse_stanza(f.read(), name=f"{name}: control")
+        elif member in MAINTAINER_SCRIPTS:
+            path = member.encode()
+            scripts.append(DebMember(path, FileKind.REGULAR, info.mode & 0o7777, _sha256(tar, info, name)))
+    if fields is None:
+        raise FormatError(f"{name}: control.tar has no control file")
+    return fields, tuple(sorted(scripts, key=lambda m: m.path))
 
 
 def _in_order(role: str, have_control: bool, have_data: bool) -> bool:
@@ -233,6 +255,7 @@ def read_deb(fd: int, name: str, *, max_size: int) -> DebContents:
     if src.read(len(AR_MAGIC)) != AR_MAGIC:
         raise FormatError(f"{name}: not a .deb (no ar magic)", offset=0)
     control: dict[str, bytes] | None = None
+    scripts: tuple[DebMember, ...] = ()
     members: list[DebMember] | None = None
     index = 0
     while header := src.read(AR_HEADER_SIZE):
@@ -251,7 +274,7 @@ def read_deb(fd: int, name: str, *, max_size: int) -> DebContents:
                     tarfile.open(fileobj=stream, mode="r|", **_TAR_ENCODING) as tar,  # type: ignore[call-overload]
                 ):
                     if role[0] == "control":
-                        control = _control(tar, where)
+                        control, scripts = _control(tar, where)
                     else:
                         members = _members(tar, where)
             elif role is not None:
@@ -263,4 +286,4 @@ def read_deb(fd: int, name: str, *, max_size: int) -> DebContents:
             src.exact(1)
     if control is None or members is None:
         raise FormatError(f"{name}: missing control.tar or data.tar")
-    return DebContents(src.hash.digest(), src.offset, control, tuple(members))
+    return DebContents(src.hash.digest(), src.offset, control, tuple(members), scripts)

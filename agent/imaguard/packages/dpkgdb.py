@@ -21,6 +21,7 @@ __all__ = [
     "Diversion",
     "DpkgPackage",
     "apt_pkg_module",
+    "info_file",
     "parse_diversions",
     "parse_list",
     "parse_md5sums",
@@ -148,6 +149,17 @@ def read_info(root: Path, pkg: DpkgPackage, suffix: str) -> bytes | None:
         if data is not None:
             return data
     return None
+
+
+def info_file(root: Path, pkg: DpkgPackage, suffix: str) -> bytes:
+    """The path (absolute inside ``root``) dpkg gives ``info/<stem>.<suffix>`` of this package.
+
+    dpkg names every info file of a package alike: ``<pkg>:<arch>`` for Multi-Arch: same, else
+    ``<pkg>``; its ``.list`` file, which every installed package has, shows which.
+    """
+    qualified = f"{pkg.name}:{pkg.architecture}"
+    stem = qualified if (root / DPKG_DIR / "info" / f"{qualified}.list").exists() else pkg.name
+    return f"/{DPKG_DIR}/info/{stem}.{suffix}".encode()
 
 
 def parse_list(data: bytes) -> list[bytes]:
