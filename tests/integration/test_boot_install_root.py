@@ -9,12 +9,15 @@ refusals that write nothing, and the grub advice (printed, edited only with --ed
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from certlib import pki
@@ -65,7 +68,15 @@ def test_keys_install_writes_certs_and_boot_loading_then_is_idempotent(
     root: Path, run: Callable[..., tuple[int, dict, str]]
 ) -> None:
     code, doc, err = run("keys", "install", "--root", str(root), str(TEST_CERT))
-    assert (code, err) == (0, "")
+    assert code == 0
+    hook, script = root / bootfiles.INITRAMFS_HOOK, root / bootfiles.INITRAMFS_SCRIPT
+    assert err == (f"imaguard: warning [W-UNSIGNED-BOOT-FILES]: {hook}, {script}: executables without a signature; "
+                   "under an enforcing appraisal policy update-initramfs would be refused running them (use "
+                   "--sign-key KEY, or review and `imaguard sign` them)\n")  # fmt: skip
+    assert {f["path"]: f.get("signature") for f in doc["files"]} == {
+        str(root / "etc/keys/ima" / TEST_KEY_FILE): None, str(hook): "unsigned", str(script): "unsigned",
+        str(root / bootfiles.DRACUT_CONF): None,
+    }  # fmt: skip
     assert {Path(f["path"]).relative_to(root).as_posix(): f["change"] for f in doc["files"]} == {
         f"etc/keys/ima/{TEST_KEY_FILE}": "created",
         bootfiles.INITRAMFS_HOOK: "created",
@@ -96,10 +107,50 @@ def test_keys_install_text_output_says_exactly_what_changed(root: Path, capsys: 
     assert out[4].startswith("next: rebuild the initramfs")
     assert out[5:] == [
         f"unchanged {root}/etc/keys/ima/{TEST_KEY_FILE} (0644)",
-        f"unchanged {root}/{bootfiles.INITRAMFS_HOOK} (0755)",
-        f"unchanged {root}/{bootfiles.INITRAMFS_SCRIPT} (0755)",
+        f"unchanged {root}/{bootfiles.INITRAMFS_HOOK} (0755, signature unsigned)",
+        f"unchanged {root}/{bootfiles.INITRAMFS_SCRIPT} (0755, signature unsigned)",
         f"unchanged {root}/{bootfiles.DRACUT_CONF} (0644)",
     ]
+
+
+def test_sign_key_signs_the_boot_executables_and_a_rerun_keeps_the_signatures(
+    root: Path, tmp_path: Path, run: Callable[..., tuple[int, dict, str]], evmctl: str
+) -> None:
+    # Under enforce, update-initramfs runs the hook: unsigned, the rebuild that loads the keys is refused.
+    key = REPO / "tests/data/keys/ima-test-rsa2048.key"
+    code, doc, err = run("keys", "install", "--root", str(root), str(TEST_CERT), "--sign-key", str(key))
+    assert (code, err) == (0, "")
+    hook, script = root / bootfiles.INITRAMFS_HOOK, root / bootfiles.INITRAMFS_SCRIPT
+    assert {f["path"]: f["signature"] for f in doc["files"] if "signature" in f} == {
+        str(hook): "signed", str(script): "signed"}  # fmt: skip
+    for path in (hook, script):
+        assert main(["verify", "--cert", str(TEST_CERT), str(path)]) == 0
+        proc = subprocess.run([evmctl, "ima_verify", "--key", str(REPO / "tests/data/keys/ima-test-rsa2048.der"),
+                               str(path)], capture_output=True, check=False)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    xattr = os.getxattr(hook, "security.ima")
+    code, doc, _ = run("keys", "install", "--root", str(root), str(TEST_CERT), "--sign-key", str(key))
+    assert {f["path"]: f["signature"] for f in doc["files"] if "signature" in f} == {
+        str(hook): "kept", str(script): "kept"}  # fmt: skip
+    assert os.getxattr(hook, "security.ima") == xattr
+    # A script changed by hand is replaced (new inode, no xattr) and signed again.
+    script.write_text("#!/bin/sh\n# edited\n")
+    code, doc, _ = run("keys", "install", "--root", str(root), str(TEST_CERT), "--sign-key", str(key))
+    assert [(f["change"], f["signature"]) for f in doc["files"] if f["path"] == str(script)] == [("updated", "signed")]
+    assert main(["verify", "--cert", str(TEST_CERT), str(script)]) == 0
+
+
+def test_sign_key_of_another_certificate_is_refused_before_anything_is_written(
+    root: Path, tmp_path: Path, run: Callable[..., tuple[int, dict, str]]
+) -> None:
+    other_key = tmp_path / "other.pem"  # the test CA's key: a real RSA key whose certificate is not installed
+    other_key.write_bytes(pki().ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))  # fmt: skip
+    code, _doc, err = run("keys", "install", "--root", str(root), str(TEST_CERT), "--sign-key", str(other_key))
+    assert code == 2
+    assert f"--sign-key {other_key}: its certificate is none of the ones installed" in err
+    assert not (root / "etc/keys").exists()
+    assert not (root / bootfiles.INITRAMFS_HOOK).exists()
 
 
 def test_rotation_keeps_the_old_key_and_a_changed_script_is_replaced_atomically(

@@ -93,7 +93,8 @@ def test_gate_refuses_enforce_and_writes_nothing(fake_ima: Callable[..., Path], 
     assert doc["loaded"] is False
     assert doc["gate"]["uncovered"][0]["path"] == "/usr/bin/unsigned-tool"
     assert doc["gate"]["uncovered"][0]["reason"] == "no-signature"
-    assert "the gate refused: 1 of 1 file(s) in scope would be denied; nothing was written" in err
+    assert ("the gate refused: 1 of 1 file(s) in scope would be denied: /usr/bin/unsigned-tool (no-signature); "
+            "nothing was written") in err  # the file is named even with --json
     assert policy.read_text() == ""
 
 

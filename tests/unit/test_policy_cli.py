@@ -95,9 +95,13 @@ def test_check_refuses_unsigned_and_says_where_keys_came_from(
     assert f"  no-signature         {prog}  (rule line " in out
 
 
-def test_measure_only_policy_allows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert imaguard(["policy", "check", "--stage", "measure", "--cert", str(CERT), "--root", str(tmp_path)]) == 0
-    assert "allow: the policy has no appraise rules, it denies nothing" in capsys.readouterr().out
+def test_measure_only_policy_allows_and_needs_no_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # No --cert and (on this host) no IMA keyring: nothing is appraised, so no key is asked for.
+    assert imaguard(["policy", "check", "--stage", "measure", "--root", str(tmp_path)]) == 0
+    assert "allow: the policy has no appraise rules, it denies nothing (no keys needed)" in capsys.readouterr().out
+    assert imaguard(["policy", "check", "--stage", "measure", "--root", str(tmp_path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["decision"], doc["keys_from"], doc["key_ids"]) == ("allow", "not-needed", [])
 
 
 def test_help_is_complete(capsys: pytest.CaptureFixture[str]) -> None:

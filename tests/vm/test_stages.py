@@ -112,6 +112,9 @@ def test_boot1_installs_keys_and_the_log_stage(stage_run: RunResult) -> None:
         "/etc/initramfs-tools/hooks/imaguard": "created",
         "/etc/initramfs-tools/scripts/init-top/imaguard": "created",
     }
+    signed = {f["path"]: f.get("signature") for f in b1["keys-install"]["doc"]["files"] if "signature" in f}
+    assert signed == {"/etc/initramfs-tools/hooks/imaguard": "signed",
+                      "/etc/initramfs-tools/scripts/init-top/imaguard": "signed"}  # fmt: skip
     install = b1["policy-install-log"]
     _ok(install)
     assert install["doc"]["cmdline"]["add"] == ["ima_appraise=log"]
@@ -180,6 +183,8 @@ def test_rotation_resigns_everything_and_retires_the_first_key(stage_run: RunRes
     old, new = _key_id(stage_run, "cert"), _key_id(stage_run, "cert2")
     _ok(b3["rotate-keys-load"])
     _ok(b3["rotate-keys-install"])
+    resigned = {f["path"]: f.get("signature") for f in b3["rotate-keys-install"]["doc"]["files"] if "signature" in f}
+    assert set(resigned.values()) == {"signed"}, resigned  # by the new key: the old one's is not kept
     resign = b3["rotate-resign"]
     assert resign["rc"] == 0, resign.get("stderr")
     assert resign["files"] > 3000
@@ -226,7 +231,8 @@ def test_gate_refuses_enforce_with_one_unsigned_binary_and_writes_nothing(gate_r
     assert gate["doc"]["loaded"] is False
     assert gate["doc"]["error"]["reason"] == "gate-refused", gate["doc"]["error"]
     assert [(u["path"], u["reason"]) for u in gate["doc"]["gate"]["uncovered"]] == [("/usr/bin/yes", "no-signature")]
-    assert "the gate refused: 1 of " in gate["stderr"]  # with --json the files are named in the document
+    assert "the gate refused: 1 of " in gate["stderr"]
+    assert "would be denied: /usr/bin/yes (no-signature); nothing was written" in gate["stderr"]
     # nothing written: the policy file is still there (a written policy would have removed it) ...
     assert gate["policy_file_present"] is True
     # ... and a later load in the same boot succeeds (below)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imaguard.cli.files import add_revocation_options
+from imaguard.cli.keyfile import PASSWORD_HELP, key_password
 from imaguard.cli.progress import Progress
 from imaguard.config import Limits
 from imaguard.errors import ExitCode, TrustError, UsageError
@@ -65,7 +66,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="IMA certificate the kernel trusts (repeat for several)")
     p.add_argument("--authority-cert", type=Path, action="append", default=[], metavar="CERT",
                    help="signing authority certificate for bundles")
-    p.add_argument("--password-file", type=Path, metavar="FILE", help="password of the local key")
+    p.add_argument("--password-file", type=Path, metavar="FILE", help="password of the local key: " + PASSWORD_HELP)
     add_revocation_options(p)
     p.add_argument("--scope", type=Scope, choices=list(Scope), default=Scope.EXECUTABLES,
                    help="executables (exec bit, shared objects, kernel modules; default) or all")
@@ -96,8 +97,7 @@ def _signature_source(args: argparse.Namespace) -> SignatureSource:
         return VendorSource(verifier)
     if spec.startswith("local:"):
         key_path = Path(spec.removeprefix("local:"))
-        password = args.password_file.read_bytes().rstrip(b"\r\n") if args.password_file else None
-        key = load_private_key(key_path, password, certs[0])
+        key = load_private_key(key_path, key_password(args.password_file, key_path), certs[0])
         if certs[0].key_id in revoked:
             raise TrustError(f"{args.cert[0]}: key id {certs[0].key_id.hex()} is revoked", reason="revoked-key")
         # Identical files (copies, empty files) get one signature: see sign/memo.py.

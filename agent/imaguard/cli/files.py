@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import getpass
 import json
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from imaguard.cli.keyfile import PASSWORD_HELP, key_password
 from imaguard.cli.progress import Progress
 from imaguard.config import Limits
 from imaguard.digests import HashAlgo
@@ -82,7 +81,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        formatter_class=fmt)
     p.add_argument("--key", required=True, type=Path, metavar="KEY", help="private key (PEM or DER; RSA or EC)")
     p.add_argument("--cert", type=Path, metavar="CERT", help="certificate of the key: key id from its SKID")
-    p.add_argument("--password-file", type=Path, metavar="FILE", help="file holding the key's password")
+    p.add_argument("--password-file", type=Path, metavar="FILE", help=PASSWORD_HELP)
     p.add_argument("--hash-algo", type=_algo, default=HashAlgo.SHA256, metavar="ALGO",
                    help="sha256 (default), sha384 or sha512")
     _add_common(p)
@@ -107,26 +106,6 @@ def add_revocation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revocation-list", type=Path, metavar="FILE",
                    help="CA-signed revocation list (imaguard-keyring revoke): its key ids are refused (revoked-key)")
     p.add_argument("--revocation-ca", type=Path, metavar="CERT", help="the CA certificate that signs the list")
-
-
-def _password(args: argparse.Namespace, key_path: Path) -> bytes | None:
-    pw_file: Path | None = args.password_file
-    if pw_file is not None:
-        try:
-            return pw_file.read_bytes().rstrip(b"\r\n")
-        except OSError as exc:
-            raise UsageError(f"{pw_file}: cannot read password: {exc.strerror}") from exc
-    env = os.environ.get("IMAGUARD_KEY_PASSWORD")
-    if env is not None:
-        return env.encode()
-    try:
-        encrypted = b"ENCRYPTED" in key_path.read_bytes()[:4096]
-    except OSError:
-        return None  # load_private_key reports the unreadable key
-    if encrypted and sys.stdin.isatty():
-        entered: str = getpass.getpass(f"password for {key_path}: ")
-        return entered.encode()
-    return None
 
 
 def _run(
@@ -193,7 +172,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     from imaguard.keys import LocalSigner, load_certificate, load_private_key  # noqa: PLC0415 - see cli.main
 
     cert = load_certificate(args.cert) if args.cert is not None else None
-    key = load_private_key(args.key, _password(args, args.key), cert)
+    key = load_private_key(args.key, key_password(args.password_file, args.key), cert)
     # Identical files (empty __init__.py, copies) get one signature: see sign/memo.py.
     signer = MemoSigner(LocalSigner.from_key(key, cert))
     job = functools.partial(sign_path, signer=signer, algo=args.hash_algo, limits=Limits())

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from imaguard.cli.files import add_revocation_options
+from imaguard.cli.keyfile import PASSWORD_HELP
 from imaguard.cli.keys_install import INSTALL_HELP, cmd_install
 from imaguard.errors import ExitCode, ImaguardError, TrustError, UnsupportedError
 from imaguard.ima import keyring, probe
@@ -105,6 +106,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                          description=INSTALL_HELP, formatter_class=fmt)  # fmt: skip
     p.add_argument("certs", nargs="+", type=Path, metavar="CERT", help="IMA signing certificate, PEM or DER")
     p.add_argument("--root", default="/", metavar="DIR", help="the root filesystem to install into (default: /)")
+    p.add_argument("--sign-key", type=Path, metavar="KEY",
+                   help="sign the executables written (initramfs hook and script) with KEY, whose certificate is "
+                        "one of CERT (else they are unsigned and an enforcing policy refuses them)")  # fmt: skip
+    p.add_argument("--password-file", type=Path, metavar="FILE", help=PASSWORD_HELP)
     add_revocation_options(p)
     _common(p)
     p.set_defaults(handler=cmd_install)

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from imaguard.errors import ExitCode
+from imaguard.cli.keyfile import key_password
+from imaguard.config import Limits
+from imaguard.digests import HashAlgo
+from imaguard.errors import ExitCode, UsageError
 from imaguard.ima import bootfiles
 from imaguard.ima.hostfacts import KernelFacts, parse_kernel_config
 from imaguard.ima.keyload import certificate_refusals
 from imaguard.ima.rootfiles import Change, FileChange, install_file, read_root_file, root_dir
-from imaguard.keys import Certificate, load_certificate
+from imaguard.keys import Certificate, LocalSigner, Verifier, load_certificate, load_private_key
 from imaguard.keys.revocation_store import load_revoked
+from imaguard.sign.files import sign_path, verify_path
 
 if TYPE_CHECKING:
     import argparse
@@ -48,12 +53,19 @@ W-NO-BOOT-LOADING (no initramfs generator found), W-EC-KEY (EC key, ECDSA suppor
 kernel unknown). Other imaguard-*.der files already there are kept (rotation: the old key stays
 until retired by removing its file) and listed.
 
+The hook and the script are executables: under an enforcing appraisal policy update-initramfs
+would be refused running them unless they carry a signature the kernel trusts. --sign-key KEY
+signs them (sha256, the key of one of the CERTs given; a valid signature by one of them is
+kept); without it each is reported "unsigned" with warning W-UNSIGNED-BOOT-FILES, and
+`imaguard policy check --stage enforce` lists them.
+
 Refused before anything is written: CA certificates, revoked keys (--revocation-list,
 --revocation-ca), EC keys when every kernel config in ROOT/boot says CONFIG_CRYPTO_ECDSA is off.
 Afterwards rebuild the initramfs (update-initramfs -u, or dracut -f); install prints the command.
 
-Exit status: 0 installed (or unchanged); 2 CA or unreadable certificate; 3 revoked key;
-77 EC key for a kernel without ECDSA; 1 a file could not be written.
+Exit status: 0 installed (or unchanged); 2 CA or unreadable certificate, or --sign-key
+matching none of CERT; 3 revoked key; 77 EC key for a kernel without ECDSA; 1 a file could
+not be written or signed.
 """
 
 
@@ -109,12 +121,44 @@ def _refuse(args: argparse.Namespace, certs: list[Certificate], root: Path) -> i
     return code
 
 
+def _boot_signer(args: argparse.Namespace, certs: list[Certificate]) -> LocalSigner | None:
+    """The signer for the boot executables: --sign-key, matched to one of the certificates installed."""
+    if args.sign_key is None:
+        return None
+    password = key_password(args.password_file, args.sign_key)
+    for cert in certs:
+        try:
+            key = load_private_key(args.sign_key, password, cert)
+        except UsageError as exc:
+            if exc.reason == "key-cert-mismatch":
+                continue
+            raise
+        return LocalSigner.from_key(key, cert)
+    raise UsageError(f"--sign-key {args.sign_key}: its certificate is none of the ones installed; a signature "
+                     "the boot-time keyring cannot verify would not help", reason="key-cert-mismatch")  # fmt: skip
+
+
+def _sign_boot_files(paths: list[str], signer: LocalSigner | None, verifier: Verifier) -> dict[str, str]:
+    """``{path: signed | kept | unsigned | failed: reason: detail}`` for each boot executable."""
+    out = {}
+    for path in paths:
+        if verify_path(path, verifier, Limits()).status == "verified":
+            out[path] = "kept"
+        elif signer is None:
+            out[path] = "unsigned"
+        else:
+            res = sign_path(path, signer, HashAlgo.SHA256, Limits())
+            out[path] = "signed" if res.status == "signed" else f"failed: {res.reason}: {res.detail}"
+    return out
+
+
 def cmd_install(args: argparse.Namespace) -> int:
     root = root_dir(args.root)
     certs = list({c.key_id: c for c in (load_certificate(p) for p in args.certs)}.values())
     refused = _refuse(args, certs, root)
     if refused is not None:
         return refused
+    signer = _boot_signer(args, certs)
     warnings: list[str] = []
     if any(c.key_kind.startswith("EC") for c in certs) and _target_ecdsa(root) is None:
         warnings.append("W-EC-KEY: EC certificate and no kernel config in ROOT/boot to tell whether the kernel "
@@ -138,20 +182,48 @@ def cmd_install(args: argparse.Namespace) -> int:
     if not rebuild:
         warnings.append("W-NO-BOOT-LOADING: neither initramfs-tools nor dracut's integrity module found under "
                         f"{root}: the certificates are installed but nothing loads them at boot")  # fmt: skip
-    changed = any(c.change is not Change.UNCHANGED for c in changes)
+    revoked = load_revoked(args.revocation_list, args.revocation_ca)
+    signatures = _sign_boot_files([c.path for c in changes if c.mode & 0o111], signer, Verifier.of(certs, revoked))
+    unsigned = [p for p, status in signatures.items() if status == "unsigned"]
+    if unsigned:
+        warnings.append(f"W-UNSIGNED-BOOT-FILES: {', '.join(unsigned)}: executables without a signature; under an "
+                        "enforcing appraisal policy update-initramfs would be refused running them (use --sign-key "
+                        "KEY, or review and `imaguard sign` them)")  # fmt: skip
+    return _report(args, _Outcome(root, changes, kept, rebuild, warnings, signatures))
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    root: Path
+    changes: list[FileChange]
+    kept: list[str]  # other certificate files left in place
+    rebuild: list[str]  # the commands that make the next boot load the keys
+    warnings: list[str]
+    signatures: dict[str, str]  # boot executable -> signed | kept | unsigned | failed: …
+
+
+def _report(args: argparse.Namespace, out: _Outcome) -> int:
+    changed = any(c.change is not Change.UNCHANGED for c in out.changes)
+    failed = {p: s for p, s in out.signatures.items() if s.startswith("failed")}
+    code = ExitCode.FAILURE if failed else ExitCode.OK
     if args.json:
-        json.dump({"command": "keys install", "installed": True, "root": str(root),
-                   "files": [{"path": c.path, "change": c.change.value, "mode": f"{c.mode:04o}"} for c in changes],
-                   "kept": kept, "warnings": warnings, "rebuild": rebuild if changed else [],
-                   "exit_code": int(ExitCode.OK)}, sys.stdout, indent=1)  # fmt: skip
+        json.dump({"command": "keys install", "installed": True, "root": str(out.root),
+                   "files": [{"path": c.path, "change": c.change.value, "mode": f"{c.mode:04o}",
+                              **({"signature": out.signatures[c.path]} if c.path in out.signatures else {})}
+                             for c in out.changes],
+                   "kept": out.kept, "warnings": out.warnings, "rebuild": out.rebuild if changed else [],
+                   "exit_code": int(code)}, sys.stdout, indent=1)  # fmt: skip
         sys.stdout.write("\n")
     else:
-        for c in changes:
-            print(f"{c.change.value:9} {c.path} ({c.mode:04o})")
-        for name in kept:
-            print(f"kept      {root / bootfiles.KEY_DIR / name} (not named here; remove it to retire that key)")
-        if changed and rebuild:
-            print(f"next: rebuild the initramfs so the next boot loads the keys: {' ; '.join(rebuild)}")
-    for warning in warnings:
+        for c in out.changes:
+            sig = f", signature {out.signatures[c.path]}" if c.path in out.signatures else ""
+            print(f"{c.change.value:9} {c.path} ({c.mode:04o}{sig})")
+        for name in out.kept:
+            print(f"kept      {out.root / bootfiles.KEY_DIR / name} (not named here; remove it to retire that key)")
+        if changed and out.rebuild:
+            print(f"next: rebuild the initramfs so the next boot loads the keys: {' ; '.join(out.rebuild)}")
+    for warning in out.warnings:
         print(f"imaguard: warning [{warning.split(':', 1)[0]}]:{warning.split(':', 1)[1]}", file=sys.stderr)
-    return ExitCode.OK
+    for path, status in failed.items():
+        print(f"imaguard: error: {path}: written but not signed: {status.removeprefix('failed: ')}", file=sys.stderr)
+    return code

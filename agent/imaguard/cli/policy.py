@@ -189,11 +189,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     source, policy = load_policy(args)
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    keys_from, loaded, verifier = gate_keys(args.cert)
     if policy.appraise_rules:
+        keys_from, loaded, verifier = gate_keys(args.cert)
         facts = coverage.collect(policy, args.root, verifier, loaded, Limits(), jobs=args.jobs)
         result = run_gate(policy, facts, loaded)
-    else:
+    else:  # nothing is appraised, so no key matters: do not ask for any
+        keys_from, loaded = "not-needed", frozenset()
         result = GateResult(Decision.ALLOW, 0, (), 0)
     check = _Check(source, policy, keys_from, loaded, result)
     code = ExitCode.OK if result.allowed else ExitCode.VERIFICATION_FAILED
@@ -209,11 +210,11 @@ def _print_text(args: argparse.Namespace, check: _Check) -> None:
     print(f"policy: {check.source} ({len(policy.rules)} rules, {len(policy.appraise_rules)} appraise)")
     if args.stage is not None:
         print(f"stage: {args.stage} ({STAGE_NOTES[args.stage]})")
+    if not policy.appraise_rules:
+        print("allow: the policy has no appraise rules, it denies nothing (no keys needed)")
+        return
     why = "" if check.keys_from == "kernel" else " (the kernel has no _ima or .ima keyring here; --cert stands in)"
     print(f"keys-from: {check.keys_from}{why}: {', '.join(sorted(k.hex() for k in check.loaded)) or 'no keys'}")
-    if not policy.appraise_rules:
-        print("allow: the policy has no appraise rules, it denies nothing")
-        return
     print(f"root: {args.root}")
     if result.allowed:
         print(f"allow: every file in scope would pass appraisal ({result.in_scope} files)")

@@ -174,8 +174,10 @@ def _judge(args: argparse.Namespace, result: GateResult, doc: dict[str, object])
         _warn(W_UNSAFE_ENFORCE, f"--unsafe-enforce-with-unsigned-files: enforcing although {len(paths)} file(s) "
               f"will be DENIED until the next reboot: {listing}{more}")  # fmt: skip
         return None
-    err = PolicyGateError(f"the gate refused: {len(paths)} of {result.in_scope} file(s) in scope would be denied; "
-                          "nothing was written (sign them, or see --unsafe-enforce-with-unsigned-files)",
+    named = ", ".join(f"{u.path} ({u.reason})" for u in result.uncovered[:3])
+    named += f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+    err = PolicyGateError(f"the gate refused: {len(paths)} of {result.in_scope} file(s) in scope would be denied: "
+                          f"{named}; nothing was written (sign them, or see --unsafe-enforce-with-unsigned-files)",
                           unsigned=paths)  # fmt: skip
     return _fail(args, doc, err)
 

@@ -145,10 +145,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     key = None
     if args.sign is not None:
-        from imaguard.cli.files import _password  # noqa: PLC0415 - the one password reader
+        from imaguard.cli.keyfile import key_password  # noqa: PLC0415
         from imaguard.keys.material import load_private_key  # noqa: PLC0415
 
-        key = load_private_key(args.sign, _password(args, args.sign), cert)
+        key = load_private_key(args.sign, key_password(args.password_file, args.sign), cert)
     collected = collect.collect(state_dir=state_dir, log_file=args.file, certificates=certs, nonce=args.nonce,
                                 processes=args.format == "json" and not args.no_processes)  # fmt: skip
     if args.format == "cel":

@@ -100,7 +100,8 @@ def update_initramfs() -> None:
 
 
 def boot1(p: dict[str, Any]) -> None:
-    brecord("keys-install", **cli("keys", "install", p["cert"]))
+    # --sign-key: the initramfs hook and script are executables too (update-initramfs runs the hook).
+    brecord("keys-install", **cli("keys", "install", p["cert"], "--sign-key", p["key"]))
     install = cli("policy", "install", "--stage", "log")
     brecord("policy-install-log", **install)
     gaps = [u["path"] for u in (((install["doc"] or {}).get("gate") or {}).get("uncovered") or [])]
@@ -190,7 +191,7 @@ def boot3(p: dict[str, Any]) -> None:
     brecord("rotate-keys-load", **load)
     if load["rc"] != 0:  # re-signing for a key the kernel does not have would lock this boot out
         return
-    brecord("rotate-keys-install", **cli("keys", "install", p["cert2"]))
+    brecord("rotate-keys-install", **cli("keys", "install", p["cert2"], "--sign-key", p["key2"]))
     start = time.monotonic()
     files = signed_by(old)
     walk_s = round(time.monotonic() - start, 1)
