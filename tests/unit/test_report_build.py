@@ -21,6 +21,7 @@ from imaguard.packages.model import Evidence, FileKind, InstalledPackage, Packag
 from imaguard.report.build import build_report
 from imaguard.report.envelope import sign_report
 from imaguard.report.facts import Mapping, ProcessInfo
+from imaguard.report.formats.text import render_text
 from imaguard.report.model import HostFacts, read_report
 from imaguard.report.paths import usr_aliases
 from imaguard.report.verify import verify_report
@@ -107,6 +108,47 @@ def test_processes_take_the_class_of_their_last_log_entry(index):
         53: ("not-measured", "not-measured-by-policy", []),
     }
     assert report.processes[1].exe.entry == 2
+
+
+def test_text_view_puts_what_needs_a_look_first(index):
+    procs = [
+        _proc(50, b"/usr/bin/tpm2", 20.0, (Mapping(b"/usr/bin/tpm2"),)),
+        _proc(51, b"/opt/imaguard-lab/unsigned-echo", 21.0),
+        _proc(52, b"/opt/imaguard-lab/signed-echo", 22.0),
+        _proc(53, b"/usr/bin/late", 30.0),
+    ]
+    text = render_text(_report(index, procs)).splitlines()
+    pcr = json.loads((LAB / "pcr10.json").read_text())
+    assert text[:9] == [
+        "host        h  kernel 6.1.0-50-amd64  boot b",
+        "ima policy  gone",
+        "ima keys    _ima 0a1b2c3d (lab: 0a1b)",
+        "log         lab: 6 entries, 0 violations; templates ima-buf 1, ima-sig 5",
+        f"replay      PCR 10 sha1 {pcr['sha1']}, sha256 {pcr['sha256']}",
+        "quote       none",
+        "entries     package 1, modified 1, unknown 2, boot-aggregate 1, buffer 1",
+        "signatures  verified 1, bad-signature 1, unsigned 3, not-recorded 1",
+        "processes   package 1, modified 1, unknown 1, not-measured 1",
+    ]
+    assert text[9:] == [
+        "",
+        "Processes not traced to a package (class, pid, name, file, why):",
+        "  unknown           51  unsigned-echo   /opt/imaguard-lab/unsigned-echo",
+        "  modified          52  signed-echo     /opt/imaguard-lab/signed-echo  "
+        "path of labecho=1/amd64 (source coreutils 9.1-1), other content",
+        "  not-measured      53  late            /usr/bin/late  not-measured-by-policy",
+        "",
+        "Measured files not traced to a package, or with a bad signature (class, entry, path):",
+        "  modified     #3      /opt/imaguard-lab/signed-echo  path of labecho=1/amd64 (source coreutils 9.1-1)",
+        "  unknown      #4      /opt/imaguard-lab/unsigned-echo",
+        "  unknown      #5      /opt/imaguard-lab/tampered-echo  signature bad-signature",
+        "",
+        "Processes (pid, name, class, package of the executable):",
+        "       50  tpm2            package      tpm2-tools=5.4-1/amd64 (source tpm2-tools 5.4-1)",
+        "       51  unsigned-echo   unknown",
+        "       52  signed-echo     modified",
+        "       53  late            not-measured",
+    ]
 
 
 def test_usr_merged_aliases():

@@ -21,9 +21,13 @@ def test_missing_index_is_named(tmp_path, capsys):
                                        "build it with `imaguard packages index`\n")  # fmt: skip
 
 
-def test_nonce_is_for_the_json_report(tmp_path, capsys):
+def test_nonce_is_for_the_json_and_text_reports_and_sign_for_json(tmp_path, capsys):
     assert main(["report", "--format", "cel", "--nonce", "x", "--index", str(tmp_path)]) == 2
-    assert capsys.readouterr().err == "imaguard: error: --sign and --nonce apply to the json report, not to --format cel\n"
+    assert capsys.readouterr().err == ("imaguard: error: --nonce applies to the json and text reports, not to "
+                                       "--format cel\n")  # fmt: skip
+    key, cert = KEYS / "ima-test-rsa2048.key", KEYS / "ima-test-rsa2048.pem"
+    assert main(["report", "--format", "text", "--sign", str(key), "--cert", str(cert), "--index", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "imaguard: error: --sign applies to the json report, not to --format text\n"
 
 
 def test_verify_of_a_non_report_fails_verification(tmp_path, capsys):

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from imaguard.cli.keyfile import PASSWORD_HELP
 from imaguard.errors import ExitCode, FormatError, TrustError, UsageError
 
 __all__ = ["register"]
@@ -25,7 +26,9 @@ With --nonce and a TPM (TPM2TOOLS_TCTI, or /dev/tpmrm0), a quote over PCR 10 sig
 attestation key is attached; the log is read before and after the quote and must not change in
 between. With --sign the report becomes a DSSE envelope signed by the host key.
 
-Formats: json (the report, schema in docs/report.md), keylime-policy (a Keylime runtime policy
+Formats: json (the report, schema in docs/report.md), text (the same report for a person: the
+summary, then every process and measured file not traced to a package and every signature that
+did not verify, then each process with its package), keylime-policy (a Keylime runtime policy
 from the digest index: every trusted SHA-256 digest by path, --cert/--ima-cert as verification
 keys, excludes for directories no package owns), cel (the log as TCG Canonical Event Log JSON,
 each record with its package provenance).
@@ -56,14 +59,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("report", help="attestation report of the measurement log, and its exports",
                        description=_HELP, formatter_class=fmt)  # fmt: skip
-    p.add_argument("--format", choices=("json", "keylime-policy", "cel"), default="json",
-                   help="json (default), keylime-policy or cel")  # fmt: skip
+    p.add_argument("--format", choices=("json", "text", "keylime-policy", "cel"), default="json",
+                   help="json (default), text, keylime-policy or cel")  # fmt: skip
     p.add_argument("--nonce", metavar="N", help="attach a TPM quote over PCR 10 made for this nonce")
     p.add_argument("--sign", type=Path, metavar="KEY", help="sign the report (DSSE) with this private key")
     p.add_argument("--cert", type=Path, metavar="CERT",
                    help="certificate of --sign's key (required with --sign); also checks ima-sig signatures, "
                         "and is a verification key of --format keylime-policy")  # fmt: skip
-    p.add_argument("--password-file", type=Path, metavar="FILE", help="file holding --sign's key password")
+    p.add_argument("--password-file", type=Path, metavar="FILE", help="--sign's key password: " + PASSWORD_HELP)
     p.add_argument("--ima-cert", type=Path, action="append", default=[], metavar="CERT",
                    help="IMA certificate to check ima-sig signatures with (repeatable)")  # fmt: skip
     p.add_argument("--file", type=Path, metavar="LOG",
@@ -121,8 +124,10 @@ def _dumps(doc: object) -> bytes:
 def _cmd_report(args: argparse.Namespace) -> int:
     if args.sign is not None and args.cert is None:
         raise UsageError("--sign needs --cert (the certificate of the signing key)")
-    if args.format != "json" and (args.sign is not None or args.nonce is not None):
-        raise UsageError(f"--sign and --nonce apply to the json report, not to --format {args.format}")
+    if args.format != "json" and args.sign is not None:
+        raise UsageError(f"--sign applies to the json report, not to --format {args.format}")
+    if args.format not in ("json", "text") and args.nonce is not None:
+        raise UsageError(f"--nonce applies to the json and text reports, not to --format {args.format}")
     cert = None
     certs = []
     if args.cert is not None or args.ima_cert:
@@ -150,9 +155,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
         key = load_private_key(args.sign, key_password(args.password_file, args.sign), cert)
     collected = collect.collect(state_dir=state_dir, log_file=args.file, certificates=certs, nonce=args.nonce,
-                                processes=args.format == "json" and not args.no_processes)  # fmt: skip
+                                processes=args.format in ("json", "text") and not args.no_processes)  # fmt: skip
     if args.format == "cel":
         _write(_dumps(collect.cel_of(collected)), args.output)
+        return ExitCode.OK
+    if args.format == "text":
+        from imaguard.report.formats.text import render_text  # noqa: PLC0415
+
+        _write(render_text(collected.report).encode("utf-8", "surrogateescape"), args.output)
         return ExitCode.OK
     document = collected.report.to_bytes()
     if key is not None and cert is not None:

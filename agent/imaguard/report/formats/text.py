@@ -1,0 +1,82 @@
+"""The report for a person at a terminal (pure): the summary first, then what needs a look.
+
+What needs a look is everything not traced to a package: processes and measured files that are
+``modified`` or ``unknown``, processes ``not-measured``, signatures that did not verify. Then every
+process with the package and source version it runs from. The JSON report stays the record; this
+view drops the digests and PCR inputs a person does not read.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from imaguard.report.model import EntryClass, ProcessClass, SignatureStatus, path_text
+
+if TYPE_CHECKING:
+    from imaguard.report.model import MappingReport, PackageRef, Report
+
+__all__ = ["render_text"]
+
+# Signature states that say something is wrong (not-recorded/unsigned say what the template or
+# the file had, which the counts line shows).
+_BAD_SIGNATURES = (SignatureStatus.UNKNOWN_KEY, SignatureStatus.BAD_SIGNATURE, SignatureStatus.MALFORMED)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none"
+
+
+def _package(p: PackageRef) -> str:
+    source = f" (source {p.source_name} {p.source_version})" if p.source_name else ""
+    return f"{p.name}={p.version}/{p.arch}{source}"
+
+
+def _mapping_note(m: MappingReport) -> str:
+    if m.klass is ProcessClass.MODIFIED and m.packages:
+        return f"path of {', '.join(_package(p) for p in m.packages)}, other content"
+    if m.reason:
+        return m.reason
+    return "deleted after it was mapped" if m.deleted else ""
+
+
+def render_text(report: Report) -> str:
+    host, log = report.host, report.log
+    counts = report.counts()
+    lines = [
+        f"host        {host.hostname}  kernel {host.kernel_release}  boot {host.boot_id or '?'}",
+        f"ima policy  {host.ima_policy_state}"
+        + (f" (sha256 {host.ima_policy_sha256})" if host.ima_policy_sha256 else ""),
+        "ima keys    " + (", ".join(f"{ring} {kid or '?'} ({desc})" for ring, desc, kid in host.ima_keys) or "none"),
+        f"log         {log.source}: {log.entries} entries, {log.violations} violations"
+        + (f", truncated at byte {log.truncated_at}" if log.truncated_at is not None else "")
+        + f"; templates {', '.join(f'{n} {c}' for n, c in log.templates) or 'none'}",
+        "replay      PCR 10 " + ", ".join(f"{bank} {value}" for bank, value in log.pcr10),
+        f"quote       {'TPM quote over PCR 10 for nonce ' + report.quote.nonce if report.quote else 'none'}",
+        f"entries     {_counts(counts['entries'])}",
+        f"signatures  {_counts(counts['signatures'])}",
+        f"processes   {_counts(counts['processes'])}",
+    ]
+    odd_procs = [p for p in report.processes if p.klass is not ProcessClass.PACKAGE or p.error]
+    odd_maps = [(p, m) for p in report.processes for m in p.mappings if m.klass is not ProcessClass.PACKAGE]
+    if odd_procs or odd_maps:
+        lines += ["", "Processes not traced to a package (class, pid, name, file, why):"]
+        for p in odd_procs:
+            why = p.error or _mapping_note(p.exe)
+            lines.append(f"  {p.klass!s:12} {p.pid:>7}  {p.name:15} {path_text(p.exe.path)}  {why}".rstrip())
+        for p, m in odd_maps:
+            lines.append(f"  {m.klass!s:12} {p.pid:>7}  {p.name:15} {path_text(m.path)} (mapped)  "
+                         f"{_mapping_note(m)}".rstrip())  # fmt: skip
+    odd_entries = [e for e in report.entries if e.klass in (EntryClass.MODIFIED, EntryClass.UNKNOWN)
+                   or e.signature in _BAD_SIGNATURES]  # fmt: skip
+    if odd_entries:
+        lines += ["", "Measured files not traced to a package, or with a bad signature (class, entry, path):"]
+        for e in odd_entries:
+            sig = f"  signature {e.signature}" if e.signature in _BAD_SIGNATURES else ""
+            owner = f"  path of {', '.join(_package(p) for p in e.packages)}" if e.klass is EntryClass.MODIFIED else ""
+            lines.append(f"  {e.klass!s:12} #{e.index:<6} {path_text(e.path)}{owner}{sig}")
+    if report.processes:
+        lines += ["", "Processes (pid, name, class, package of the executable):"]
+        for p in report.processes:
+            pkg = _package(p.exe.packages[0]) if p.klass is ProcessClass.PACKAGE and p.exe.packages else ""
+            lines.append(f"  {p.pid:>7}  {p.name:15} {p.klass!s:12} {pkg}".rstrip())
+    return "\n".join(lines) + "\n"
