@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,6 @@ from stage_expectations import GAP_KINDS, appraisal_failures, by_boot, gap_kind,
 
 from imaguard_lab.build import Image
 from imaguard_lab.enrolled import Enrolled
-from imaguard_lab.labkeys import make_keys
 from imaguard_lab.runner import RunResult
 
 EVERYDAY = ("ls", "python3", "apt-get", "dpkg", "systemctl", "journalctl", "sh-pipeline")
@@ -52,19 +53,27 @@ def stage_run(enrolled: Enrolled, tmp_path_factory: pytest.TempPathFactory) -> R
     keys = tmp_path_factory.mktemp("stage-keys")
     for name in ("ima-rsa.key.pem", "ima-rsa.cert.der"):
         shutil.copy2(enrolled.signing_key.parent / name, keys / name)
-    make_keys(keys / "rot")  # the rotation key: made on the host (RSA key generation under TCG is slow)
+    # The rotation key, issued by the key ceremony tool from an offline CA that never enters the
+    # guest (on the host: RSA key generation under TCG is slow). RSA-2048: Debian 12 verifies RSA only.
+    ceremony = tmp_path_factory.mktemp("ceremony")
+    keyring_tool = Path(sys.executable).with_name("imaguard-keyring")
+    for argv in (["ca", "create", "--out", str(ceremony / "CA")],
+                 ["cert", "issue", "--ca", str(ceremony / "CA"), "--out", str(keys / "rot"), "--name", "ima-rot",
+                  "--key-type", "rsa2048"]):  # fmt: skip
+        proc = subprocess.run([str(keyring_tool), *argv], capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
     params = {
         "key": "/lab/keys/ima-rsa.key.pem",
         "cert": "/lab/keys/ima-rsa.cert.der",
-        "key2": "/lab/keys/rot/ima-rsa.key.pem",
-        "cert2": "/lab/keys/rot/ima-rsa.cert.der",
+        "key2": "/lab/keys/rot/ima-rot.key",
+        "cert2": "/lab/keys/rot/ima-rot.der",
     }
     result = boot(enrolled.image, params, entry="stage_cycle.py", keys_dir=keys, max_boots=4, timeout_s=1500)
     problem = result.problem()
     assert problem is None, problem
     (result.run_dir / "key-ids.json").write_text(
         json.dumps(
-            {"cert": _cert_key_id(keys / "ima-rsa.cert.der"), "cert2": _cert_key_id(keys / "rot/ima-rsa.cert.der")}
+            {"cert": _cert_key_id(keys / "ima-rsa.cert.der"), "cert2": _cert_key_id(keys / "rot/ima-rot.der")}
         )
     )
     return result
