@@ -16,7 +16,7 @@ from imaguard.cli.keyfile import PASSWORD_HELP, key_password
 from imaguard.cli.progress import Progress
 from imaguard.config import Limits
 from imaguard.errors import ExitCode, TrustError, UsageError
-from imaguard.keys import LocalSigner, Verifier, load_certificate, load_private_key
+from imaguard.keys import CheckedSigner, LocalSigner, Verifier, load_certificate, load_private_key
 from imaguard.keys.revocation_store import load_revoked
 from imaguard.packages import DEFAULT_STATE_DIR, open_source
 from imaguard.rootfs import Root
@@ -100,8 +100,8 @@ def _signature_source(args: argparse.Namespace) -> SignatureSource:
         key = load_private_key(key_path, key_password(args.password_file, key_path), certs[0])
         if certs[0].key_id in revoked:
             raise TrustError(f"{args.cert[0]}: key id {certs[0].key_id.hex()} is revoked", reason="revoked-key")
-        # Identical files (copies, empty files) get one signature: see sign/memo.py.
-        return LocalSource(MemoSigner(LocalSigner.from_key(key, certs[0])), verifier)
+        # Identical files (copies, empty files) get one signature (sign/memo.py), verified once.
+        return LocalSource(MemoSigner(CheckedSigner(LocalSigner.from_key(key, certs[0]), verifier)), verifier)
     if spec.startswith("bundle:"):
         if not args.authority_cert:
             raise UsageError("bundle sources need --authority-cert: the certificate that signs bundles")

@@ -11,10 +11,11 @@ from imaguard.keys.material import (
     parse_certificate,
     parse_private_key,
 )
-from imaguard.keys.signer import LocalSigner, Signer, Verifier
+from imaguard.keys.signer import CheckedSigner, LocalSigner, Signer, Verifier
 
 __all__ = [
     "Certificate",
+    "CheckedSigner",
     "LocalSigner",
     "PrivateKey",
     "PublicKey",

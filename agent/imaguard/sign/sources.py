@@ -61,7 +61,12 @@ class LocalSource:
     name: str = "local"
 
     def signature_for(self, pkg: InstalledPackage, pf: PackageFile, sha256: bytes) -> bytes:
-        sig = self.signer.sign_digest(HashAlgo.SHA256, sha256)
+        # The signer is a CheckedSigner (behind the memo): a signature --cert does not verify is refused.
+        try:
+            sig = self.signer.sign_digest(HashAlgo.SHA256, sha256)
+        except TrustError as exc:
+            raise NoSignature(f"{pkg.ident}: the local key's signature of {pf.path!r} does not verify: {exc}",
+                              reason="local-signature-invalid", refuse=True) from exc  # fmt: skip
         return ImaSignature(HashAlgo.SHA256, self.signer.key_id, sig).to_xattr()
 
 
