@@ -138,3 +138,12 @@ def test_quote_must_match_the_log_and_the_nonce(tpm, tmp_path, index_dir, capsys
     forged.write_text(json.dumps(doc))
     assert main(["report", "verify", str(forged)]) == 3
     assert "the TPM quote's signature does not verify with the AK public key in the report" in capsys.readouterr().err
+
+
+def test_text_report_for_a_person_shows_the_quote_and_what_is_not_from_a_package(tpm, tmp_path, index_dir):
+    _extend_lab_log(tpm)
+    text = _report(tmp_path, index_dir, "--format", "text", "--nonce", "t-1").read_text().splitlines()
+    assert text[5] == "quote       TPM quote over PCR 10 for nonce t-1"
+    assert text[6] == "entries     package 1, unknown 3, boot-aggregate 1, buffer 1"
+    assert "Measured files not traced to a package, or with a bad signature (class, entry, path):" in text
+    assert "  unknown      #4      /opt/imaguard-lab/unsigned-echo" in text
