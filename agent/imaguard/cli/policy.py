@@ -73,7 +73,8 @@ the exec hooks.
 Keys: the key ids come from the kernel's _ima and .ima keyrings ("keys-from: kernel"); the
 --cert certificates are then needed to check the signatures themselves. On a kernel without
 those keyrings (a build host, a container) the --cert certificates stand in for the loaded
-keys ("keys-from: files"), and the output says so.
+keys ("keys-from: files"), and the output says so. A policy without appraise rules denies
+nothing and needs no keys (JSON "keys_from": "not-needed").
 
 Reasons a file would be denied: no-signature, unknown-key (its key is not loaded), bad-signature,
 unchecked-signature (key loaded, no --cert to check it), digest-only (a hash where a signature
