@@ -403,6 +403,17 @@ def test_chain_cache_record_round_trips(rows):
     assert decode_members(encode_members(deb)) == deb
 
 
+def test_chain_cache_record_with_an_unknown_script_name_is_re_walked():
+    # A script name becomes a path under /var/lib/dpkg/info: a record naming anything else is not used.
+    for name in (b"../../../usr/bin/x", b"postinst.orig"):
+        bad = VerifiedDeb((), (DebMember(name, FileKind.REGULAR, 0o755, b"\0" * 32),))
+        with pytest.raises(FormatError, match="bad maintainer script record"):
+            decode_members(encode_members(bad))
+    no_digest = VerifiedDeb((), (DebMember(b"postinst", FileKind.REGULAR, 0o755),))
+    with pytest.raises(FormatError, match="bad maintainer script record"):
+        decode_members(encode_members(no_digest))
+
+
 def test_chain_cache_record_of_the_format_without_scripts_is_re_walked():
     old = b'{"format":1,"members":[]}'  # written before maintainer scripts were read: not trusted as "none"
     with pytest.raises(FormatError, match="other format"):

@@ -23,7 +23,7 @@ from imaguard.errors import FormatError, HostStateError, UnsupportedError, Usage
 from imaguard.fsio import write_atomically
 from imaguard.packages import aptrepo, debchain, dpkgdb
 from imaguard.packages.debchain import ChainError, ChainReason
-from imaguard.packages.debfile import DebMember, read_deb
+from imaguard.packages.debfile import MAINTAINER_SCRIPTS, DebMember, read_deb
 from imaguard.packages.model import Evidence, FileKind, InstalledPackage, PackageFile
 
 if TYPE_CHECKING:
@@ -88,7 +88,11 @@ def decode_members(data: bytes) -> VerifiedDeb:
         doc = json.loads(data)
         if doc["format"] != _CACHE_FORMAT:
             raise FormatError("chain cache: other format")
-        return VerifiedDeb(_members(doc["members"]), _members(doc["scripts"]))
+        scripts = _members(doc["scripts"])
+        for m in scripts:  # names become paths under /var/lib/dpkg/info: only the known five
+            if m.path.decode("ascii", "replace") not in MAINTAINER_SCRIPTS or m.sha256 is None:
+                raise FormatError(f"chain cache: bad maintainer script record {m.path!r}")
+        return VerifiedDeb(_members(doc["members"]), scripts)
     except FormatError:
         raise
     except (ValueError, KeyError, TypeError) as exc:
