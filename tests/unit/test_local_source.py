@@ -37,7 +37,7 @@ def test_the_matching_key_signs_and_the_value_verifies():
     Verifier.of([cert]).verify_digest(value.keyid, HashAlgo.SHA256, DIGEST, value.signature)
 
 
-def test_a_signature_the_certificate_does_not_verify_is_refused_not_written():
+def test_a_signature_the_certificate_does_not_verify_is_refused():
     # Another key under the certificate's key id: what a swapped key file or a faulty signer gives.
     cert = load_certificate(KEYS / "ima-test-rsa2048.pem")
     wrong = LocalSigner(rsa.generate_private_key(public_exponent=65537, key_size=2048), cert.key_id)
