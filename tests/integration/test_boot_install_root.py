@@ -153,6 +153,17 @@ def test_sign_key_of_another_certificate_is_refused_before_anything_is_written(
     assert not (root / bootfiles.INITRAMFS_HOOK).exists()
 
 
+def test_password_file_without_sign_key_is_a_usage_error(
+    root: Path, tmp_path: Path, run: Callable[..., tuple[int, dict, str]]
+) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("x\n")
+    code, _doc, err = run("keys", "install", "--root", str(root), str(TEST_CERT), "--password-file", str(pw))
+    assert code == 2
+    assert err == "imaguard: error: --password-file is the password of --sign-key's key: give --sign-key too\n"
+    assert not (root / "etc/keys").exists()
+
+
 def test_rotation_keeps_the_old_key_and_a_changed_script_is_replaced_atomically(
     root: Path, tmp_path: Path, run: Callable[..., tuple[int, dict, str]]
 ) -> None:

@@ -307,6 +307,19 @@ def test_maintainer_scripts_are_hashed_and_other_control_members_ignored():
     assert [m.path for m in contents.members] == [b"/a"]
 
 
+def test_a_maintainer_script_twice_in_control_tar_is_malformed():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (("./control", b"Package: t\nVersion: 1\nArchitecture: all\n"), ("./postinst", b"a"),
+                           ("postinst", b"b")):  # fmt: skip
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    deb = _ar([(b"debian-binary", b"2.0\n"), (b"control.tar", buf.getvalue()), (b"data.tar", _tar({b"./a": b"a"}))])
+    with pytest.raises(FormatError, match=r"control\.tar holds postinst twice"):
+        read_deb_bytes(deb)
+
+
 def test_deb_member_order_is_enforced():
     tar = _tar({b"./a": b"a"})
     with pytest.raises(FormatError, match=r"first member of a .deb must be debian-binary"):

@@ -102,8 +102,7 @@ def _dracut(root: Path, warnings: list[str]) -> FileChange | None:
     return install_file(root, bootfiles.DRACUT_CONF, bootfiles.dracut_conf().encode(), 0o644)
 
 
-def _refuse(args: argparse.Namespace, certs: list[Certificate], root: Path) -> int | None:
-    revoked = load_revoked(args.revocation_list, args.revocation_ca)
+def _refuse(args: argparse.Namespace, certs: list[Certificate], root: Path, revoked: frozenset[bytes]) -> int | None:
     refusals = certificate_refusals(certs, KernelFacts(ecdsa=_target_ecdsa(root)), revoked)
     if not refusals:
         return None
@@ -155,7 +154,10 @@ def _sign_boot_files(paths: list[str], signer: LocalSigner | None, verifier: Ver
 def cmd_install(args: argparse.Namespace) -> int:
     root = root_dir(args.root)
     certs = list({c.key_id: c for c in (load_certificate(p) for p in args.certs)}.values())
-    refused = _refuse(args, certs, root)
+    if args.password_file is not None and args.sign_key is None:
+        raise UsageError("--password-file is the password of --sign-key's key: give --sign-key too")
+    revoked = load_revoked(args.revocation_list, args.revocation_ca)
+    refused = _refuse(args, certs, root, revoked)
     if refused is not None:
         return refused
     signer = _boot_signer(args, certs)
@@ -182,7 +184,6 @@ def cmd_install(args: argparse.Namespace) -> int:
     if not rebuild:
         warnings.append("W-NO-BOOT-LOADING: neither initramfs-tools nor dracut's integrity module found under "
                         f"{root}: the certificates are installed but nothing loads them at boot")  # fmt: skip
-    revoked = load_revoked(args.revocation_list, args.revocation_ca)
     signatures = _sign_boot_files([c.path for c in changes if c.mode & 0o111], signer, Verifier.of(certs, revoked))
     unsigned = [p for p, status in signatures.items() if status == "unsigned"]
     if unsigned:

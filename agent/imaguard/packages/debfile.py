@@ -238,6 +238,8 @@ def _control(tar: tarfile.TarFile, name: str) -> tuple[dict[str, bytes], tuple[D
             fields = debchain.parse_stanza(f.read(), name=f"{name}: control")
         elif member in MAINTAINER_SCRIPTS:
             path = member.encode()
+            if any(m.path == path for m in scripts):  # two bytes-wise different "postinst": which does dpkg run?
+                raise FormatError(f"{name}: control.tar holds {member} twice")
             scripts.append(DebMember(path, FileKind.REGULAR, info.mode & 0o7777, _sha256(tar, info, name)))
     if fields is None:
         raise FormatError(f"{name}: control.tar has no control file")
