@@ -3,7 +3,7 @@
 One boot (tests/vm/guest/report_scenario.py). The digest index of the image's packages is built
 on the host with ``imaguard packages index --root`` over a hard-linked copy of the lab rootfs plus
 the apt lists and .debs debootstrap used (as enrolled.py does for enroll), and shipped on the work
-disk with psutil (the image has no python3-psutil).
+disk. psutil is the image's own python3-psutil.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 NONCE = "imaguard-lab-nonce-7"
-PSUTIL = Path("/usr/lib/python3/dist-packages/psutil")
 
 
 def _tree_hash(root: Path) -> str:
@@ -77,7 +76,6 @@ def report_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def report_run(lab_image: Image, report_keys: Path) -> RunResult:
     keys = report_keys
     shutil.copytree(guest_index(lab_image), keys / "index")
-    shutil.copytree(PSUTIL, keys / "pylib" / "psutil", ignore=shutil.ignore_patterns("__pycache__", "tests"))
     result = boot(lab_image, {"nonce": NONCE}, entry="report_scenario.py", keys_dir=keys, timeout_s=900)
     problem = result.problem()
     assert problem is None, problem

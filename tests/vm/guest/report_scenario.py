@@ -1,9 +1,8 @@
 """Guest side of the report scenario (issue 7): trace running processes to packages, quote, sign.
 
-Runs as PID 1's child in the lab VM (init mode, swtpm TPM). Inputs in /lab/keys: the lab keys, the
-digest index of this image's packages built on the host (``index/index.sqlite``) and psutil
-(``pylib/``: the image has no python3-psutil; the host's is the same Debian 12 build; it is
-copied to /usr/local/lib/python3.11/dist-packages, since /lab is mounted noexec).
+Runs as PID 1's child in the lab VM (init mode, swtpm TPM). Inputs in /lab/keys: the lab keys and
+the digest index of this image's packages built on the host (``index/index.sqlite``). psutil is
+the image's own python3-psutil, as on an enrolled host.
 
 Order matters for the Keylime peer check, which needs a log before and after an unpackaged exec:
 1. before any measure rule: make a tampered copy of a package binary *at its package path*
@@ -33,8 +32,6 @@ from guestlib import ART, KEYS, close_results, open_results, record, step
 from imaguard.ima import securityfs
 
 INDEX = KEYS / "index"
-PYLIB = KEYS / "pylib"
-SITE = Path("/usr/local/lib/python3.11/dist-packages")  # on Debian's sys.path; no package owns it
 TAMPERED = Path("/usr/bin/sleep")
 UNPACKAGED = Path("/usr/bin/lab-unpackaged-sleep")
 PY_SLEEPER = "import time; time.sleep(900)"
@@ -61,8 +58,6 @@ def main() -> int:
     step("securityfs-mount", lambda: {"mounted_now": securityfs.ensure_mounted()})
 
     def prepare() -> dict[str, Any]:
-        # /lab is mounted noexec: psutil's extension module must live on the root filesystem.
-        shutil.copytree(PYLIB / "psutil", SITE / "psutil")
         shutil.copy2(TAMPERED, UNPACKAGED)
         with UNPACKAGED.open("ab") as f:
             f.write(b"\0imaguard-lab unpackaged\0")

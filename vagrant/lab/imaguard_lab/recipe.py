@@ -42,6 +42,7 @@ PACKAGES: tuple[str, ...] = (
     "util-linux",
     "e2fsprogs",
     "systemd",  # issue 5 item 6 runs `systemctl status`; init= mode stays (no systemd-sysv)
+    "python3-psutil",  # issue 7 item 3: `imaguard report` lists processes and their mappings
 )
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
