@@ -6,6 +6,7 @@ the digest, as the kernel's ``asymmetric_verify`` (public_key_verify_signature) 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -32,11 +33,21 @@ _HASHES: dict[HashAlgo, type[hashes.HashAlgorithm]] = {
 }
 
 
+# Made once per algorithm, not per file: they hold no state.
+_PKCS1 = padding.PKCS1v15()
+
+
+@functools.cache
 def _prehashed(algo: HashAlgo) -> Prehashed:
     cls = _HASHES.get(algo)
     if cls is None:
         raise UsageError(f"signing with {algo.kernel_name} is not supported", reason="unsupported-algo")
     return Prehashed(cls())
+
+
+@functools.cache
+def _ecdsa(algo: HashAlgo) -> ec.ECDSA:
+    return ec.ECDSA(_prehashed(algo))
 
 
 class Signer(Protocol):
@@ -69,8 +80,8 @@ class LocalSigner:
         if len(digest) != algo.digest_size:
             raise UsageError(f"{algo.kernel_name} digest must be {algo.digest_size} bytes")
         if isinstance(self.key, rsa.RSAPrivateKey):
-            return self.key.sign(digest, padding.PKCS1v15(), _prehashed(algo))
-        return self.key.sign(digest, ec.ECDSA(_prehashed(algo)))
+            return self.key.sign(digest, _PKCS1, _prehashed(algo))
+        return self.key.sign(digest, _ecdsa(algo))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +138,9 @@ class Verifier:
 def _verify(key: PublicKey, algo: HashAlgo, digest: bytes, signature: bytes) -> bool:
     try:
         if isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, digest, padding.PKCS1v15(), _prehashed(algo))
+            key.verify(signature, digest, _PKCS1, _prehashed(algo))
         else:
-            key.verify(signature, digest, ec.ECDSA(_prehashed(algo)))
+            key.verify(signature, digest, _ecdsa(algo))
     except (InvalidSignature, ValueError):
         # ValueError: a digest whose length does not match the algorithm; untrusted either way.
         return False

@@ -44,6 +44,11 @@ class Outcome:
     actual: bytes | None = None
     size: int = 0
 
+    def __reduce__(self) -> tuple[type[Outcome], tuple[object, ...]]:
+        # One per file from each worker: see FileResult.__reduce__ (sign/files.py).
+        return Outcome, (self.package, self.path, self.action, self.reason, self.detail, self.algo,
+                         self.expected, self.actual, self.size)
+
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
             "package": self.package,
