@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 
@@ -61,3 +62,5 @@ def test_a_worker_that_dies_is_an_error_never_a_silently_short_result():
 )
 def test_per_file_results_cross_the_pipe_unchanged(value):
     assert pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL)) == value  # noqa: S301 - our own bytes
+    # Their hand-written __reduce__ must name every field: a new field left out would be lost.
+    assert value.__reduce__()[1] == tuple(getattr(value, f.name) for f in dataclasses.fields(value))
