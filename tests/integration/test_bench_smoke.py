@@ -1,0 +1,39 @@
+"""The benchmarks under bench/ still run and judge themselves (tiny sizes, their --json output).
+
+Their timings mean nothing here (a fraction of a second of work on a busy test machine): what is
+checked is that each bench runs its tools side by side, passes its own correctness checks and
+reports a ratio, its target and the ceiling measured in the same run. The figures that count are
+taken by hand (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchrun import bench
+
+
+def test_sign_vs_evmctl_signs_with_both_tools_and_reports_a_ceiling(tmp_path: Path) -> None:
+    doc = bench("sign_vs_evmctl", "--files", "150", "--repeat", "1", "--only", "sign", "--workdir", str(tmp_path))
+    assert doc["ok"] is True
+    comps = {c["benchmark"]: c for c in doc["comparisons"]}
+    assert set(comps) == {"sign-rsa2048", "sign-ec-p256"}
+    for c in comps.values():
+        assert c["imaguard"]["files"] == c["reference"]["files"] == 150
+        assert c["ratio"] > 0
+        assert c["ceiling_ratio"] > 0
+        assert c["floor"]["files_sampled"] == 150
+        assert c["floor"]["sign_ms"] > 0
+        assert c["target_met"] is (c["ratio"] >= c["target_ratio"])
+    assert list(tmp_path.iterdir()) == []  # the scratch corpus is removed
+
+
+def test_log_parse_agrees_with_keylime_and_reports_a_ceiling(tmp_path: Path) -> None:
+    doc = bench("log_parse", "--entries", "3000", "--big", "0", "--repeat", "1", "--workdir", str(tmp_path))
+    assert doc["problems"] == []  # among them: both tools' PCR 10 in both banks, and the floor loop's
+    assert set(doc["results"]) == {"imaguard-binary", "imaguard-ascii", "keylime"}
+    assert doc["floor"]["ceiling_vs_keylime_process"] > 0
+    assert set(doc["floor"]["pcr10"]) == {"sha1", "sha256"}
