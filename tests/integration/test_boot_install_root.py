@@ -250,6 +250,19 @@ def test_policy_install_measure_then_log_with_grub_advice(root: Path, run: Calla
     assert bootfiles.stage_of_policy_file(installed.read_text()) == "log"
 
 
+def test_policy_install_enforce_warns_that_package_changes_must_wait(
+    tmp_path: Path, run: Callable[..., tuple[int, dict, str]]
+) -> None:
+    root = tmp_path / "r"
+    root.mkdir()
+    assert run("keys", "install", "--root", str(root), str(TEST_CERT))[0] == 0
+    code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
+    assert code == 0, err
+    assert bootfiles.stage_of_policy_file((root / bootfiles.POLICY_PATH).read_text()) == "enforce"
+    assert "imaguard: warning [W-PACKAGE-CHANGES]: while this policy enforces, do not install or upgrade" in err
+    assert [w.split(":")[0] for w in doc["warnings"]] == ["W-PACKAGE-CHANGES"]
+
+
 def test_policy_install_enforce_refusals_write_nothing(tmp_path: Path, run: Callable[..., tuple[int, dict, str]]) -> None:
     root = tmp_path / "r"
     root.mkdir()

@@ -112,6 +112,18 @@ def test_unsafe_enforce_loads_loudly_and_is_recorded(fake_ima: Callable[..., Pat
     assert doc["prime"] == {"program": "/bin/true", "result": "stub"}
 
 
+def test_a_loaded_enforce_policy_warns_that_package_changes_must_wait(
+    fake_ima: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = fake_ima()  # nothing unsigned: the gate allows
+    code, doc, err = run(["policy", "apply", "--stage", "enforce"], capsys)
+    assert (code, doc["loaded"]) == (0, True)
+    assert policy.read_text() != ""
+    assert ("imaguard: warning [W-PACKAGE-CHANGES]: while this policy enforces, do not install or upgrade "
+            "packages: dpkg writes their files without security.ima") in err
+    assert doc["warnings"] == [f"{policy_apply.W_PACKAGE_CHANGES}: {policy_apply._PACKAGE_CHANGES}"]
+
+
 def test_log_stage_needs_a_log_boot_then_warns_about_gaps(
     fake_ima: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -123,6 +135,7 @@ def test_log_stage_needs_a_log_boot_then_warns_about_gaps(
     code, doc, err = run(["policy", "apply", "--stage", "log"], capsys)
     assert code == 0
     assert "imaguard: warning [W-LOG-GAPS]: 1 file(s) would fail appraisal" in err
+    assert "W-PACKAGE-CHANGES" not in err  # packages can change in the log stage
     assert policy.read_text().startswith("dont_measure fsmagic=0x9fa0\n")
 
 

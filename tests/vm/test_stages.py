@@ -165,6 +165,7 @@ def test_enforce_installed_after_the_gate_passes(stage_run: RunResult) -> None:
     _ok(install)
     assert install["doc"]["gate"]["decision"] == "allow"
     assert install["doc"]["gate"]["uncovered"] == []
+    assert [w.split(":")[0] for w in install["doc"]["warnings"]] == ["W-PACKAGE-CHANGES"]
 
 
 def test_enforce_boot_runs_everything_and_refuses_changed_binaries(stage_run: RunResult) -> None:

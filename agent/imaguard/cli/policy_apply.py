@@ -21,11 +21,19 @@ from imaguard.ima.rootfiles import Change, install_file, read_root_file, root_di
 from imaguard.keys import Verifier, load_certificate
 from imaguard.sign.parallel import default_jobs
 
-__all__ = ["IMA_DIR", "PRIME_PROGRAM", "W_UNSAFE_ENFORCE", "read_cmdline", "register_verbs"]
+__all__ = ["IMA_DIR", "PRIME_PROGRAM", "W_PACKAGE_CHANGES", "W_UNSAFE_ENFORCE", "read_cmdline", "register_verbs"]
 
 IMA_DIR = securityfs.IMA_DIR  # read at call time, so tests can point it at a stand-in directory
 PRIME_PROGRAM = "/bin/true"
 W_UNSAFE_ENFORCE = "W-UNSAFE-ENFORCE"
+W_PACKAGE_CHANGES = "W-PACKAGE-CHANGES"
+# No package hook yet labels what dpkg writes: under enforce an install or upgrade is refused half-way
+# (a new .deb's preinst runs from /var/lib/dpkg/tmp.ci unlabelled) or leaves unlabelled programs and
+# libraries the kernel denies. The way through today is the log stage (docs/adr/0003).
+_PACKAGE_CHANGES = ("while this policy enforces, do not install or upgrade packages: dpkg writes their files "
+                    "without security.ima and runs each new .deb's preinst unlabelled, so the kernel denies them "
+                    "(after a libc upgrade, every program). First `imaguard policy install --stage log` and "
+                    "reboot, then upgrade, `imaguard enroll`, and enforce again behind the gate")
 
 _APPLY_HELP = """\
 Load a policy into the running kernel (/sys/kernel/security/ima/policy), one write() per rule.
@@ -46,6 +54,9 @@ Order of checks; the first that fails stops everything, and nothing is written t
      --unsafe-enforce-with-unsigned-files loads the enforce policy anyway: it prints warning
      W-UNSAFE-ENFORCE and the JSON output records it (unsafe_enforce_with_unsigned_files) with
      the files that will be denied. Those files will not run until the next reboot.
+
+After an enforcing policy is loaded, warning W-PACKAGE-CHANGES: until a package hook labels what
+dpkg writes, packages must not be installed or upgraded while enforcing (go back to the log stage).
 
 The rules are written one per write(); the kernel activates them when the file is closed, and
 only if it accepted every rule. The first rule it rejects is reported with its errno, its
@@ -76,6 +87,8 @@ the next boot will load: the certificates in ROOT/{bootfiles.KEY_DIR} (see `imag
 and any --cert. enforce refuses on a gap (exit 3) unless --unsafe-enforce-with-unsigned-files
 (warning W-UNSAFE-ENFORCE); log warns. With no certificate in ROOT/{bootfiles.KEY_DIR}, enforce
 is refused (every appraised file would be denied at boot).
+After an enforce install, warning W-PACKAGE-CHANGES: while enforcing, packages must not be installed
+or upgraded (dpkg writes unlabelled files); go back to the log stage first.
 
 Kernel command line: install prints what the stage needs (log: ima_appraise=log; enforce: no
 ima_appraise=, or ima_appraise=enforce; measure: nothing) and what must go (ima_policy=
@@ -139,6 +152,13 @@ def _emit(doc: dict[str, object]) -> None:
 
 def _warn(ident: str, message: str) -> None:
     print(f"imaguard: warning [{ident}]: {message}", file=sys.stderr)
+
+
+def _warn_package_changes(args: argparse.Namespace, policy: Policy, doc: dict[str, object]) -> None:
+    """After an enforcing policy is loaded or installed: say that package changes must wait (W-PACKAGE-CHANGES)."""
+    if args.stage == "enforce" and policy.appraise_rules:
+        _warn(W_PACKAGE_CHANGES, _PACKAGE_CHANGES)
+        doc["warnings"] = [f"{W_PACKAGE_CHANGES}: {_PACKAGE_CHANGES}"]
 
 
 def _checked_policy(args: argparse.Namespace) -> tuple[str, Policy]:
@@ -280,6 +300,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
                 "policy_file_after_load": "gone" if gone else "present"})  # fmt: skip
     if policy.appraise_rules:
         doc["prime"] = _prime(args.prime, mode)
+    _warn_package_changes(args, policy, doc)
     doc["exit_code"] = int(ExitCode.OK)
     if args.json:
         _emit(doc)
@@ -330,6 +351,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
     doc.update(advice)
     if grub is not None:
         doc["files"].append(grub)  # type: ignore[attr-defined]
+    _warn_package_changes(args, policy, doc)
     doc["exit_code"] = int(ExitCode.OK)
     if args.json:
         _emit(doc)
