@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import os
+import random
 import shutil
 import subprocess
 import tarfile
@@ -173,6 +174,22 @@ def test_armored_keyring_is_dearmored_like_gpg():
         debchain.keyring_bytes(broken)
     with pytest.raises(FormatError, match="neither a binary keyring"):
         debchain.keyring_bytes(b"hello")
+
+
+def test_armor_checksum_equals_the_bitwise_rfc4880_definition():
+    def crc24_rfc4880(data: bytes) -> int:  # RFC 4880 §6.1, literally
+        crc = 0xB704CE
+        for byte in data:
+            crc ^= byte << 16
+            for _ in range(8):
+                crc <<= 1
+                if crc & 0x1000000:
+                    crc ^= 0x1864CFB
+        return crc & 0xFFFFFF
+
+    rng = random.Random(24)  # noqa: S311 - reproducible test data, not a secret
+    for data in (b"", b"\x00", b"\xff" * 3, *(rng.randbytes(rng.randrange(1, 300)) for _ in range(200))):
+        assert debchain._crc24(data) == crc24_rfc4880(data)
 
 
 # --- the .deb -------------------------------------------------------------------------------

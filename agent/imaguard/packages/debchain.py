@@ -77,16 +77,28 @@ class ChainError(TrustError):
 _ARMOR = re.compile(rb"-----BEGIN PGP PUBLIC KEY BLOCK-----\r?\n(.*?)-----END PGP PUBLIC KEY BLOCK-----", re.DOTALL)
 
 
-def _crc24(data: bytes) -> int:
-    # RFC 4880 §6.1.
-    crc = 0xB704CE
-    for byte in data:
-        crc ^= byte << 16
+def _crc24_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte << 16
         for _ in range(8):
             crc <<= 1
             if crc & 0x1000000:
                 crc ^= 0x1864CFB
-    return crc & 0xFFFFFF
+        table.append(crc & 0xFFFFFF)
+    return tuple(table)
+
+
+_CRC24_TABLE = _crc24_table()
+
+
+def _crc24(data: bytes) -> int:
+    # RFC 4880 §6.1, a byte at a time through a table: bit by bit, the 9 armored keyrings of a
+    # Debian system took ~40 ms of every `enroll` start.
+    crc, table = 0xB704CE, _CRC24_TABLE
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFFFF) ^ table[(crc >> 16) ^ byte]
+    return crc
 
 
 def keyring_bytes(data: bytes, *, name: str = "<keyring>") -> bytes:
