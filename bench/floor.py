@@ -6,7 +6,7 @@ every core of the machine over the same files, timed by the wall clock.
 A benchmark's *ceiling* is the reference tool's time divided by this floor: no amount of tuning
 imaguard's own code can beat it, so a target above the ceiling is out of reach here, and a target
 near it needs imaguard to do nothing per file beyond what the issue requires. Used by
-bench/sign_vs_evmctl and bench/enroll.
+bench/sign_vs_evmctl and bench/enroll (and, for its start-up, bench/log_parse).
 """
 
 from __future__ import annotations
