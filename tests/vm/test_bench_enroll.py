@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchrun import bench
 
-pytestmark = [pytest.mark.slow]
+# Marked vm although it boots nothing: it needs the lab's image build, which `-m "not vm"` promises to skip.
+pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
 
 def test_enroll_bench_enrolls_the_lab_tree_both_ways_and_reports_ceilings(lab_image: Image, tmp_path: Path) -> None:
