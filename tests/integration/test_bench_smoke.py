@@ -37,3 +37,16 @@ def test_log_parse_agrees_with_keylime_and_reports_a_ceiling(tmp_path: Path) -> 
     assert set(doc["results"]) == {"imaguard-binary", "imaguard-ascii", "keylime"}
     assert doc["floor"]["ceiling_vs_keylime_process"] > 0
     assert set(doc["floor"]["pcr10"]) == {"sha1", "sha256"}
+
+
+def test_packages_verify_agrees_with_dpkg_on_named_packages(tmp_path: Path) -> None:
+    doc = bench("packages_verify", "--packages", "gzip,sed,coreutils", "--state-dir", str(tmp_path))
+    assert doc["ok"] is True
+    assert "index" not in doc  # the index covers every package: not built for a subset
+    names = {c["name"] for c in doc["checks"]}
+    assert names == {"imaguard verify ran", "dpkg --verify ran", "mismatch sets agree (files dpkg can check)",
+                     "missing sets agree (files dpkg can check)"}
+    v = doc["verify"]
+    assert v["imaguard"]["packages"] == 3
+    assert v["imaguard"]["files"] == v["dpkg"]["files"] > 100  # the three packages' md5sums, not the host's
+    assert v["target_met"] is (v["ratio"] >= v["target_ratio"])
