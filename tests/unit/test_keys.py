@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
 import subprocess
 
 import pytest
@@ -12,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
+from imaguard.cli.main import main
 from imaguard.digests import HashAlgo
 from imaguard.errors import TrustError, UsageError
 from imaguard.keys import LocalSigner, Verifier, key_id_from_public_key, parse_certificate, parse_private_key
@@ -68,6 +70,29 @@ def test_key_id_follows_the_skid_even_when_not_a_hash(rsa_key):
     cert = _cert(rsa_key, skid_value=b"\x00" * 16 + b"\xde\xad\xbe\xef")
     parsed = parse_certificate(cert.public_bytes(serialization.Encoding.DER), "c")
     assert parsed.key_id == b"\xde\xad\xbe\xef"
+
+
+def test_cert_without_subject_key_identifier_is_refused(rsa_key, tmp_path, capsys, monkeypatch):
+    # The kernel matches a signature's key id against the SKID (or issuer+serial) only: a key id
+    # made up from the public key would never be found, so every file signed for it is refused.
+    cert = _cert(rsa_key, skid=False)
+    message = (
+        "ca.pem: certificate has no subject key identifier (at least 4 bytes); the kernel finds IMA keys by it,"
+        " so no signature would ever match this certificate. Re-issue it with subjectKeyIdentifier=hash"
+    )
+    with pytest.raises(UsageError) as err:
+        parse_certificate(cert.public_bytes(serialization.Encoding.PEM), "ca.pem")
+    assert (str(err.value), err.value.reason) == (message, "unfit-key")
+    # Through the CLI: one line, usage exit, nothing signed.
+    (tmp_path / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(rsa_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    target = tmp_path / "f"
+    target.write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    assert main(["sign", "--key", "k.pem", "--cert", "ca.pem", str(target)]) == 2
+    assert capsys.readouterr().err == f"imaguard: error: {message}\n"
+    assert "security.ima" not in os.listxattr(target)
 
 
 def test_cert_without_digital_signature_usage_is_refused(rsa_key):

@@ -128,12 +128,22 @@ def parse_certificate(data: bytes, source: str) -> Certificate:
             f"{source}: certificate key usage lacks digitalSignature, the kernel will not verify with it",
             reason="unfit-key",
         )
+    # The kernel finds the key of a signature v2 by the last 4 bytes of one of the certificate's
+    # ids: issuer+serial, or the subject key identifier. Without a SKID no signature's key id can
+    # ever match it (evmctl's public-key hash is a SKID convention, not something the kernel
+    # computes): files signed for it would be refused under appraisal, a lockout.
     try:
         skid = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     except x509.ExtensionNotFound:
         skid = b""
-    key_id = skid[-4:] if len(skid) >= 4 else key_id_from_public_key(checked)
-    return Certificate(cert, checked, key_id, source)
+    if len(skid) < 4:
+        raise UsageError(
+            f"{source}: certificate has no subject key identifier (at least 4 bytes); the kernel finds IMA keys"
+            " by it, so no signature would ever match this certificate. Re-issue it with"
+            " subjectKeyIdentifier=hash",
+            reason="unfit-key",
+        )
+    return Certificate(cert, checked, skid[-4:], source)
 
 
 def _is_encrypted(loader: Callable[..., object], data: bytes) -> bool:
