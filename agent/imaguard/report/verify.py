@@ -41,9 +41,13 @@ def replay_entries(entries: list[Any], source: str) -> dict[str, bytes]:
     """PCR 10 from the ``extended`` digests the report lists per entry: PCR = H(PCR || x) from zero."""
     pcrs = {bank: bytes(size) for bank, size in _BANKS.items()}
     for n, entry in enumerate(entries):
+        pcr = entry.get("pcr") if isinstance(entry, dict) else None
+        # JSON gives floats (1e999 is inf), bools and strings too: only a plain integer is a PCR index.
+        if type(pcr) is not int:
+            raise FormatError(f"{source}: entry {n} has no integer pcr (got {pcr!r})", reason="bad-report")
+        if pcr != 10:
+            continue
         try:
-            if int(entry["pcr"]) != 10:
-                continue
             extended = entry["extended"]
             for bank, size in _BANKS.items():
                 value = bytes.fromhex(extended[bank])
