@@ -254,10 +254,12 @@ def test_policy_install_enforce_warns_that_package_changes_must_wait(
     tmp_path: Path, run: Callable[..., tuple[int, dict, str]]
 ) -> None:
     root = tmp_path / "r"
-    root.mkdir()
-    assert run("keys", "install", "--root", str(root), str(TEST_CERT))[0] == 0
+    (root / "etc/initramfs-tools").mkdir(parents=True)
+    key = REPO / "tests/data/keys/ima-test-rsa2048.key"
+    assert run("keys", "install", "--root", str(root), str(TEST_CERT), "--sign-key", str(key))[0] == 0
     code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
     assert code == 0, err
+    assert doc["boot_key_loading"] == ["initramfs-tools"]
     assert bootfiles.stage_of_policy_file((root / bootfiles.POLICY_PATH).read_text()) == "enforce"
     assert "imaguard: warning [W-PACKAGE-CHANGES]: while this policy enforces, do not install or upgrade" in err
     assert [w.split(":")[0] for w in doc["warnings"]] == ["W-PACKAGE-CHANGES"]
@@ -274,3 +276,51 @@ def test_policy_install_enforce_refusals_write_nothing(tmp_path: Path, run: Call
     code, doc, _ = run("policy", "install", "--stage", "enforce", "--file", str(bad), "--root", str(root))
     assert (code, doc["error"]["reason"]) == (2, "invalid-policy")
     assert not (root / "etc").exists()
+
+
+def test_cert_alone_is_no_boot_key_enforce_is_refused(tmp_path: Path, run: Callable[..., tuple[int, dict, str]]) -> None:
+    # Regression: every --cert counted as a key the next boot loads, so enforce passed with no key at boot.
+    root = tmp_path / "r"
+    (root / "usr/bin").mkdir(parents=True)
+    prog = root / "usr/bin/prog"
+    prog.write_bytes(Path("/bin/true").read_bytes())
+    prog.chmod(0o755)
+    key = REPO / "tests/data/keys/ima-test-rsa2048.key"
+    assert main(["sign", "--key", str(key), "--cert", str(TEST_CERT), str(prog)]) == 0
+    code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root), "--cert", str(TEST_CERT))
+    assert (code, doc["error"]["reason"]) == (3, "gate-refused")
+    assert err == (f"imaguard: error: no certificate in {root}/etc/keys/ima: the next boot loads no IMA key (--cert "
+                   "only checks signatures, it loads nothing at boot), so every appraised file would be denied; "
+                   f"install the key for boot with `imaguard keys install --root {root} CERT`; nothing was written\n")
+    assert not (root / "etc").exists()
+    # log denies nothing: it installs, warns, and the signed file counts as signed by a key not loaded.
+    code, doc, err = run("policy", "install", "--stage", "log", "--root", str(root), "--cert", str(TEST_CERT))
+    assert code == 0
+    assert err.startswith(f"imaguard: warning [W-NO-BOOT-KEYS]: no certificate in {root}/etc/keys/ima: ")
+    assert [w.split(":")[0] for w in doc["warnings"]] == ["W-NO-BOOT-KEYS"]
+    assert [(u["path"], u["reason"]) for u in doc["gate"]["uncovered"]] == [(str(prog), "unknown-key")]
+
+
+def test_keys_that_nothing_loads_at_boot_refuse_enforce(tmp_path: Path, run: Callable[..., tuple[int, dict, str]]) -> None:
+    root = tmp_path / "r"
+    root.mkdir()
+    assert run("keys", "install", "--root", str(root), str(TEST_CERT))[0] == 0  # W-NO-BOOT-LOADING: no initramfs
+    code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
+    assert (code, doc["error"]["reason"]) == (3, "gate-refused")
+    assert err == (f"imaguard: error: nothing under {root} loads {root}/etc/keys/ima at boot (neither the "
+                   f"initramfs-tools hook {bootfiles.INITRAMFS_HOOK} and script nor {bootfiles.DRACUT_CONF} with "
+                   "dracut's integrity module), so every appraised file would be denied; install initramfs-tools or "
+                   f"dracut in the root, rerun `imaguard keys install --root {root} CERT` and rebuild the initramfs; "
+                   "nothing was written\n")
+    assert not (root / bootfiles.POLICY_PATH).exists()
+    code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root),
+                         "--unsafe-enforce-with-unsigned-files")  # fmt: skip
+    assert code == 0
+    assert [w.split(":")[0] for w in doc["warnings"]] == ["W-NO-BOOT-LOADING", "W-PACKAGE-CHANGES"]
+    # dracut: the drop-in `keys install` writes, with the module's key loader, counts as loading the keys.
+    (root / bootfiles.POLICY_PATH).unlink()
+    (root / bootfiles.DRACUT_MODULE_DIR).mkdir(parents=True)
+    (root / bootfiles.DRACUT_MODULE_DIR / "ima-keys-load.sh").write_text("#!/bin/sh\n")
+    assert run("keys", "install", "--root", str(root), str(TEST_CERT))[0] == 0
+    code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
+    assert (code, doc["boot_key_loading"]) == (0, ["dracut"]), err

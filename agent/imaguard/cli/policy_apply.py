@@ -21,12 +21,23 @@ from imaguard.ima.rootfiles import Change, install_file, read_root_file, root_di
 from imaguard.keys import Verifier, load_certificate
 from imaguard.sign.parallel import default_jobs
 
-__all__ = ["IMA_DIR", "PRIME_PROGRAM", "W_PACKAGE_CHANGES", "W_UNSAFE_ENFORCE", "read_cmdline", "register_verbs"]
+__all__ = [
+    "IMA_DIR",
+    "PRIME_PROGRAM",
+    "W_NO_BOOT_KEYS",
+    "W_NO_BOOT_LOADING",
+    "W_PACKAGE_CHANGES",
+    "W_UNSAFE_ENFORCE",
+    "read_cmdline",
+    "register_verbs",
+]
 
 IMA_DIR = securityfs.IMA_DIR  # read at call time, so tests can point it at a stand-in directory
 PRIME_PROGRAM = "/bin/true"
 W_UNSAFE_ENFORCE = "W-UNSAFE-ENFORCE"
 W_PACKAGE_CHANGES = "W-PACKAGE-CHANGES"
+W_NO_BOOT_KEYS = "W-NO-BOOT-KEYS"
+W_NO_BOOT_LOADING = "W-NO-BOOT-LOADING"  # the id `keys install` warns with for the same gap
 # No package hook yet labels what dpkg writes: under enforce an install or upgrade is refused half-way
 # (a new .deb's preinst runs from /var/lib/dpkg/tmp.ci unlabelled) or leaves unlabelled programs and
 # libraries the kernel denies. The way through today is the log stage (docs/adr/0003).
@@ -83,10 +94,15 @@ systemd skip them), then the rules as `imaguard policy show` prints them. Reruns
 policy change nothing ("unchanged").
 
 For --stage log and enforce the gate runs first over the filesystems under ROOT, with the keys
-the next boot will load: the certificates in ROOT/{bootfiles.KEY_DIR} (see `imaguard keys install`)
-and any --cert. enforce refuses on a gap (exit 3) unless --unsafe-enforce-with-unsigned-files
-(warning W-UNSAFE-ENFORCE); log warns. With no certificate in ROOT/{bootfiles.KEY_DIR}, enforce
-is refused (every appraised file would be denied at boot).
+the next boot will load: only the certificates in ROOT/{bootfiles.KEY_DIR} (see `imaguard keys
+install`); --cert adds certificates to check signatures with, but a key that is not in
+ROOT/{bootfiles.KEY_DIR} is not loaded at boot and its signatures count as unknown-key. enforce
+refuses on a gap (exit 3) unless --unsafe-enforce-with-unsigned-files (warning W-UNSAFE-ENFORCE);
+log warns. enforce is also refused (exit 3) when the next boot would load no key, since every
+appraised file would then be denied: no certificate in ROOT/{bootfiles.KEY_DIR}, or nothing in
+ROOT that loads it at boot (the initramfs-tools hook and script, or the dracut drop-in with
+dracut's integrity module, that `imaguard keys install` puts in place). log, or enforce with
+--unsafe-enforce-with-unsigned-files, warns instead (W-NO-BOOT-KEYS, W-NO-BOOT-LOADING).
 After an enforce install, warning W-PACKAGE-CHANGES: while enforcing, packages must not be installed
 or upgraded (dpkg writes unlabelled files); go back to the log stage first.
 
@@ -122,7 +138,8 @@ def register_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
                          description=_INSTALL_HELP, formatter_class=fmt)  # fmt: skip
     _source(p)
     p.add_argument("--cert", type=Path, action="append", default=[], metavar="CERT",
-                   help=f"certificate in addition to those in ROOT/{bootfiles.KEY_DIR}")  # fmt: skip
+                   help=f"certificate to check signatures with, besides those in ROOT/{bootfiles.KEY_DIR}; "
+                        "it does not count as loaded at boot")  # fmt: skip
     p.add_argument("--root", default="/", metavar="DIR", help="the root filesystem to install into (default: /)")
     p.add_argument("--edit-grub", action="store_true",
                    help=f"apply the command line change to ROOT/{bootfiles.GRUB_DEFAULT}")
@@ -158,7 +175,13 @@ def _warn_package_changes(args: argparse.Namespace, policy: Policy, doc: dict[st
     """After an enforcing policy is loaded or installed: say that package changes must wait (W-PACKAGE-CHANGES)."""
     if args.stage == "enforce" and policy.appraise_rules:
         _warn(W_PACKAGE_CHANGES, _PACKAGE_CHANGES)
-        doc["warnings"] = [f"{W_PACKAGE_CHANGES}: {_PACKAGE_CHANGES}"]
+        _add_warning(doc, f"{W_PACKAGE_CHANGES}: {_PACKAGE_CHANGES}")
+
+
+def _add_warning(doc: dict[str, object], warning: str) -> None:
+    warnings = doc.setdefault("warnings", [])
+    assert isinstance(warnings, list)  # noqa: S101 - only this function writes it
+    warnings.append(warning)
 
 
 def _checked_policy(args: argparse.Namespace) -> tuple[str, Policy]:
@@ -319,10 +342,50 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _boot_keys(root: Path, certs: list[Path]) -> tuple[frozenset[bytes], Verifier, list[str]]:
+    """The key ids the next boot loads (only the certificates in ROOT/KEY_DIR: what the initramfs hook
+    and dracut's integrity module load), a verifier over those and ``--cert``, and the files."""
     key_dir = root / bootfiles.KEY_DIR
     files = sorted(key_dir.glob("*.der")) if key_dir.is_dir() else []
-    loaded = [load_certificate(p) for p in [*files, *certs]]
-    return frozenset(c.key_id for c in loaded), Verifier.of(loaded), [str(p) for p in files]
+    at_boot = [load_certificate(p) for p in files]
+    extra = [load_certificate(p) for p in certs]  # checks signatures; loads nothing at boot
+    return frozenset(c.key_id for c in at_boot), Verifier.of([*at_boot, *extra]), [str(p) for p in files]
+
+
+def _boot_key_loaders(root: Path) -> list[str]:
+    """What in ROOT loads KEY_DIR at boot, as `imaguard keys install` puts it in place: the initramfs-tools
+    hook and init-top script, or the dracut drop-in with dracut's integrity module and its key loader."""
+    found = []
+    if (root / bootfiles.INITRAMFS_HOOK).is_file() and (root / bootfiles.INITRAMFS_SCRIPT).is_file():
+        found.append("initramfs-tools")
+    if (root / bootfiles.DRACUT_CONF).is_file() and (root / bootfiles.DRACUT_MODULE_DIR / "ima-keys-load.sh").is_file():
+        found.append("dracut")
+    return found
+
+
+def _check_boot_keys(args: argparse.Namespace, root: Path, ids: frozenset[bytes], doc: dict[str, object]) -> None:
+    """Enforce refuses when the next boot loads no key (every appraised file would be denied: a host
+    locked out until someone boots it otherwise); log, or enforce with the unsafe flag, warns."""
+    key_dir = root / bootfiles.KEY_DIR
+    install = f"`imaguard keys install --root {root} CERT`"
+    if not ids:
+        ident = W_NO_BOOT_KEYS
+        problem = (f"no certificate in {key_dir}: the next boot loads no IMA key (--cert only checks signatures, "
+                   f"it loads nothing at boot), so every appraised file would be denied; install the key for "
+                   f"boot with {install}")  # fmt: skip
+    else:
+        loaders = _boot_key_loaders(root)
+        doc["boot_key_loading"] = loaders
+        if loaders:
+            return
+        ident = W_NO_BOOT_LOADING
+        problem = (f"nothing under {root} loads {key_dir} at boot (neither the initramfs-tools hook "
+                   f"{bootfiles.INITRAMFS_HOOK} and script nor {bootfiles.DRACUT_CONF} with dracut's integrity "
+                   f"module), so every appraised file would be denied; install initramfs-tools or dracut in the "
+                   f"root, rerun {install} and rebuild the initramfs")  # fmt: skip
+    if args.stage == "enforce" and not args.unsafe_enforce_with_unsigned_files:
+        raise PolicyGateError(f"{problem}; nothing was written", unsigned=())
+    _warn(ident, problem)
+    _add_warning(doc, f"{ident}: {problem}")
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
@@ -333,10 +396,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
     if policy.appraise_rules:
         ids, verifier, files = _boot_keys(root, args.cert)
         doc["boot_keys"] = files
-        if not ids and args.stage == "enforce" and not args.unsafe_enforce_with_unsigned_files:
-            raise PolicyGateError(f"no certificate in {root / bootfiles.KEY_DIR} (and no --cert): at boot no key "
-                                  "would verify anything and every appraised file would be denied; run `imaguard "
-                                  "keys install` first", unsigned=())  # fmt: skip
+        _check_boot_keys(args, root, ids, doc)
         result = run_gate(policy, coverage.collect(policy, str(root), verifier, ids, Limits(), jobs=args.jobs), ids)
         doc["gate"] = _gate_doc(result)
         refused = _judge(args, result, doc)
