@@ -122,6 +122,28 @@ def test_modified_file_is_refused_with_both_digests_and_left_unsigned(world, key
     assert json.loads(capsys.readouterr().out)["files"][0]["reason"] == "no-signature"
 
 
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_regular_file_replaced_by_a_symlink_or_fifo_is_refused_type_changed(world, keypair, capsys, kind):
+    """Regression: a replaced binary was `skipped not-regular-file`, exit 0, while a deleted one is refused."""
+    binary = world.root / "usr/bin/igt"
+    binary.unlink()
+    if kind == "symlink":
+        (world.root / "usr/bin/evil").write_bytes(b"#!/bin/sh\necho evil\n")
+        binary.symlink_to("evil")
+    else:
+        os.mkfifo(binary)
+    code, doc, _ = _enroll(capsys, world, keypair("rsa2048"))
+    assert code == 1
+    on_disk = "symbolic link" if kind == "symlink" else "FIFO"
+    assert _by_path(doc)["/usr/bin/igt"] == {
+        "package": "igt=1.0/all", "path": "/usr/bin/igt", "outcome": "refused", "reason": "type-changed",
+        "detail": f"the package installed a regular file; on disk: {on_disk}",
+    }
+    # The symlink the package itself ships is still the harmless skip.
+    assert _table(doc)[("skipped", "not-regular-file")] == 1
+    assert doc["exit_code"] == 1
+
+
 def test_maintainer_scripts_are_labelled_and_a_changed_one_refused(tmp_path, keypair, capsys, evmctl):
     # Under an appraisal policy dpkg could not run an unlabelled /var/lib/dpkg/info script: every
     # upgrade would fail. Their trusted bytes are the verified .deb's control.tar.

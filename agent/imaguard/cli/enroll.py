@@ -48,8 +48,10 @@ Signature sources:
 
 Skip reasons: ghost, not-regular-file, out-of-scope, no-digest, config-modified, local-db-evidence
 (dpkg's unsigned MD5 lists are not trusted unless --unsafe-trust-dpkg-md5sums), unsupported-fs,
-read-only, immutable, xattr-space. Refusals (exit 1): digest-mismatch, missing, changed-during-sign,
-and a bundle or vendor signature that does not verify.
+read-only, immutable, xattr-space; not-regular-file: the package itself ships a symlink or special
+file there. Refusals (exit 1): digest-mismatch, missing, type-changed (the package installed a
+regular file, something else is there), changed-during-sign, and a bundle or vendor signature that
+does not verify.
 
 Killing enroll is safe: every file keeps its old value or gets a valid new one, and a rerun
 resumes from its journal (in the state directory) and converges to the same result.

@@ -17,6 +17,7 @@ from imaguard.digests import HashAlgo
 from imaguard.errors import FormatError, HostStateError, TrustError, UsageError
 from imaguard.ima import xattr_store
 from imaguard.ima.xattr import ImaSignature, parse_xattr
+from imaguard.packages.model import FileKind
 from imaguard.sign.plan import Action, Decision, Observed, Options, decide, prefilter
 from imaguard.sign.sources import NoSignature
 
@@ -120,7 +121,7 @@ def enroll_file(pkg: InstalledPackage, pf: PackageFile, ctx: Context, *, defer_l
     try:
         early = prefilter(pf, mode, ctx.opts)
         if early is not None:
-            return Outcome(ident, pf.path, early.action, early.reason)
+            return Outcome(ident, pf.path, early.action, early.reason, early.detail)
         if defer_links and st0.st_nlink > 1:
             return None
         return _label(pkg, pf, ctx, handle)
@@ -139,6 +140,7 @@ def _label(pkg: InstalledPackage, pf: PackageFile, ctx: Context, handle: int | N
     try:
         with xattr_store.open_regular(disk, ctx.root, handle) as (fd, st):
             before = xattr_store.FileStamp.of(st)
+            leased = xattr_store.hold_read_lease(fd, name)
             digests = {pf.digest_algo: xattr_store.hash_file(fd, pf.digest_algo, ctx.limits, name,
                                                              size_hint=st.st_size)}
             if HashAlgo.SHA256 not in digests:
@@ -154,7 +156,7 @@ def _label(pkg: InstalledPackage, pf: PackageFile, ctx: Context, handle: int | N
             decision = decide(pf, seen)
             if decision.action is Action.WRITE and not ctx.dry_run:
                 value = ctx.source.signature_for(pkg, pf, digests[HashAlgo.SHA256])
-                xattr_store.write_ima(fd, name, value, previous, before)
+                xattr_store.write_ima(fd, name, value, previous, before, leased=leased)
             if decision.action in (Action.WRITE, Action.KEEP):
                 ctx.inodes.add(inode)
     except NoSignature as exc:
@@ -163,8 +165,13 @@ def _label(pkg: InstalledPackage, pf: PackageFile, ctx: Context, handle: int | N
     except HostStateError as exc:
         if exc.reason in _SKIP_ON_WRITE:
             return Outcome(ident, pf.path, Action.SKIP, exc.reason, str(exc))
-        if exc.reason in ("missing", "not-regular-file"):  # replaced between lstat and open
-            return Outcome(ident, pf.path, Action.REFUSE if exc.reason == "missing" else Action.SKIP, exc.reason)
+        if exc.reason == "missing":  # deleted between lstat and open
+            return Outcome(ident, pf.path, Action.REFUSE, exc.reason)
+        if exc.reason == "not-regular-file":  # replaced between lstat and open: as prefilter says (type-changed)
+            if pf.kind is FileKind.REGULAR:
+                return Outcome(ident, pf.path, Action.REFUSE, "type-changed",
+                               f"the package installed a regular file; on disk not one ({exc})")
+            return Outcome(ident, pf.path, Action.SKIP, exc.reason)
         return Outcome(ident, pf.path, Action.REFUSE, exc.reason, str(exc))
     return _outcome(ident, pf, decision, digests[pf.digest_algo], st)
 

@@ -21,6 +21,7 @@ __all__ = [
     "Options",
     "Scope",
     "decide",
+    "disk_kind",
     "in_scope",
     "prefilter",
 ]
@@ -49,6 +50,7 @@ class Options:
 class Decision:
     action: Action
     reason: str = ""
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,23 @@ def in_scope(path: bytes, mode: int, scope: Scope) -> bool:
     return bool(_SHARED_OBJECT.search(name) or _KERNEL_MODULE.search(name))
 
 
+def disk_kind(mode: int) -> str:
+    """What an ``lstat`` mode is, in words for a report line."""
+    for test, name in ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "directory"), (stat.S_ISLNK, "symbolic link"),
+                       (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return f"file of type {stat.S_IFMT(mode):#o}"
+
+
+def _type_changed(disk_mode: int) -> Decision:
+    # The package installed a regular file here and something else took its place: a replaced
+    # binary must not hide behind a harmless skip (a deleted one is refused too: ``missing``).
+    detail = f"the package installed a regular file; on disk: {disk_kind(disk_mode)}"
+    return Decision(Action.REFUSE, "type-changed", detail)
+
+
 def prefilter(pf: PackageFile, disk_mode: int | None, opts: Options) -> Decision | None:
     """A decision that needs no file content, or None to go on and read the file.
 
@@ -80,6 +99,8 @@ def prefilter(pf: PackageFile, disk_mode: int | None, opts: Options) -> Decision
     """
     if pf.ghost:
         return Decision(Action.SKIP, "ghost")
+    if pf.kind is FileKind.REGULAR and disk_mode is not None and not stat.S_ISREG(disk_mode):
+        return _type_changed(disk_mode)
     if pf.kind is FileKind.DIRECTORY or (disk_mode is not None and stat.S_ISDIR(disk_mode)):
         return Decision(Action.SKIP, "directory")
     if pf.kind in (FileKind.SYMLINK, FileKind.OTHER):
@@ -90,7 +111,7 @@ def prefilter(pf: PackageFile, disk_mode: int | None, opts: Options) -> Decision
             return Decision(Action.SKIP, "out-of-scope")
         return Decision(Action.REFUSE, "missing")
     if not stat.S_ISREG(disk_mode):
-        return Decision(Action.SKIP, "not-regular-file")
+        return Decision(Action.SKIP, "not-regular-file")  # dpkg lists paths without their type
     if not in_scope(pf.path, disk_mode, opts.scope):
         return Decision(Action.SKIP, "out-of-scope")
     if pf.digest is None:
