@@ -411,3 +411,54 @@ def test_a_record_that_omits_a_package_can_only_lower_its_evidence(tmp_path, key
     record.write_text(json.dumps(doc | {"spans": []}))
     files = world.files()
     assert evidence_of(files) == {("local-db", "no-signed-source")}  # never signed, never a wrong digest
+
+
+# --- fetching through apt: what _apt leaves is only read ----------------------------------------
+
+
+def _fake_apt_get(tmp_path: Path, monkeypatch, body: str) -> None:
+    """An apt-get on PATH that plays a compromised _apt: ``body`` runs in the download directory."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "apt-get"
+    exe.write_text(f"#!/bin/sh\nset -e\n{body}\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def _victim(tmp_path: Path) -> tuple[Path, tuple[int, int, int]]:
+    victim = tmp_path / "victim"
+    victim.write_text("secret\n")
+    os.chown(victim, 65534, 65534)
+    victim.chmod(0o600)
+    st = victim.stat()
+    return victim, (st.st_uid, st.st_gid, st.st_mode)
+
+
+@pytest.mark.parametrize(("link", "what"), [("ln -s", "a symlink"), ("ln", "a hard link")])
+def test_regression_fetch_never_chowns_what_apt_left_behind_a_link(tmp_path, monkeypatch, link, what):
+    victim, before = _victim(tmp_path)
+    _fake_apt_get(tmp_path, monkeypatch, f'{link} {victim} "$PWD/hello_1.0-1_amd64.deb"')
+    layout = aptrepo.AptLayout.read(Path("/"))
+    with pytest.raises(debchain.ChainError, match=f"hello_1.0-1_amd64.deb: apt's download is {what}, not a .deb") as err:
+        aptrepo.fetch_deb(layout, tmp_path / "debs", "hello", "1.0-1", "amd64", max_size=1 << 20)
+    assert err.value.code is debchain.ChainReason.DEB_UNAVAILABLE
+    st = victim.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode) == before
+    assert victim.read_text() == "secret\n"
+    assert sorted(p.name for p in (tmp_path / "debs").iterdir()) == []
+
+
+def test_fetch_copies_apt_download_into_a_root_owned_file(tmp_path, monkeypatch):
+    _fake_apt_get(tmp_path, monkeypatch, 'printf deb > "$PWD/hello_1.0-1_amd64.deb"; chown 65534 "$PWD"/*.deb')
+    layout = aptrepo.AptLayout.read(Path("/"))
+    got = aptrepo.fetch_deb(layout, tmp_path / "debs", "hello", "1.0-1", "amd64", max_size=1 << 20)
+    assert got == tmp_path / "debs" / "hello_1.0-1_amd64.deb"
+    st = got.lstat()
+    assert (st.st_uid, st.st_gid, st.st_mode, st.st_nlink) == (0, 0, 0o100644, 1)
+    assert got.read_bytes() == b"deb"
+    assert [p.name for p in (tmp_path / "debs").iterdir()] == [got.name]  # the temp dir and temp file are gone
+    # A missing download is "apt cannot", not an error.
+    (tmp_path / "other").mkdir()
+    _fake_apt_get(tmp_path / "other", monkeypatch, "true")
+    assert aptrepo.fetch_deb(layout, tmp_path / "d2", "hello", "1.0-1", "amd64", max_size=1 << 20) is None

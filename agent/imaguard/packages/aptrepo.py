@@ -17,6 +17,7 @@ import lzma
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import tempfile
 import zlib
@@ -405,10 +406,12 @@ def deb_file_name(name: str, version: str, arch: str) -> str:
     return f"{name}_{quoted}_{arch}.deb"
 
 
-def fetch_deb(layout: AptLayout, dest_dir: Path, name: str, version: str, arch: str) -> Path | None:
+def fetch_deb(layout: AptLayout, dest_dir: Path, name: str, version: str, arch: str, *, max_size: int) -> Path | None:
     """Download one exact .deb through ``apt-get download`` into ``dest_dir``; None when apt cannot.
 
     apt's own verification is not relied upon: the caller checks the result against the chain.
+    apt downloads as its sandbox user ``_apt`` into a directory ``_apt`` owns; whatever it left
+    there is only read (``_copy_download``), never chowned, chmodded or renamed by root.
     """
     exe = shutil.which("apt-get")
     if exe is None:
@@ -425,13 +428,56 @@ def fetch_deb(layout: AptLayout, dest_dir: Path, name: str, version: str, arch: 
             argv += ["-o", f"Dir={layout.root}"]
         argv += ["download", f"{name}:{arch}={version}"]
         proc = subprocess.run(argv, cwd=tmp, capture_output=True, check=False)
-        got = Path(tmp) / deb_file_name(name, version, arch)
-        if proc.returncode != 0 or not got.is_file():
+        if proc.returncode != 0:
             return None
-        final = dest_dir / got.name
-        os.chown(got, 0, 0)
-        got.chmod(0o644)
-        got.replace(final)
+        return _copy_download(Path(tmp) / deb_file_name(name, version, arch), dest_dir, max_size=max_size)
+
+
+def _copy_download(got: Path, dest_dir: Path, *, max_size: int) -> Path | None:
+    """Copy the file ``_apt`` left at ``got`` into a new root-owned ``dest_dir/NAME``; None if there is none.
+
+    A compromised ``_apt`` controls ``got``: a symlink or a hard link there must not make root touch
+    the inode it points to, so the file is opened without following links and must be a regular
+    file with one link; its bytes go into a file root creates itself (the chain checks them later).
+    """
+    try:
+        src = os.open(got, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        why = "a symlink" if exc.errno == errno.ELOOP else exc.strerror
+        raise ChainError(ChainReason.DEB_UNAVAILABLE, f"{got}: apt's download is {why}, not a .deb") from exc
+    final = dest_dir / got.name
+    try:
+        st = os.fstat(src)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            kind = "a hard link" if stat.S_ISREG(st.st_mode) else "not a regular file"
+            raise ChainError(ChainReason.DEB_UNAVAILABLE, f"{got}: apt's download is {kind}, not a .deb")
+        if st.st_size > max_size:
+            raise ChainError(ChainReason.DEB_UNAVAILABLE, f"{got}: apt's download is larger than {max_size} bytes")
+        dst, tmp = tempfile.mkstemp(prefix=f".{got.name}.", dir=dest_dir)  # O_EXCL, mode 0600, owned by root
+        try:
+            os.fchmod(dst, 0o644)
+            copied = 0
+            while chunk := os.read(src, _CHUNK):
+                copied += len(chunk)
+                if copied > max_size:
+                    raise ChainError(ChainReason.DEB_UNAVAILABLE, f"{got}: grew past {max_size} bytes while copied")
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(dst, view) :]
+            os.fsync(dst)
+            Path(tmp).replace(final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink()
+            raise
+        finally:
+            os.close(dst)
+    except OSError as exc:  # the state directory's trouble: this .deb is unavailable, the run goes on
+        raise ChainError(ChainReason.DEB_UNAVAILABLE, f"{final}: cannot copy apt's download: {exc.strerror}") from exc
+    finally:
+        os.close(src)
     return final
 
 

@@ -217,7 +217,9 @@ class DebSource:
             if members is not None:
                 return members
         if self.fetch:
-            fetched = aptrepo.fetch_deb(self._apt(), own, dp.name, dp.version, dp.architecture)
+            fetched = aptrepo.fetch_deb(
+                self._apt(), own, dp.name, dp.version, dp.architecture, max_size=self.limits.max_file_size
+            )
             if fetched is not None:
                 members = self._read_checked(dp, entry, fetched)
                 if members is not None:
