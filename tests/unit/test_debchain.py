@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -345,6 +346,19 @@ def test_deb_member_order_is_enforced():
         read_deb_bytes(_ar([(b"debian-binary", b"2.0\n"), (b"data.tar", tar), (b"control.tar", tar)]))
     with pytest.raises(FormatError, match=r"unexpected .deb member 'data.tar.rar'"):
         read_deb_bytes(_ar([(b"debian-binary", b"2.0\n"), (b"data.tar.rar", tar)]))
+
+
+@pytest.mark.parametrize("decoder", ["zstandard", "zstd-program"])
+def test_regression_corrupt_zstd_data_tar_is_a_format_error_naming_the_member(decoder, monkeypatch):
+    if decoder == "zstandard":
+        pytest.importorskip("zstandard")
+    else:
+        if shutil.which("zstd") is None:
+            pytest.skip("needs the zstd program")
+        monkeypatch.setitem(sys.modules, "zstandard", None)  # import fails: the program is used
+    deb = _deb((b"data.tar.zst", b"\x28\xb5\x2f\xfd" + b"garbage!" * 8))
+    with pytest.raises(FormatError, match=r"fuzz\.deb: data\.tar\.zst: "):
+        read_deb_bytes(deb)
 
 
 def read_deb_bytes(data: bytes):

@@ -183,6 +183,16 @@ def _decompressed(raw: _Bounded, comp: Compression, name: str) -> Iterator[IO[by
             yield zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
 
 
+def _stream_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged member raises: tarfile's, each decompressor's, and short reads."""
+    errors: tuple[type[BaseException], ...] = (tarfile.TarError, lzma.LZMAError, EOFError, OSError, zlib.error)
+    with contextlib.suppress(ImportError):
+        import zstandard  # noqa: PLC0415 - optional, Debian python3-zstandard
+
+        errors += (zstandard.ZstdError,)
+    return errors
+
+
 def _path(name: str) -> bytes:
     raw = name.encode("utf-8", "surrogateescape")
     raw = raw[1:] if raw.startswith(b".") else raw
@@ -281,7 +291,7 @@ def read_deb(fd: int, name: str, *, max_size: int) -> DebContents:
                         members = _members(tar, where)
             elif role is not None:
                 raise FormatError(f"{where}: out of order or repeated", offset=member.header_offset)
-        except (tarfile.TarError, lzma.LZMAError, EOFError, OSError, zlib.error) as exc:
+        except _stream_errors() as exc:
             raise FormatError(f"{where}: {exc}") from exc
         raw.drain()
         if member.size & 1:
