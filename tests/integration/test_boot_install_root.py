@@ -324,3 +324,22 @@ def test_keys_that_nothing_loads_at_boot_refuse_enforce(tmp_path: Path, run: Cal
     assert run("keys", "install", "--root", str(root), str(TEST_CERT))[0] == 0
     code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
     assert (code, doc["boot_key_loading"]) == (0, ["dracut"]), err
+
+
+@pytest.mark.parametrize(("name", "shown"), [
+    ("m.policy\nappraise func=BPRM_CHECK appraise_type=imasig", "m.policy\\nappraise func=BPRM_CHECK appraise_type=imasig"),
+    ("mesure-\u00e9t\u00e9.policy", "mesure-\\xe9t\\xe9.policy"),
+])  # fmt: skip
+def test_policy_file_name_is_escaped_in_the_header(
+    tmp_path: Path, run: Callable[..., tuple[int, dict, str]], name: str, shown: str
+) -> None:
+    # Regression: the name went raw into "# source:": a newline injected rules, non-ASCII crashed.
+    root = tmp_path / "r"
+    root.mkdir()
+    source = tmp_path / name
+    source.write_text("measure func=BPRM_CHECK\n")
+    code, _doc, err = run("policy", "install", "--stage", "measure", "--file", str(source), "--root", str(root))
+    assert (code, err) == (0, "")
+    lines = (root / bootfiles.POLICY_PATH).read_text(encoding="ascii").splitlines()
+    assert lines[2] == f"# source: {shown}"
+    assert [line for line in lines if not line.startswith("#")] == ["measure func=BPRM_CHECK"]

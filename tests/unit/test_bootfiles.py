@@ -58,6 +58,16 @@ def test_policy_file_header_round_trip() -> None:
     assert bootfiles.stage_of_policy_file("measure func=BPRM_CHECK\n") is None
 
 
+def test_policy_file_source_name_cannot_end_the_comment_line() -> None:
+    # Regression: a --file name with a newline wrote rules into the header that the gate never saw.
+    text = bootfiles.policy_file("measure func=BPRM_CHECK\n", stage="enforce",
+                                 source="a\nappraise func=BPRM_CHECK\r\x85\u2028\\é\udcff.policy")  # fmt: skip
+    assert text.splitlines()[2] == "# source: a\\nappraise func=BPRM_CHECK\\r\\x85\\u2028\\\\\\xe9\\udcff.policy"
+    assert text.isascii()
+    assert [line for line in text.splitlines() if not line.startswith("#")] == ["measure func=BPRM_CHECK"]
+    assert bootfiles.stage_of_policy_file(text) == "enforce"
+
+
 def test_cmdline_advice_per_stage() -> None:
     log = cmdline_advice("log", ("root=/dev/vda", "ima_appraise=fix"))
     assert (log.add, log.remove) == (("ima_appraise=log",), ("ima_appraise=fix",))

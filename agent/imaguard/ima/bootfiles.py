@@ -170,14 +170,24 @@ def parse_imakeysdir(sysconfig_ima: str) -> str | None:
 
 
 def policy_file(rules_text: str, *, stage: str, source: str) -> str:
-    """``/etc/ima/ima-policy``: a comment header (the kernel and systemd skip ``#`` lines), then the rules."""
+    """``/etc/ima/ima-policy``: a comment header (the kernel and systemd skip ``#`` lines), then the rules.
+
+    ``source`` (a file name, chosen by whoever named ``--file``) is written backslash-escaped, ASCII
+    only: a newline in it would end the comment and start rules the gate never saw.
+    """
     return (
         "# Written by `imaguard policy install`; do not edit, rerun it.\n"
         "# systemd loads this file into /sys/kernel/security/ima/policy at boot, before any unit starts.\n"
-        f"# source: {source}\n"
+        f"# source: {_escaped(source)}\n"
         f"{_STAGE_MARK}{stage}\n"
         f"{rules_text}"
     )
+
+
+def _escaped(text: str) -> str:
+    # Printable ASCII stays; backslash, control and line-break characters, non-ASCII and the
+    # surrogates of undecodable file name bytes become \\, \n, \xNN, \uNNNN.
+    return text.encode("unicode_escape").decode("ascii")
 
 
 def stage_of_policy_file(text: str) -> str | None:
