@@ -1,19 +1,22 @@
 """Every reason code of ``ima/xattr_store`` produced by a real case on the host (issue 2, acceptance 3).
 
 unsupported-fs (ramfs), immutable (chattr +i / +a on ext4), read-only (read-only bind mount),
-xattr-space (ext4 whose one xattr block is full), changed-during-sign (a real append while signing),
-not-regular-file (FIFO, symlink, device nodes, socket). Each failure must leave the previous
+xattr-space (ext4 whose one xattr block is full), open-for-write (a writer holding a shared
+writable mapping; a writer opening the file while it is hashed), changed-during-sign (a real append
+while signing, where the filesystem grants no lease), not-regular-file (FIFO, symlink, device nodes, socket). Each failure must leave the previous
 ``security.ima`` (or its absence) exactly as it was.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ from rootlib import IMA_XATTR, digest_ng, get_ima, run, write_file
 
 from imaguard.config import Limits
 from imaguard.digests import CHUNK_SIZE, HashAlgo
+from imaguard.ima import xattr_store
 from imaguard.keys import LocalSigner, load_certificate, load_private_key
 from imaguard.sign.files import sign_path
 
@@ -163,8 +167,17 @@ def test_full_xattr_block_is_xattr_space(previous, ext4_tight_xattr_dir, imaguar
 BIG = bytes(range(256)) * (3 * CHUNK_SIZE // 256 + 7)  # > 3 reads of 1 MiB
 
 
+def no_lease(monkeypatch):
+    """As on a filesystem that grants no lease: the size/mtime stamp is the only guard left.
+
+    (With a lease, these same-process appends would block in open() until the lease-break timeout.)
+    """
+    monkeypatch.setattr(xattr_store, "hold_read_lease", lambda fd, path: False)
+
+
 @pytest.mark.parametrize("previous", PREVIOUS, ids=PREVIOUS_IDS)
-def test_append_while_hashing_is_changed_during_sign(previous, signer, tmp_path):
+def test_append_while_hashing_is_changed_during_sign(previous, signer, tmp_path, monkeypatch):
+    no_lease(monkeypatch)
     target = write_file(tmp_path / "big", BIG)
     if previous is not None:
         os.setxattr(target, IMA_XATTR, previous)
@@ -187,6 +200,7 @@ def test_append_while_hashing_is_changed_during_sign(previous, signer, tmp_path)
 @pytest.mark.parametrize("previous", PREVIOUS, ids=PREVIOUS_IDS)
 def test_append_right_after_the_write_is_rolled_back(previous, signer, tmp_path, monkeypatch):
     """A writer slips in between setxattr and the final check: the label must be rolled back."""
+    no_lease(monkeypatch)
     target = write_file(tmp_path / "big", BIG)
     if previous is not None:
         os.setxattr(target, IMA_XATTR, previous)
@@ -208,6 +222,73 @@ def test_append_right_after_the_write_is_rolled_back(previous, signer, tmp_path,
     assert written[0][:2] == b"\x03\x02"  # the signature did reach the file before the append
     assert (result.status, result.reason) == ("failed", "changed-during-sign"), result
     assert get_ima(target) == previous
+
+
+# --- open-for-write: the read lease ------------------------------------------------------------
+
+_MAPPER = """
+import mmap, sys, time
+with open(sys.argv[1], "r+b") as f:
+    m = mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    m[0] = m[0]  # dirty: later writes through the mapping fault no more and move no mtime
+    print("mapped", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("previous", PREVIOUS, ids=PREVIOUS_IDS)
+def test_writer_holding_a_writable_mapping_is_open_for_write(previous, signer, tmp_path):
+    target = labelled(tmp_path / "mapped", previous)
+    mapper = subprocess.Popen([sys.executable, "-c", _MAPPER, str(target)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert mapper.stdout is not None
+        assert mapper.stdout.readline() == "mapped\n"
+        result = sign_path(str(target), signer, HashAlgo.SHA256, Limits())
+    finally:
+        mapper.kill()
+        mapper.wait()
+    assert (result.status, result.reason) == ("failed", "open-for-write"), result
+    assert result.detail == f"{target}: open for writing by another process; not labelled"
+    assert get_ima(target) == previous
+
+
+_OPENER = """
+import sys
+with open(sys.argv[1], "ab") as f:  # blocks until the lease holder closes
+    f.write(b"appended by someone else\\n")
+"""
+
+
+@pytest.mark.parametrize("previous", PREVIOUS, ids=PREVIOUS_IDS)
+def test_writer_opening_while_hashing_breaks_the_lease(previous, signer, tmp_path, monkeypatch):
+    target = write_file(tmp_path / "big", BIG)
+    if previous is not None:
+        os.setxattr(target, IMA_XATTR, previous)
+    fds = []
+    real_lease = xattr_store.hold_read_lease
+
+    def lease(fd, path):
+        fds.append(fd)
+        return real_lease(fd, path)
+
+    monkeypatch.setattr(xattr_store, "hold_read_lease", lease)
+    writers = []
+
+    def open_for_write_on_first_chunk(n):
+        if writers:
+            return
+        writers.append(subprocess.Popen([sys.executable, "-c", _OPENER, str(target)]))
+        for _ in range(500):  # the writer's open() marks the lease as breaking, then waits
+            if fcntl.fcntl(fds[0], fcntl.F_GETLEASE) != fcntl.F_RDLCK:
+                return
+            time.sleep(0.01)
+        pytest.fail("the writer's open did not break the lease within 5 s")
+
+    result = sign_path(str(target), signer, HashAlgo.SHA256, Limits(), progress=open_for_write_on_first_chunk)
+    assert writers[0].wait(timeout=10) == 0  # released when sign_path closed the file
+    assert (result.status, result.reason) == ("failed", "open-for-write"), result
+    assert get_ima(target) == previous
+    assert target.read_bytes() == BIG + b"appended by someone else\n"
 
 
 def test_unchanged_big_file_is_signed(signer, tmp_path, imaguard_json):

@@ -3,6 +3,7 @@
 Everything happens on the fd opened with ``O_NOFOLLOW|O_NONBLOCK`` and checked with ``fstat``,
 so a path swapped for a symlink, FIFO or device between checks is never followed, blocked on or
 labelled. A write is read back and compared; on any failure the previous value is restored.
+Writers are kept out by a read lease where the filesystem grants one (``hold_read_lease``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import signal
 import stat
 import struct
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ __all__ = [
     "IMA_XATTR",
     "FileStamp",
     "hash_file",
+    "hold_read_lease",
     "open_regular",
     "read_ima",
     "restore_ima",
@@ -90,6 +93,43 @@ def _is_immutable(fd: int) -> bool:
     # Declared as long, but the kernel's ioctl_getflags writes an unsigned int.
     (flags,) = struct.unpack_from("=I", raw)
     return bool(flags & (_FS_IMMUTABLE_FL | _FS_APPEND_FL))
+
+
+_lease_signal_ignored = False
+
+
+def hold_read_lease(fd: int, path: str) -> bool:
+    """Take a read lease on ``fd``: until it is closed, no writer goes unnoticed.
+
+    The kernel grants it only while nobody has the file open for writing, a writable shared
+    mapping included (writes through one that is already dirty move no mtime, so the size/mtime
+    stamp cannot see them), and breaks it when someone opens the file for writing or truncates it;
+    ``write_ima`` then refuses. Closing the fd releases it. Returns False where no lease is to be
+    had (the filesystem, ``fs.leases-enable=0``, not the owner without CAP_LEASE): the stamp is
+    all that guards the file then. Raises ``open-for-write`` while a writer holds the file.
+    """
+    global _lease_signal_ignored  # noqa: PLW0603 - once per process
+    if not _lease_signal_ignored:
+        # A broken lease is announced with SIGIO, whose default action kills the process; it is
+        # polled with F_GETLEASE instead. signal() works only in the main thread: no lease elsewhere.
+        try:
+            signal.signal(signal.SIGIO, signal.SIG_IGN)
+        except ValueError:
+            return False
+        _lease_signal_ignored = True
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EBUSY):
+            raise HostStateError(
+                f"{path}: open for writing by another process; not labelled", reason="open-for-write", path=path
+            ) from exc
+        return False
+    return True
+
+
+def _lease_broken(fd: int) -> bool:
+    return fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_RDLCK
 
 
 @contextlib.contextmanager
@@ -158,15 +198,22 @@ def restore_ima(fd: int, previous: bytes | None) -> None:
             os.setxattr(fd, IMA_XATTR, previous)
 
 
-def write_ima(fd: int, path: str, value: bytes, previous: bytes | None, before: FileStamp) -> None:
+def write_ima(
+    fd: int, path: str, value: bytes, previous: bytes | None, before: FileStamp, *, leased: bool = False
+) -> None:
     """Write ``value`` over ``previous`` if the file still matches ``before``; read back; roll back.
 
     ``before`` is the stamp taken before hashing: a file written to since (size or mtime moved)
-    would get a signature over content it no longer has, so it is refused.
+    would get a signature over content it no longer has, so it is refused. With ``leased`` (a read
+    lease taken before hashing), a lease broken by a writer's open refuses it too.
     """
     if stamp(fd) != before:
         raise HostStateError(
             f"{path}: changed while it was being hashed; not labelled", reason="changed-during-sign", path=path
+        )
+    if leased and _lease_broken(fd):
+        raise HostStateError(
+            f"{path}: opened for writing while it was being hashed; not labelled", reason="open-for-write", path=path
         )
     try:
         os.setxattr(fd, IMA_XATTR, value)
@@ -189,5 +236,14 @@ def write_ima(fd: int, path: str, value: bytes, previous: bytes | None, before: 
         raise HostStateError(
             f"{path}: changed while it was being labelled; previous label restored",
             reason="changed-during-sign",
+            path=path,
+        )
+    if leased and _lease_broken(fd):
+        # A writer's open waits for us to close: the label matches the content now, but not for
+        # long, and a label made in a race is not one to keep.
+        restore_ima(fd, previous)
+        raise HostStateError(
+            f"{path}: opened for writing while it was being labelled; previous label restored",
+            reason="open-for-write",
             path=path,
         )

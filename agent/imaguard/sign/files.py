@@ -121,10 +121,11 @@ def sign_path(
     try:
         with xattr_store.open_regular(path) as (fd, st):
             before = xattr_store.FileStamp.of(st)
+            leased = xattr_store.hold_read_lease(fd, path)
             previous = xattr_store.read_ima(fd, path, limits)
             digest = xattr_store.hash_file(fd, algo, limits, path, progress, size_hint=st.st_size)
             value = ImaSignature(algo, signer.key_id, signer.sign_digest(algo, digest)).to_xattr()
-            xattr_store.write_ima(fd, path, value, previous, before)
+            xattr_store.write_ima(fd, path, value, previous, before, leased=leased)
     except (HostStateError, FormatError, UsageError) as exc:
         return _failed(path, exc)
     return FileResult(path, "signed", key_id=signer.key_id.hex(), algo=algo.kernel_name)
