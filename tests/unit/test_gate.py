@@ -157,6 +157,32 @@ def test_masks() -> None:
     assert covering_rules(appends, facts()) == ()
 
 
+def test_file_check_exec_mask_covers_executables() -> None:
+    # Regression: execve opens the program with acc_mode MAY_EXEC and ima_file_check() passes it on,
+    # so FILE_CHECK mask=MAY_EXEC appraises every program run; the gate left them out of scope.
+    policy = parse_policy("appraise func=FILE_CHECK mask=MAY_EXEC appraise_type=imasig\n")
+    result = run_gate(policy, [facts(), facts("/etc/passwd", 0o644)], LOADED)
+    assert (result.in_scope, result.uncovered) == (1, (Uncovered("/usr/bin/prog", "no-signature", "no security.ima", 1),))
+    assert covering_rules(parse_policy("appraise func=FILE_CHECK mask=^MAY_EXEC\n"), facts())
+    # may_open() refuses an exec open on a noexec mount before IMA is asked.
+    assert covering_rules(policy, facts(fs=FsFacts(0xEF53, "ext4", noexec=True))) == ()
+
+
+@pytest.mark.parametrize(("mask", "plain", "program"), [
+    ("MAY_READ", True, True),
+    ("MAY_WRITE", True, True),
+    ("MAY_APPEND", False, False),  # exact: no open(2) has APPEND without READ or WRITE
+    ("^MAY_APPEND", True, True),
+    ("^MAY_READ", True, True),
+    ("MAY_EXEC", False, True),
+])  # fmt: skip
+def test_file_check_masks_match_as_the_kernel_does(mask: str, plain: bool, program: bool) -> None:
+    # ima_match_rules: mask= must equal the hook's mask, ^mask= must share a bit with it.
+    policy = parse_policy(f"appraise func=FILE_CHECK mask={mask}\n")
+    assert bool(covering_rules(policy, facts("/etc/passwd", 0o644))) is plain
+    assert bool(covering_rules(policy, facts())) is program
+
+
 def test_rules_without_func_cover_every_file() -> None:
     policy = parse_policy("dont_appraise fsmagic=0x1021994\nappraise fowner=0\n")
     assert covers_plain_files(policy)

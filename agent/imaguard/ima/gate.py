@@ -12,7 +12,9 @@ decides. What cannot be known before the fact is approximated on the safe side:
   exec'd (``BPRM_CHECK``, ``CREDS_CHECK``) and mapped executable (``MMAP_CHECK``); a shared object
   (named ``*.so``/``*.so.N`` or detected as ELF ``ET_DYN``) may be mapped executable; ``*.ko*`` files
   are kernel modules (``MODULE_CHECK``), files under ``/lib/firmware`` firmware, ``vmlinuz*`` and
-  ``initrd*`` kexec images; every file may be opened (``FILE_CHECK``). Files that are mapped
+  ``initrd*`` kexec images; every file may be opened (``FILE_CHECK``), and a file with an execute
+  bit also opened for execution (``FILE_CHECK`` with ``MAY_EXEC``: execve opens the program with
+  that access mode). Files that are mapped
   executable without being named or marked so (a JIT cache, a renamed library) are *not* found,
   nor is anything on a filesystem the walk did not reach. Files on a ``noexec`` mount are left
   out of the exec hooks: executing or mapping them executable fails there anyway, so enforcing
@@ -93,12 +95,18 @@ def classify(path: str, mode: int, *, elf_shared_object: bool = False) -> frozen
     return frozenset(kinds or {FileKind.OTHER})
 
 
-# (hook, access masks the hook is called with) for each kind; FILE_CHECK masks are the usual opens.
-_FILE_OPENS = (_READ, _WRITE, _READ | _WRITE, _APPEND, _WRITE | _APPEND)
+# FILE_CHECK masks: ima_file_check() passes the open's acc_mode & (MAY_READ|MAY_WRITE|MAY_EXEC|MAY_APPEND)
+# (ima_main.c, 6.1). open(2) (fs/open.c build_open_flags) always has READ or WRITE: O_RDONLY, O_WRONLY,
+# O_RDWR, O_TRUNC adds WRITE, O_APPEND adds APPEND; APPEND alone or EXEC never comes from it.
+_FILE_OPENS = (_READ, _WRITE, _READ | _WRITE, _READ | _APPEND, _WRITE | _APPEND, _READ | _WRITE | _APPEND)
+# Opens for execution, of files with an execute bit only: execve's do_open_execat (acc_mode MAY_EXEC)
+# and uselib (MAY_READ | MAY_EXEC); may_open() refuses both on a noexec mount before IMA sees them.
+_EXEC_OPENS = (_EXEC, _READ | _EXEC)
 _EXEC_HOOKS = (Func.BPRM_CHECK, Func.CREDS_CHECK, Func.MMAP_CHECK, Func.MMAP_CHECK_REQPROT)
+# (hook, access masks the hook is called with) for each kind; the plain opens of any file are added apart.
 _HOOKS: dict[FileKind, tuple[tuple[Func, tuple[int, ...]], ...]] = {
     FileKind.EXECUTABLE: ((Func.BPRM_CHECK, (_EXEC,)), (Func.CREDS_CHECK, (_EXEC,)), (Func.MMAP_CHECK, (_EXEC,)),
-                          (Func.MMAP_CHECK_REQPROT, (_EXEC,))),
+                          (Func.MMAP_CHECK_REQPROT, (_EXEC,)), (Func.FILE_CHECK, _EXEC_OPENS)),
     FileKind.SHARED_OBJECT: ((Func.MMAP_CHECK, (_EXEC,)), (Func.MMAP_CHECK_REQPROT, (_EXEC,))),
     FileKind.KERNEL_MODULE: ((Func.MODULE_CHECK, (_READ,)),),
     FileKind.FIRMWARE: ((Func.FIRMWARE_CHECK, (_READ,)),),
@@ -188,7 +196,7 @@ def _match(rule: Rule, facts: FileFacts, func: Func, mask: int) -> _Match:
     """ima_match_rules for one hook call, with MAYBE where the outcome depends on the process."""
     if rule.func is not None and rule.func is not func:
         return _Match.NO
-    if rule.mask is not None:
+    if rule.mask is not None:  # mask= equals the hook's mask exactly; ^mask= shares a bit with it
         bit = _MAY[rule.mask.flag]
         if (rule.mask.inverted and not (mask & bit)) or (not rule.mask.inverted and mask != bit):
             return _Match.NO
@@ -210,9 +218,9 @@ def covering_rules(policy: Policy, facts: FileFacts) -> tuple[Rule, ...]:
     covering: list[Rule] = []
     for kind in facts.kinds:
         for func, masks in _HOOKS[kind]:
-            if facts.fs.noexec and func in _EXEC_HOOKS:
-                continue
             for mask in masks:
+                if facts.fs.noexec and (func in _EXEC_HOOKS or mask & _EXEC):
+                    continue
                 covering.extend(r for r in _decide(policy, facts, func, mask) if r not in covering)
     # Any file may be opened; rules without func= match every hook.
     for mask in _FILE_OPENS:
