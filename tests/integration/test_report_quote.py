@@ -97,8 +97,8 @@ def test_signed_quoted_report_verifies_and_every_change_fails(tpm, tmp_path, ind
     cert = str(KEYS / "ima-test-rsa2048.pem")
     capsys.readouterr()
     assert main(["report", "verify", "--cert", cert, "--nonce", "n-4711", str(out)]) == 0
-    assert capsys.readouterr().out == (f"{out}: verified (signature, payload-type, schema-version, replay, nonce, "
-                                       "quote); signed by CN=imaguard TEST ONLY IMA key (public\\, do not trust); nonce 'n-4711'\n")  # fmt: skip
+    assert capsys.readouterr().out == (f"{out}: verified (signature, payload-type, schema-version, entries, replay, "
+                                       "nonce, quote); signed by CN=imaguard TEST ONLY IMA key (public\\, do not trust); nonce 'n-4711'\n")  # fmt: skip
 
     assert main(["report", "verify", "--cert", cert, "--nonce", "n-4712", str(out)]) == 3
     assert capsys.readouterr().err == f"imaguard: error: {out}: the report was made for nonce 'n-4711', not 'n-4712'\n"

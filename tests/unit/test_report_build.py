@@ -181,11 +181,17 @@ def test_report_round_trips_and_verifies_its_replay(index):
     assert back.schema_version == 1
     assert back.pcr10["sha256"].hex() == json.loads((LAB / "pcr10.json").read_text())["sha256"]
     result = verify_report(data, certs=(), nonce=None, source="r.json")
-    assert result.checks == ("schema-version", "replay")
-    # One extended digest changed: the entries no longer replay to the stated PCR 10.
+    assert result.checks == ("schema-version", "entries", "replay")
+    # One extended digest changed: no longer the hash of the entry's template data.
     doc = json.loads(data)
     doc["entries"][3]["extended"]["sha256"] = "00" * 32
-    with pytest.raises(TrustError, match=r"entries replay to PCR 10 sha256 [0-9a-f]{64}, but it claims de9fde44") as err:
+    with pytest.raises(TrustError, match=r"entry 3 states extended sha256 '0{64}', its template data says") as err:
+        verify_report(json.dumps(doc).encode(), certs=(), nonce=None, source="r.json")
+    assert err.value.reason == "entry-mismatch"
+    # The stated PCR 10 changed: the entries no longer replay to it.
+    doc = json.loads(data)
+    doc["log"]["replay"]["pcr10"]["sha256"] = "00" * 32
+    with pytest.raises(TrustError, match=r"entries replay to PCR 10 sha256 de9fde44[0-9a-f]{56}, but it claims 0{64}") as err:
         verify_report(json.dumps(doc).encode(), certs=(), nonce=None, source="r.json")
     assert err.value.reason == "replay-mismatch"
 
@@ -244,4 +250,5 @@ def test_builder_log_violations_templates_and_the_last_measurement_wins(tmp_path
     # The running tool is the changed file: the last entry for its path decides.
     (proc,) = report.processes
     assert (str(proc.klass), proc.exe.entry) == ("modified", 3)
-    assert verify_report(report.to_bytes(), certs=(), nonce=None, source="b").checks == ("schema-version", "replay")
+    assert verify_report(report.to_bytes(), certs=(), nonce=None, source="b").checks == ("schema-version", "entries",
+                                                                                         "replay")

@@ -59,7 +59,7 @@ def test_cel_records_carry_extended_digests_and_provenance():
     sha1, sha256 = extended_digests(e.template_digest, e.hashed_data(), e.is_violation)
     assert (sha1, sha256) == (e.template_digest, hashlib.sha256(e.template_data).digest())
     assert extended_digests(bytes(20), b"x", violation=True) == (b"\xff" * 20, b"\xff" * 32)
-    report = EntryReport(2, 10, "ima-sig", e.path, str(e.digest), EntryClass.UNKNOWN, (sha1, sha256))
+    report = EntryReport(2, 10, "ima-sig", e.path, str(e.digest), EntryClass.UNKNOWN, (sha1, sha256), e.template_data)
     (rec,) = cel_document([CelRecord(10, e.template_name, e.template_data, sha1, sha256)], [report])
     assert rec["recnum"] == 0
     assert rec["content_type"] == "ima_template"

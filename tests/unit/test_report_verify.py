@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from imaguard.cli.main import main
+from imaguard.errors import TrustError
 from imaguard.ima.measurements import iter_binary
 from imaguard.ima.replay import replay
 from imaguard.packages.index import DigestIndex
 from imaguard.report.build import build_report
 from imaguard.report.model import HostFacts
+from imaguard.report.verify import verify_report
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from logbuilder import LogBuilder, d_ng, n_ng
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "tests" / "data" / "lab"
@@ -41,3 +47,82 @@ def test_pcr_that_is_not_an_integer_is_a_schema_error_not_a_crash(tmp_path, caps
     assert code == 3
     assert err.count("\n") == 1
     assert err.startswith(f"imaguard: error: verification failed: {tmp_path}/r.json: entry 0 has no integer pcr")
+
+
+LAB_LOGS = [LAB / "binary_runtime_measurements",
+            *(LAB / d / "binary_runtime_measurements" for d in ("ima-ng", "evm-sig", "ima-modsig", "canonical-custom"))]
+
+
+@pytest.mark.parametrize("log", LAB_LOGS, ids=lambda p: p.parent.name)
+def test_real_reports_of_every_lab_template_verify(tmp_path, log):
+    doc = _report_doc(tmp_path, log)
+    result = verify_report(json.dumps(doc).encode(), certs=(), nonce=None, source="r.json")
+    assert result.checks == ("schema-version", "entries", "replay")
+
+
+def test_r3_entry_claiming_another_path_and_digest_is_refused(tmp_path, capsys):
+    """The reviewer's r3: entry 2 (/usr/bin/true) restated as /usr/bin/sshd with another digest and a
+    package match, extended digests untouched, so the replay and the quote still agree."""
+    doc = _report_doc(tmp_path, LAB / "ima-ng" / "binary_runtime_measurements")
+    assert doc["entries"][2]["path"] == "/usr/bin/true"
+    doc["entries"][2].update({"path": "/usr/bin/sshd", "class": "package"})
+    code, err = _verify_cli(tmp_path, doc, capsys)
+    assert (code, err) == (3, f"imaguard: error: {tmp_path}/r.json: entry 2 states path '/usr/bin/sshd', "
+                              "its template data says '/usr/bin/true'\n")  # fmt: skip
+    doc["entries"][2]["path"] = "/usr/bin/true"
+    doc["entries"][2]["digest"] = "sha256:" + "ab" * 32
+    with pytest.raises(TrustError, match="entry 2 states digest 'sha256:abab") as err:
+        verify_report(json.dumps(doc).encode(), certs=(), nonce=None, source="r.json")
+    assert err.value.reason == "entry-mismatch"
+
+
+def test_template_data_must_hash_to_the_extended_digests(tmp_path):
+    """Swapping in another entry's template data (with its path and digest) breaks the hash link."""
+    doc = _report_doc(tmp_path, LAB / "ima-ng" / "binary_runtime_measurements")
+    other = doc["entries"][3]
+    doc["entries"][2].update({k: other[k] for k in ("path", "digest", "template_data")})
+    with pytest.raises(TrustError, match=r"entry 2 states extended sha1 '[0-9a-f]{40}', its template data says") as e:
+        verify_report(json.dumps(doc).encode(), certs=(), nonce=None, source="r.json")
+    assert e.value.reason == "entry-mismatch"
+
+
+def test_signature_and_structural_class_claims_are_checked(tmp_path):
+    doc = _report_doc(tmp_path, LAB / "binary_runtime_measurements")
+    signed = doc["entries"][3]
+    assert (signed["path"], signed["signature"]["status"]) == ("/opt/imaguard-lab/signed-echo", "verified")
+    changes = [
+        (3, "signature", {"status": "verified", "key_id": "00000000"}, "signature key id '00000000'"),
+        (3, "signature", {"status": "unsigned", "key_id": signed["signature"]["key_id"]}, "signature status 'unsigned'"),
+        (4, "signature", {"status": "verified", "key_id": None}, "signature status 'verified'"),
+        (1, "class", "package", "class 'package', its template data says 'buffer'"),
+        (2, "class", "violation", "class 'violation', its template data says 'package, modified or unknown'"),
+    ]
+    for n, key, value, message in changes:
+        changed = json.loads(json.dumps(doc))
+        changed["entries"][n][key] = value
+        with pytest.raises(TrustError, match=f"entry {n} states {message}"):
+            verify_report(json.dumps(changed).encode(), certs=(), nonce=None, source="r.json")
+    # What verify cannot tell (docs/report.md): the package class is the reporter's claim from its index.
+    doc["entries"][4]["class"] = "package"
+    verify_report(json.dumps(doc).encode(), certs=(), nonce=None, source="r.json")
+
+
+def test_entries_of_other_pcrs_are_refused_and_big_endian_logs_verify(tmp_path):
+    b = LogBuilder(byteorder="big")
+    b.boot_aggregate()
+    b.file("/usr/bin/tool", b"v1", template="ima-ng")
+    b.ima("/usr/bin/legacy", b"old template")
+    b.violation("/var/log/x")
+    log = tmp_path / "big.log"
+    log.write_bytes(b.binary())
+    with DigestIndex.open(tmp_path / "idx") as idx:
+        report = build_report(replay(iter_binary(log.read_bytes(), byteorder="big")), source="b", lookup=idx,
+                              processes=(), host=HOST, generator="g", created="c", byteorder="big")  # fmt: skip
+    assert verify_report(report.to_bytes(), certs=(), nonce=None, source="b").entries == 4
+    b.add("ima-ng", (d_ng(b"\1" * 32), n_ng("/usr/bin/elsewhere")), pcr=11)
+    with DigestIndex.open(tmp_path / "idx") as idx:
+        report = build_report(replay(iter_binary(b.binary(), byteorder="big")), source="b", lookup=idx,
+                              processes=(), host=HOST, generator="g", created="c", byteorder="big")  # fmt: skip
+    with pytest.raises(TrustError, match="entry 4 extends PCR 11: the report attests PCR 10 only") as err:
+        verify_report(report.to_bytes(), certs=(), nonce=None, source="b")
+    assert err.value.reason == "unattested-pcr"

@@ -148,7 +148,7 @@ def test_quoted_signed_report_verifies_on_the_host(report_run: RunResult, report
     capsys.readouterr()
     assert main(["report", "verify", "--cert", cert, "--nonce", NONCE, str(report)]) == 0
     assert capsys.readouterr().out.startswith(f"{report}: verified (signature, payload-type, schema-version, "
-                                              "replay, nonce, quote)")  # fmt: skip
+                                              "entries, replay, nonce, quote)")  # fmt: skip
     assert main(["report", "verify", "--cert", cert, "--nonce", NONCE + "x", str(report)]) == 3
     assert capsys.readouterr().err == (f"imaguard: error: {report}: the report was made for nonce {NONCE!r}, "
                                        f"not {NONCE + 'x'!r}\n")  # fmt: skip

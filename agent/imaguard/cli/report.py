@@ -42,10 +42,13 @@ Exit status: 0 written, 1 failure, 2 usage error, 3 the TPM's PCR 10 does not ma
 
 _VERIFY_HELP = """\
 Check a report: its DSSE signature (with --cert; a signed report needs it), payload type and
-schema version; that its entries replay to the PCR 10 values it states; and, when it carries a
+schema version; that every entry is of PCR 10, that its extended digests are the hashes of its
+template data and that the path, digest, signature key id and structural class it states are what
+that data holds; that the entries replay to the PCR 10 values it states; and, when it carries a
 TPM quote, that the quote is signed by the attestation key in the report, for the report's nonce,
 over PCR 10 only, with the replayed value. --nonce N also requires that the report was made for
-N and has a quote.
+N and has a quote. Not checked (the reporter's claims, from its own package index and
+certificates): package classes and packages, signature verdicts, processes (docs/report.md).
 
 Exit status: 0 verified, 3 verification failed (the message names the check), 2 usage error.
 """

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from imaguard.errors import ImaguardError, TrustError
 from imaguard.ima.replay import ReplayedLog
+from imaguard.ima.templates import ByteOrder
 from imaguard.ima.xattr import ImaSignature, parse_xattr
 from imaguard.keys.material import Certificate, parse_certificate
 from imaguard.keys.signer import Verifier
@@ -43,10 +44,23 @@ from imaguard.report.paths import usr_aliases
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
+    from imaguard.ima.logstream import Entry
     from imaguard.packages.index import IndexEntry
     from imaguard.report.facts import ProcessInfo
 
-__all__ = ["LogItem", "PackageLookup", "build_report", "log_items", "summarize", "usr_aliases"]
+__all__ = [
+    "KEY_STATUSES",
+    "LogItem",
+    "PackageLookup",
+    "build_report",
+    "extended_of",
+    "log_item",
+    "log_items",
+    "signature_form",
+    "structural_class",
+    "summarize",
+    "usr_aliases",
+]
 
 class PackageLookup(Protocol):
     def lookup_full(self, digest: bytes) -> list[IndexEntry]: ...
@@ -68,29 +82,56 @@ class LogItem:
     buf: bytes | None
     violation: bool
     extended: tuple[bytes, bytes]  # (sha1, sha256) extended into PCR 10 for this entry
+    template_data: bytes
+
+    @property
+    def digest_text(self) -> str:
+        """The report's ``digest``: ``algo:hex``, or bare hex when the template names no algorithm."""
+        return f"{self.algo}:{self.digest.hex()}" if self.algo else self.digest.hex()
+
+
+def extended_of(hashed: bytes, violation: bool) -> tuple[bytes, bytes]:
+    """What the kernel extends into PCR 10 (sha1, sha256) for an entry whose template hash covers
+    ``hashed``: the hash of it in each bank ("type 2" extend), all-ones for a violation."""
+    if violation:
+        return b"\xff" * 20, b"\xff" * 32
+    return hashlib.sha1(hashed).digest(), hashlib.sha256(hashed).digest()  # noqa: S324 - the PCR bank's hash
+
+
+def log_item(n: int, e: Entry) -> LogItem:
+    """The report's view of one entry (also what ``report verify`` rebuilds from template data)."""
+    d = e.digest
+    violation = e.is_violation
+    return LogItem(
+        index=n, pcr=e.pcr, template=e.template_name, path=e.path,
+        algo=d.algo_name if d is not None else "", digest=d.digest if d is not None else b"",
+        sig=e.field("sig"), buf=e.field("buf"), violation=violation,
+        extended=extended_of(e.hashed_data(), violation), template_data=e.template_data,
+    )  # fmt: skip
 
 
 def log_items(replayed: ReplayedLog) -> list[LogItem]:
     """The report's view of each entry of a replayed log (which must have kept its entries)."""
     if replayed.entries is None:
         raise ValueError("replay the log with keep_entries=True to build a report")
-    items: list[LogItem] = []
-    for n, e in enumerate(replayed.entries):
-        d = e.digest
-        violation = e.is_violation
-        extended = ((b"\xff" * 20, b"\xff" * 32) if violation
-                    else (e.template_digest, hashlib.sha256(e.hashed_data()).digest()))  # fmt: skip
-        items.append(LogItem(
-            index=n, pcr=e.pcr, template=e.template_name, path=e.path,
-            algo=d.algo_name if d is not None else "", digest=d.digest if d is not None else b"",
-            sig=e.field("sig"), buf=e.field("buf"), violation=violation, extended=extended,
-        ))  # fmt: skip
-    return items
+    return [log_item(n, e) for n, e in enumerate(replayed.entries)]
 
 
 def _ref(e: IndexEntry) -> PackageRef:
     return PackageRef(e.name, e.version, e.arch, e.source_name, e.source_version, e.path,
                       f"{e.algo.kernel_name}:{e.digest.hex()}", str(e.evidence))  # fmt: skip
+
+
+def structural_class(item: LogItem) -> EntryClass | None:
+    """The class the entry itself decides (violation, boot aggregate, buffer); None for a file
+    measurement, whose class (package, modified, unknown) comes from the package index."""
+    if item.violation:
+        return EntryClass.VIOLATION
+    if item.index == 0 and item.path == b"boot_aggregate":
+        return EntryClass.BOOT_AGGREGATE
+    if item.buf is not None:
+        return EntryClass.BUFFER
+    return None
 
 
 class _Classifier:
@@ -116,12 +157,9 @@ class _Classifier:
         return tuple(sorted(hits, key=lambda r: r.path not in names))
 
     def classify(self, item: LogItem) -> tuple[EntryClass, tuple[PackageRef, ...]]:
-        if item.violation:
-            return EntryClass.VIOLATION, ()
-        if item.index == 0 and item.path == b"boot_aggregate":
-            return EntryClass.BOOT_AGGREGATE, ()
-        if item.buf is not None:
-            return EntryClass.BUFFER, ()
+        klass = structural_class(item)
+        if klass is not None:
+            return klass, ()
         hits = self.by_digest(item.algo, item.digest, item.path)
         if hits:
             return EntryClass.PACKAGE, hits
@@ -131,26 +169,39 @@ class _Classifier:
         return EntryClass.UNKNOWN, ()
 
 
-def _signature(item: LogItem, verifier: Verifier) -> tuple[SignatureStatus, str | None, str]:
+# Statuses that depend on the certificates the reporter had, not on the log entry alone.
+KEY_STATUSES = frozenset({SignatureStatus.VERIFIED, SignatureStatus.UNKNOWN_KEY, SignatureStatus.BAD_SIGNATURE})
+
+
+def signature_form(item: LogItem) -> tuple[SignatureStatus | None, str | None, str, ImaSignature | None]:
+    """What the ``sig`` field alone says: (status, key id, detail, None) when that decides the
+    status; (None, key id, "", signature) when only checking the signature with a key can."""
     if item.sig is None:
-        return SignatureStatus.NOT_RECORDED, None, ""
+        return SignatureStatus.NOT_RECORDED, None, "", None
     if not item.sig:
-        return SignatureStatus.UNSIGNED, None, ""
+        return SignatureStatus.UNSIGNED, None, "", None
     try:
         value = parse_xattr(item.sig)
     except ImaguardError as exc:
-        return SignatureStatus.MALFORMED, None, str(exc)
+        return SignatureStatus.MALFORMED, None, str(exc), None
     if not isinstance(value, ImaSignature):
-        return SignatureStatus.UNSUPPORTED_FORM, None, f"security.ima form {value.form}"
+        return SignatureStatus.UNSUPPORTED_FORM, None, f"security.ima form {value.form}", None
     if value.algo.kernel_name != item.algo:
         return (SignatureStatus.UNSUPPORTED_FORM, value.keyid_hex,
-                f"signed over {value.algo.kernel_name}, the log has {item.algo or 'no'} digest")  # fmt: skip
+                f"signed over {value.algo.kernel_name}, the log has {item.algo or 'no'} digest", None)  # fmt: skip
+    return None, value.keyid_hex, "", value
+
+
+def _signature(item: LogItem, verifier: Verifier) -> tuple[SignatureStatus, str | None, str]:
+    status, key_id, detail, value = signature_form(item)
+    if status is not None or value is None:
+        return status or SignatureStatus.MALFORMED, key_id, detail
     try:
         cert = verifier.verify_digest(value.keyid, value.algo, item.digest, value.signature)
     except TrustError as exc:
         status = SignatureStatus.UNKNOWN_KEY if exc.reason == "unknown-key" else SignatureStatus.BAD_SIGNATURE
-        return status, value.keyid_hex, str(exc)
-    return SignatureStatus.VERIFIED, value.keyid_hex, cert.subject
+        return status, key_id, str(exc)
+    return SignatureStatus.VERIFIED, key_id, cert.subject
 
 
 def _logged_certificates(items: Sequence[LogItem]) -> list[Certificate]:
@@ -190,7 +241,7 @@ class _Tracer:
         return MappingReport(path, ProcessClass(str(entry.klass)), entry.index, "", entry.packages, deleted)
 
 
-def summarize(replayed: ReplayedLog, source: str) -> LogSummary:
+def summarize(replayed: ReplayedLog, source: str, byteorder: ByteOrder = "little") -> LogSummary:
     boot = replayed.boot_aggregate
     boot_digest = boot.digest if boot is not None else None
     return LogSummary(
@@ -198,7 +249,7 @@ def summarize(replayed: ReplayedLog, source: str) -> LogSummary:
         templates=tuple(sorted(replayed.templates.items())),
         pcr10=tuple((bank, replayed.pcr(10, bank).hex()) for bank in ("sha1", "sha256") if bank in replayed.pcrs),
         truncated_at=replayed.truncated.offset if replayed.truncated is not None else None,
-        boot_aggregate=str(boot_digest) if boot_digest is not None else None,
+        boot_aggregate=str(boot_digest) if boot_digest is not None else None, byteorder=byteorder,
     )  # fmt: skip
 
 
@@ -214,8 +265,9 @@ def build_report(
     certificates: Sequence[Certificate] = (),
     nonce: str | None = None,
     quote: QuoteReport | None = None,
+    byteorder: ByteOrder = "little",
 ) -> Report:
-    """The report of ``replayed`` (read from ``source``) on this host."""
+    """The report of ``replayed`` (read from ``source``, whose length fields are ``byteorder``) on this host."""
     if not isinstance(replayed, ReplayedLog):
         raise TypeError("build_report needs a ReplayedLog: replay the parsed log first")
     items = log_items(replayed)
@@ -226,9 +278,8 @@ def build_report(
     for pos, item in enumerate(items):
         klass, refs = clf.classify(item)
         status, key_id, detail = _signature(item, verifier)
-        entries.append(EntryReport(item.index, item.pcr, item.template, item.path,
-                                   f"{item.algo}:{item.digest.hex()}" if item.algo else item.digest.hex(),
-                                   klass, item.extended, refs, status, key_id, detail))  # fmt: skip
+        entries.append(EntryReport(item.index, item.pcr, item.template, item.path, item.digest_text, klass,
+                                   item.extended, item.template_data, refs, status, key_id, detail))  # fmt: skip
         if klass in (EntryClass.PACKAGE, EntryClass.MODIFIED, EntryClass.UNKNOWN):
             last[item.path] = pos
     procs = [p for p in processes if p.exe is not None]
@@ -242,4 +293,5 @@ def build_report(
         exe = tracer.mapping(p.exe, p.exe_deleted, reason)
         maps = tuple(tracer.mapping(m.path, m.deleted, reason) for m in p.mappings if m.path != p.exe)
         reports.append(ProcessReport(p.pid, p.name, p.start_time, exe, maps, p.error))
-    return Report(generator, created, nonce, host, summarize(replayed, source), tuple(entries), tuple(reports), quote)
+    return Report(generator, created, nonce, host, summarize(replayed, source, byteorder), tuple(entries),
+                  tuple(reports), quote)  # fmt: skip

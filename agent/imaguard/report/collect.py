@@ -114,10 +114,12 @@ def collect(
     else:
         data, source = read_log(log_file)
     replayed = replay_bytes(data)
+    byteorder = detect_byteorder(data)
     with DigestIndex.open(state_dir) as index:
         report = build_report(
             replayed, source=source, lookup=index, processes=procs, host=_host(),
             generator=f"imaguard {__version__}", certificates=certificates, nonce=nonce, quote=quote,
+            byteorder=byteorder,
             created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )  # fmt: skip
     if quote is not None:

@@ -103,6 +103,7 @@ class EntryReport:
     digest: str  # "algo:hex" from the log
     klass: EntryClass
     extended: tuple[bytes, bytes]  # what the kernel extended into PCR banks sha1 and sha256
+    template_data: bytes  # the entry's template data as logged: what ``extended`` hashes, what verify re-parses
     packages: tuple[PackageRef, ...] = ()  # every package file with this digest; owners for modified
     signature: SignatureStatus = SignatureStatus.NOT_RECORDED
     signature_key_id: str | None = None
@@ -113,6 +114,7 @@ class EntryReport:
             "index": self.index, "pcr": self.pcr, "template": self.template, "path": path_text(self.path),
             "digest": self.digest, "class": str(self.klass), "packages": [p.to_json() for p in self.packages],
             "extended": {"sha1": self.extended[0].hex(), "sha256": self.extended[1].hex()},
+            "template_data": base64.b64encode(self.template_data).decode(),
             "signature": {"status": str(self.signature), "key_id": self.signature_key_id},
         }  # fmt: skip
         if self.signature_detail:
@@ -190,9 +192,11 @@ class LogSummary:
     pcr10: tuple[tuple[str, str], ...]  # (bank, hex) replayed
     truncated_at: int | None = None
     boot_aggregate: str | None = None  # "algo:hex"
+    byteorder: str = "little"  # of the template data's length fields (big only on big-endian hosts)
 
     def to_json(self) -> dict[str, Any]:
         return {"source": self.source, "entries": self.entries, "violations": self.violations,
+                "byteorder": self.byteorder,
                 "templates": dict(self.templates), "truncated_at": self.truncated_at,
                 "boot_aggregate": self.boot_aggregate,
                 "replay": {"pcr10": dict(self.pcr10)}}  # fmt: skip

@@ -4,7 +4,11 @@ Order of checks, each failing closed with a TrustError (exit 3) that names it:
 1. a signed report (DSSE envelope) must verify with a given certificate and carry the report
    payload type; a bare report given with ``--cert`` is refused (``report-not-signed``);
 2. the document is an imaguard report of schema version 1 (FormatError otherwise);
-3. the entries' extended digests, replayed from zero, give the report's PCR 10 (both banks);
+3. every entry is of PCR 10 (``unattested-pcr``) and its extended digests are the hashes of its
+   template data, which parses under its template and holds the path, digest, signature key id
+   and structural class (violation, boot aggregate, buffer) the entry states (``entry-mismatch``);
+   the package classes and signature verdicts are the reporter's claims (docs/report.md);
+   the extended digests, replayed from zero, give the report's PCR 10 (both banks);
 4. with ``--nonce``, the report was made for that nonce and carries a TPM quote;
 5. the quote is signed by the AK in the report, is for the report's nonce, selects PCR 10 only,
    and its PCR digest equals the replayed PCR 10 of the quoted bank.
@@ -12,17 +16,21 @@ Order of checks, each failing closed with a TrustError (exit 3) that names it:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 from imaguard.errors import FormatError, TrustError, UsageError
+from imaguard.ima.logstream import Entry
+from imaguard.ima.templates import ByteOrder, split_template_data, template_for
 from imaguard.keys.material import Certificate
+from imaguard.report.build import KEY_STATUSES, LogItem, log_item, signature_form, structural_class
 from imaguard.report.envelope import is_envelope, open_envelope
-from imaguard.report.model import read_report
+from imaguard.report.model import EntryClass, path_text, read_report
 from imaguard.report.tpmquote import Quote, verify_quote
 
-__all__ = ["Verified", "replay_entries", "verify_report"]
+__all__ = ["Verified", "check_entries", "verify_report"]
 
 _BANKS = {"sha1": 20, "sha256": 32}
 
@@ -37,27 +45,106 @@ class Verified:
     checks: tuple[str, ...]
 
 
-def replay_entries(entries: list[Any], source: str) -> dict[str, bytes]:
-    """PCR 10 from the ``extended`` digests the report lists per entry: PCR = H(PCR || x) from zero."""
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} is not a string")
+    return value
+
+
+def _extended(entry: dict[str, Any]) -> tuple[bytes, bytes]:
+    extended = entry["extended"]
+    out = []
+    for bank, size in _BANKS.items():
+        value = bytes.fromhex(_text(extended[bank], f"extended.{bank}"))
+        if len(value) != size:
+            raise ValueError(f"{bank} digest of {len(value)} bytes")
+        out.append(value)
+    return out[0], out[1]
+
+
+def _rebuilt(entry: dict[str, Any], n: int, byteorder: ByteOrder) -> tuple[LogItem, tuple[bytes, bytes]]:
+    """The entry rebuilt from its template data the way the report builder sees a log entry, and
+    the extended digests the report states (TypeError/ValueError/KeyError/FormatError if unusable)."""
+    stated = _extended(entry)
+    violation = stated == (b"\xff" * 20, b"\xff" * 32)
+    data = base64.b64decode(_text(entry["template_data"], "template_data"), validate=True)
+    template = template_for(_text(entry["template"], "template"))
+    fields = split_template_data(template, data, byteorder)
+    log_entry = Entry.build(template.name, fields, pcr=10, byteorder=byteorder, violation=violation)
+    if log_entry.template_data != data:  # split and build are inverses; anything else is not log data
+        raise ValueError("template data does not serialize back to itself")
+    return log_item(n, log_entry), stated
+
+
+def _check_claims(entry: dict[str, Any], item: LogItem, stated: tuple[bytes, bytes], where: str) -> None:
+    """The entry's stated path, digest, class and signature must be what its template data says,
+    and its extended digests the hash of that data (TrustError ``entry-mismatch`` otherwise)."""
+
+    def mismatch(what: str, stated_value: object, logged: object) -> TrustError:
+        return TrustError(f"{where} states {what} {stated_value!r}, its template data says {logged!r}",
+                          reason="entry-mismatch")  # fmt: skip
+
+    if not item.violation and stated != item.extended:
+        bank = "sha1" if stated[0] != item.extended[0] else "sha256"
+        raise mismatch(f"extended {bank}", stated[bank == "sha256"].hex(), item.extended[bank == "sha256"].hex())
+    if entry.get("path") != path_text(item.path):
+        raise mismatch("path", entry.get("path"), path_text(item.path))
+    if entry.get("digest") != item.digest_text:
+        raise mismatch("digest", entry.get("digest"), item.digest_text)
+    klass = structural_class(item)
+    stated_class = entry.get("class")
+    if klass is not None and stated_class != str(klass):
+        raise mismatch("class", stated_class, str(klass))
+    if klass is None and stated_class not in (str(EntryClass.PACKAGE), str(EntryClass.MODIFIED),
+                                              str(EntryClass.UNKNOWN)):  # fmt: skip
+        raise mismatch("class", stated_class, "package, modified or unknown")
+    signature = entry.get("signature")
+    if not isinstance(signature, dict):
+        raise mismatch("signature", signature, "an object")
+    status, key_id, _, _ = signature_form(item)
+    if signature.get("key_id") != key_id:
+        raise mismatch("signature key id", signature.get("key_id"), key_id)
+    allowed = {str(status)} if status is not None else {str(s) for s in KEY_STATUSES}
+    if signature.get("status") not in allowed:
+        raise mismatch("signature status", signature.get("status"), " or ".join(sorted(allowed)))
+
+
+def check_entries(entries: list[Any], byteorder: ByteOrder, source: str) -> dict[str, bytes]:
+    """Check every entry against its own template data, then replay PCR 10 from the ``extended``
+    digests: PCR = H(PCR || x) from zero. An entry of another PCR is refused: the report states no
+    value for other PCRs, so nothing would vouch for it."""
     pcrs = {bank: bytes(size) for bank, size in _BANKS.items()}
     for n, entry in enumerate(entries):
+        where = f"{source}: entry {n}"
         pcr = entry.get("pcr") if isinstance(entry, dict) else None
         # JSON gives floats (1e999 is inf), bools and strings too: only a plain integer is a PCR index.
         if type(pcr) is not int:
-            raise FormatError(f"{source}: entry {n} has no integer pcr (got {pcr!r})", reason="bad-report")
+            raise FormatError(f"{where} has no integer pcr (got {pcr!r})", reason="bad-report")
         if pcr != 10:
-            continue
+            raise TrustError(f"{where} extends PCR {pcr}: the report attests PCR 10 only, so nothing "
+                             "vouches for it", reason="unattested-pcr")  # fmt: skip
+        assert isinstance(entry, dict)  # noqa: S101 - for mypy: pcr came from a dict
+        if entry.get("index") != n or type(entry.get("index")) is not int:
+            raise TrustError(f"{where} states index {entry.get('index')!r}", reason="entry-mismatch")
         try:
-            extended = entry["extended"]
-            for bank, size in _BANKS.items():
-                value = bytes.fromhex(extended[bank])
-                if len(value) != size:
-                    raise ValueError(f"{bank} digest of {len(value)} bytes")
-                pcrs[bank] = hashlib.new(bank, pcrs[bank] + value).digest()
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FormatError(f"{source}: entry {n} has no usable extended digests ({exc})",
-                              reason="bad-report") from exc
+            item, stated = _rebuilt(entry, n, byteorder)
+        except (KeyError, TypeError, ValueError, FormatError) as exc:
+            raise FormatError(f"{where} has no usable template data or extended digests ({exc})",
+                              reason="bad-report") from exc  # fmt: skip
+        _check_claims(entry, item, stated, where)
+        for (bank, value), x in zip(pcrs.items(), stated, strict=True):
+            pcrs[bank] = hashlib.new(bank, value + x).digest()
     return pcrs
+
+
+def _byteorder(document: dict[str, Any], source: str) -> ByteOrder:
+    log = document.get("log")
+    value = log.get("byteorder") if isinstance(log, dict) else None
+    if value == "little":
+        return "little"
+    if value == "big":
+        return "big"
+    raise FormatError(f"{source}: log.byteorder must be 'little' or 'big', not {value!r}", reason="bad-report")
 
 
 def verify_report(data: bytes, *, certs: tuple[Certificate, ...], nonce: str | None, source: str) -> Verified:
@@ -77,7 +164,8 @@ def verify_report(data: bytes, *, certs: tuple[Certificate, ...], nonce: str | N
     entries = report.document.get("entries")
     if not isinstance(entries, list):
         raise FormatError(f"{source}: report without entries", reason="bad-report")
-    replayed = replay_entries(entries, source)
+    replayed = check_entries(entries, _byteorder(report.document, source), source)
+    checks.append("entries")
     for bank, value in replayed.items():
         if report.pcr10.get(bank) != value:
             raise TrustError(f"{source}: the report's entries replay to PCR 10 {bank} {value.hex()}, "
