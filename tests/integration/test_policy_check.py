@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from rootlib import flip_one_byte
+from rootlib import flip_one_byte, mounted
 
 from imaguard.cli import policy as policy_cli
 from imaguard.cli.main import Parser, main, run_guarded
@@ -118,3 +118,25 @@ def test_tampered_and_foreign_signatures(
         str(tree["prog"]): "bad-signature",
         str(tree["tool"]): "unknown-key",
     }
+
+
+def test_overlay_lower_layer_files_are_in_scope(
+    tmp_path: Path, ext4_dir: Path, check: Callable[..., tuple[int, dict]]
+) -> None:
+    # Regression: files from an overlay's lower layer report that layer's st_dev, and the walk took
+    # them for another filesystem (walked "from its own mountpoint", which does not exist): 0 files.
+    (ext4_dir / "bin").mkdir()
+    shutil.copyfile("/bin/true", ext4_dir / "bin" / "prog")
+    (ext4_dir / "bin" / "prog").chmod(0o755)
+    with mounted(["-t", "tmpfs", "tmpfs"], tmp_path / "upper") as upper:
+        (upper / "data").mkdir()
+        (upper / "work").mkdir()
+        opts = f"lowerdir={ext4_dir},upperdir={upper / 'data'},workdir={upper / 'work'}"
+        with mounted(["-t", "overlay", "overlay", "-o", opts], tmp_path / "merged") as merged:
+            assert (merged / "bin" / "prog").stat().st_dev != merged.stat().st_dev
+            code, doc = check(merged)
+            assert (code, doc["decision"], doc["in_scope"]) == (3, "refuse", 1)
+            assert [(u["path"], u["reason"]) for u in doc["uncovered"]] == [(str(merged / "bin" / "prog"), "no-signature")]
+            # A mount below the root is still walked once, from its own mountpoint, with its own filesystem.
+            with mounted(["-t", "tmpfs", "tmpfs"], merged / "tmp"):
+                assert check(merged)[1]["in_scope"] == 1

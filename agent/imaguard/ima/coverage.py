@@ -189,55 +189,71 @@ def collect(
     mounts = _read_mounts()
     starts = [top, *sorted({m.mountpoint for m in mounts if _under(m.mountpoint, top) and m.mountpoint != top})]
     uuids = _uuids()
-    plain = covers_plain_files(policy)
+    walk = _Walk(policy, covers_plain_files(policy), frozenset(m.mountpoint for m in mounts), set())
     candidates: list[_Candidate] = []
-    seen: set[tuple[int, int]] = set()
     for start in starts:
         try:
             st = os.lstat(start)
         except OSError:
             continue  # a mountpoint hidden by another mount, or gone
-        if not stat.S_ISDIR(st.st_mode) or _is_automount(start, mounts):
+        if _is_automount(start, mounts) or not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             continue
         fs = _fs_of(start, st, mounts, uuids)
         if fs_excluded(policy, fs):
             continue
-        candidates.extend(_walk(policy, start, (st.st_dev, fs), plain=plain, seen=seen))
+        if stat.S_ISREG(st.st_mode):  # a file bind-mounted over another
+            candidates.extend(walk.candidate(start, st, fs))
+            continue
+        candidates.extend(walk.tree(start, fs))
     job = functools.partial(_facts, verifier=verifier, loaded_key_ids=loaded_key_ids, limits=limits)
     yield from run_jobs(job, candidates, jobs)
 
 
-def _walk(
-    policy: Policy, top: str, on: tuple[int, FsFacts], *, plain: bool, seen: set[tuple[int, int]]
-) -> Iterator[_Candidate]:
-    dev, fs = on
-    stack = [top]
-    while stack:
-        directory = stack.pop()
-        try:
-            entries = list(os.scandir(directory))
-        except OSError:
-            continue  # unreadable directory: nothing the walk can vouch for, nothing to list
-        for entry in entries:
+@dataclass(frozen=True, slots=True)
+class _Walk:
+    """One walk over the filesystems under the root; ``seen`` holds (st_dev, st_ino) already listed."""
+
+    policy: Policy
+    plain: bool  # an appraise rule may cover files of no special kind
+    mountpoints: frozenset[str]  # from mountinfo: each is walked from its own start
+    seen: set[tuple[int, int]]
+
+    def tree(self, top: str, fs: FsFacts) -> Iterator[_Candidate]:
+        """The candidates of the mount at ``top``, down to (not into) the mounts below it.
+
+        Another mount is told by mountinfo, not by st_dev: overlayfs reports the st_dev of the layer
+        a file comes from and btrfs one per subvolume, without either being a mount of its own.
+        """
+        stack = [top]
+        while stack:
+            directory = stack.pop()
             try:
-                st = entry.stat(follow_symlinks=False)
+                entries = list(os.scandir(directory))
             except OSError:
-                continue
-            if st.st_dev != dev:
-                continue  # another filesystem: walked from its own mountpoint
-            if stat.S_ISDIR(st.st_mode):
-                stack.append(entry.path)
-                continue
-            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in seen:
-                continue
-            kinds = classify(entry.path, st.st_mode)
-            if kinds == {FileKind.OTHER} and not plain:
-                continue
-            probe = FileFacts(entry.path, kinds, fs, st.st_uid, st.st_gid)
-            if not covering_rules(policy, probe):
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            yield _Candidate(entry.path, kinds, fs, st.st_uid, st.st_gid)
+                continue  # unreadable directory: nothing the walk can vouch for, nothing to list
+            for entry in entries:
+                if entry.path in self.mountpoints:
+                    continue  # another mount: walked from its own mountpoint
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(entry.path)
+                elif stat.S_ISREG(st.st_mode):
+                    yield from self.candidate(entry.path, st, fs)
+
+    def candidate(self, path: str, st: os.stat_result, fs: FsFacts) -> Iterator[_Candidate]:
+        """The file at ``path`` if an appraise rule may cover it and it was not listed yet."""
+        if (st.st_dev, st.st_ino) in self.seen:
+            return
+        kinds = classify(path, st.st_mode)
+        if kinds == {FileKind.OTHER} and not self.plain:
+            return
+        if not covering_rules(self.policy, FileFacts(path, kinds, fs, st.st_uid, st.st_gid)):
+            return
+        self.seen.add((st.st_dev, st.st_ino))
+        yield _Candidate(path, kinds, fs, st.st_uid, st.st_gid)
 
 
 def _facts(cand: _Candidate, verifier: Verifier, loaded_key_ids: frozenset[bytes], limits: Limits) -> FileFacts:
