@@ -9,7 +9,7 @@ import pytest
 
 from imaguard.digests import HashAlgo
 from imaguard.packages.model import Evidence, FileKind, PackageFile
-from imaguard.sign.plan import Action, Decision, Observed, Options, Scope, decide, in_scope, prefilter
+from imaguard.sign.plan import Action, Decision, Observed, Options, Scope, decide, in_scope, prefilter, settled
 
 REG_EXEC = stat.S_IFREG | 0o755
 REG_DATA = stat.S_IFREG | 0o644
@@ -97,3 +97,21 @@ def test_decide(pf, seen, expected):
 )
 def test_executable_scope(path, mode, expected):
     assert in_scope(path, mode, Scope.EXECUTABLES) is expected
+
+
+@pytest.mark.parametrize(
+    ("action", "reason", "expected"),
+    [
+        (Action.WRITE, "", True),
+        (Action.KEEP, "already-signed", True),
+        (Action.KEEP, "same-inode", True),
+        *((Action.SKIP, r, True) for r in ("ghost", "directory", "not-regular-file", "out-of-scope", "no-digest",
+                                           "config-modified", "unsupported-fs", "no-vendor-signature")),
+        # A rerun may decide otherwise: the enroll journal must not record the package as done.
+        *((Action.SKIP, r, False) for r in ("local-db-evidence", "no-evidence", "no-bundle", "bundle-unavailable",
+                                            "unreadable", "read-only", "immutable", "xattr-space", "a-new-code")),
+        *((Action.REFUSE, r, False) for r in ("digest-mismatch", "missing", "type-changed", "changed-during-sign")),
+    ],
+)
+def test_settled(action, reason, expected):
+    assert settled(action, reason) is expected

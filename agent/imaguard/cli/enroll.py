@@ -24,7 +24,7 @@ from imaguard.sign.apply import Context, Outcome, enroll_file
 from imaguard.sign.journal import Journal
 from imaguard.sign.memo import MemoSigner
 from imaguard.sign.parallel import default_jobs, run_jobs
-from imaguard.sign.plan import Action, Options, Scope
+from imaguard.sign.plan import Action, Options, Scope, settled
 from imaguard.sign.sources import BundleSource, LocalSource, SignatureSource, VendorSource
 
 if TYPE_CHECKING:
@@ -113,9 +113,13 @@ def _signature_source(args: argparse.Namespace) -> SignatureSource:
 
 
 def _config_id(args: argparse.Namespace, source: SignatureSource) -> str:
+    """Everything that can change an outcome: a journal is resumed only by a run with the same."""
     ids = sorted(c.key_id.hex() for c in source.verifier.certificates)
-    doc = [source.name, args.sig_source, ids, str(args.scope), args.unsafe_trust_dpkg_md5sums,
-           str(args.root.resolve()), sorted(k.hex() for k in source.verifier.revoked)]
+    authority = sorted(hashlib.sha256(c.der).hexdigest() for c in source.authority) \
+        if isinstance(source, BundleSource) else []
+    doc = [2, source.name, args.sig_source, ids, str(args.scope), args.unsafe_trust_dpkg_md5sums,
+           str(args.root.resolve()), sorted(k.hex() for k in source.verifier.revoked), authority,
+           args.no_fetch, args.package_db]
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
 
 
@@ -148,6 +152,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
 
     outcomes: list[Outcome] = []
     remaining = Counter(pkg.ident for pkg, _pf in items)
+    unsettled: set[str] = set()  # packages a resuming run must examine again (sign.plan.settled)
     start = time.monotonic()
     with Progress(total=len(items), unit="file", desc="enrolling", enabled=not args.json) as bar:
         later: list[tuple[InstalledPackage, PackageFile]] = []
@@ -155,7 +160,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
             if o is None:
                 later.append(item)
             else:
-                _record(o, outcomes, remaining, journal=journal, bar=bar, args=args)
+                _record(o, outcomes, remaining, unsettled, journal=journal, bar=bar, args=args)
         # The first name of each such inode, over all cores again; the other names here, after them.
         first, inodes, others = _split_hard_links(later, root)
 
@@ -167,9 +172,9 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         for inode, o in zip(inodes, run_jobs(label, first, args.jobs), strict=True):
             if o.action in (Action.WRITE, Action.KEEP):
                 ctx.inodes.add(inode)
-            _record(o, outcomes, remaining, journal=journal, bar=bar, args=args)
+            _record(o, outcomes, remaining, unsettled, journal=journal, bar=bar, args=args)
         for item in others:
-            _record(label(item), outcomes, remaining, journal=journal, bar=bar, args=args)
+            _record(label(item), outcomes, remaining, unsettled, journal=journal, bar=bar, args=args)
     if journal is not None:
         journal.finish()
     nbytes = sum(o.size for o in outcomes)
@@ -214,13 +219,15 @@ def _split_hard_links(items: list[_Item], root: Root) -> tuple[list[_Item], list
 
 
 def _record(
-    o: Outcome, outcomes: list[Outcome], remaining: Counter[str], *, journal: Journal | None, bar: Progress,
-    args: argparse.Namespace,
+    o: Outcome, outcomes: list[Outcome], remaining: Counter[str], unsettled: set[str], *, journal: Journal | None,
+    bar: Progress, args: argparse.Namespace,
 ) -> None:
     outcomes.append(o)
     bar.update(1)
     remaining[o.package] -= 1
-    if journal is not None and remaining[o.package] == 0:
+    if not settled(o.action, o.reason):
+        unsettled.add(o.package)
+    if journal is not None and remaining[o.package] == 0 and o.package not in unsettled:
         journal.mark(o.package)
     if args.json:
         return

@@ -1,4 +1,8 @@
-"""The enrollment journal: which packages an interrupted run already finished.
+"""The enrollment journal: which packages an interrupted run already settled.
+
+A package is recorded only once every file has an outcome that a rerun would reach again
+(``sign.plan.settled``): a refused file or a skip that may resolve (no bundle yet, .deb not cached,
+immutable) keeps its package to be examined, and reported, by the resuming run.
 
 Written atomically (temp file, fsync, rename, fsync of the directory), at most about once a
 second, so a SIGKILL loses at most a second of work and never leaves a torn file. The journal is

@@ -24,6 +24,7 @@ __all__ = [
     "disk_kind",
     "in_scope",
     "prefilter",
+    "settled",
 ]
 
 
@@ -37,6 +38,24 @@ class Action(enum.StrEnum):
     KEEP = "already-signed"  # a valid signature over the trusted digest is there: nothing to do
     SKIP = "skipped"  # deliberately not labelled, with a reason
     REFUSE = "refused"  # the disk disagrees with the package: never signed, exit code 1
+
+
+# Skips that a rerun with the same options reaches again: facts of the package (ghost, directory,
+# not-regular-file, no-digest, no-vendor-signature, not-in-bundle), of the admin (config-modified,
+# out-of-scope by mode) or of the filesystem type (unsupported-fs). Every other skip (unreadable,
+# local-db-evidence and no-evidence until the .deb is cached, no-bundle, bundle-unavailable, read-only,
+# immutable, xattr-space) and every refusal may come out differently next time: an unknown code too.
+_SETTLED_SKIPS = frozenset({
+    "ghost", "directory", "not-regular-file", "out-of-scope", "no-digest", "config-modified", "unsupported-fs",
+    "no-vendor-signature", "not-in-bundle",
+})
+
+
+def settled(action: Action, reason: str) -> bool:
+    """Whether a rerun may take this outcome as final (the enroll journal skips such packages)."""
+    if action is Action.REFUSE:
+        return False  # reported again by every run until the disk agrees with the package
+    return action is not Action.SKIP or reason in _SETTLED_SKIPS
 
 
 @dataclass(frozen=True, slots=True)
