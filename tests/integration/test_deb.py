@@ -24,6 +24,7 @@ from debworld import IGT_1, MAINT_SCRIPTS, Keys, make_keys, make_world, need, ru
 
 from imaguard.digests import HashAlgo
 from imaguard.packages import aptrepo, debchain
+from imaguard.packages import deb as deb_module
 from imaguard.packages.deb import DebSource
 from imaguard.packages.debfile import read_deb
 from imaguard.packages.model import Evidence, FileKind
@@ -440,7 +441,9 @@ def test_regression_fetch_never_chowns_what_apt_left_behind_a_link(tmp_path, mon
     victim, before = _victim(tmp_path)
     _fake_apt_get(tmp_path, monkeypatch, f'{link} {victim} "$PWD/hello_1.0-1_amd64.deb"')
     layout = aptrepo.AptLayout.read(Path("/"))
-    with pytest.raises(debchain.ChainError, match=f"hello_1.0-1_amd64.deb: apt's download is {what}, not a .deb") as err:
+    with pytest.raises(
+        debchain.ChainError, match=f"hello_1.0-1_amd64.deb: apt's download is {what}, not a .deb"
+    ) as err:
         aptrepo.fetch_deb(layout, tmp_path / "debs", "hello", "1.0-1", "amd64", max_size=1 << 20)
     assert err.value.code is debchain.ChainReason.DEB_UNAVAILABLE
     st = victim.stat()
@@ -462,3 +465,27 @@ def test_fetch_copies_apt_download_into_a_root_owned_file(tmp_path, monkeypatch)
     (tmp_path / "other").mkdir()
     _fake_apt_get(tmp_path / "other", monkeypatch, "true")
     assert aptrepo.fetch_deb(layout, tmp_path / "d2", "hello", "1.0-1", "amd64", max_size=1 << 20) is None
+
+
+@pytest.mark.parametrize("tamper", ["other-deb", "same-size"])
+def test_regression_a_deb_that_is_not_the_signed_one_is_never_parsed(tmp_path, keys, monkeypatch, tamper):
+    # Decompressing and parsing are the attack surface (r6: a 61 KB .deb made tarfile take 924 MiB):
+    # only the .deb whose size and SHA256 the signed index gives may reach them.
+    world = make_world(tmp_path, keys, repo_debs=["igt-1.0"], installed=["igt-1.0"], cached=["igt-1.0-rebuilt"])
+    cached = world.root / "var/cache/apt/archives/igt_1.0_all.deb"
+    if tamper == "same-size":
+        good = world.debs["igt-1.0"].read_bytes()
+        cached.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    parsed: list[str] = []
+
+    def spy(fd: int, name: str, **kw):
+        parsed.append(name)
+        return read_deb(fd, name, **kw)
+
+    monkeypatch.setattr(deb_module, "read_deb", spy)
+    files = world.files()
+    assert evidence_of(files) == {("local-db", "deb-hash-mismatch")}
+    assert parsed == []
+    shutil.copy(world.debs["igt-1.0"], cached)
+    assert evidence_of(world.files()) == {("repo-verified", "")}
+    assert parsed == [str(cached)]

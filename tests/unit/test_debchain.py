@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -359,6 +360,64 @@ def test_regression_corrupt_zstd_data_tar_is_a_format_error_naming_the_member(de
     deb = _deb((b"data.tar.zst", b"\x28\xb5\x2f\xfd" + b"garbage!" * 8))
     with pytest.raises(FormatError, match=r"fuzz\.deb: data\.tar\.zst: "):
         read_deb_bytes(deb)
+
+
+def _claiming_metadata(kind: bytes, claimed: int) -> bytes:
+    """A data.tar.gz whose first header announces ``claimed`` bytes of metadata, followed by that many zeros."""
+    info = tarfile.TarInfo("././@LongLink")
+    info.type, info.size = kind, claimed
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip: zeros shrink ~1000x
+    out = [comp.compress(info.tobuf(format=tarfile.GNU_FORMAT))]
+    zeros = bytes(1 << 20)
+    out += [comp.compress(zeros) for _ in range(claimed >> 20)]
+    return _deb((b"data.tar.gz", b"".join([*out, comp.flush()])))
+
+
+# Peak RSS from VmHWM, not getrusage: ru_maxrss survives fork and exec, so the child would report
+# pytest's own peak; VmHWM belongs to the address space exec gave the child.
+_RSS_PROBE = """
+import os, re, sys
+from imaguard.errors import FormatError
+from imaguard.packages.debfile import read_deb
+fd = os.open(sys.argv[1], os.O_RDONLY)
+try:
+    read_deb(fd, "bomb.deb", max_size=1 << 30)
+except FormatError as exc:
+    print("FormatError", exc)
+with open("/proc/self/status") as status:
+    print(int(re.search(r"VmHWM:\\s+(\\d+) kB", status.read()).group(1)) >> 10)
+"""
+
+
+def test_regression_tar_long_name_bomb_is_refused_before_it_is_read(tmp_path):
+    # r6: a header claiming 256 MiB of GNU long name made tarfile read (and hold) all of it.
+    bomb = tmp_path / "bomb.deb"
+    bomb.write_bytes(_claiming_metadata(tarfile.GNUTYPE_LONGNAME, 256 << 20))
+    assert bomb.stat().st_size < 1 << 20
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_PROBE, str(bomb)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[0] == ("FormatError bomb.deb: data.tar.gz: tar metadata header of 268435456 bytes (limit 1048576)"), out
+    assert int(out[1]) < 128, f"peak RSS {out[1]} MiB"
+
+
+@pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE])
+def test_every_metadata_header_is_bounded(kind):
+    with pytest.raises(FormatError, match=r"data\.tar\.gz: tar metadata header of 2097152 bytes"):
+        read_deb_bytes(_claiming_metadata(kind, 2 << 20))
+
+
+def test_a_long_name_within_the_bound_is_read_and_sparse_members_are_refused():
+    name = b"./usr/share/t/" + b"n" * 200
+    contents = read_deb_bytes(_deb((b"data.tar", _tar({name: b"x"}))))
+    assert [m.path for m in contents.members] == [name[1:]]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("./sparse")
+        info.type = tarfile.GNUTYPE_SPARSE
+        tar.addfile(info)
+    with pytest.raises(FormatError, match=r"GNU sparse member './sparse': dpkg does not support sparse files"):
+        read_deb_bytes(_deb((b"data.tar", buf.getvalue())))
 
 
 def read_deb_bytes(data: bytes):

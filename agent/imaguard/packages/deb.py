@@ -183,25 +183,45 @@ class DebSource:
         return self.state_dir / "deb-chain" / f"{stem}_{sha256.hex()}.json"
 
     def _read_checked(self, dp: dpkgdb.DpkgPackage, entry: IndexEntry, path: Path) -> VerifiedDeb | None:
+        """Check the .deb's size and SHA256 against its Packages entry, and only then parse it.
+
+        Decompressing and parsing are the attack surface (bombs, tarfile's header handling): only
+        the .deb the signed index vouches for gets that far. ``read_deb`` hashes the bytes it parses
+        once more, so a file changed between the two reads is a mismatch, never trusted.
+        """
         try:
             fd = aptrepo.open_deb(path)
             if fd is None:
                 return None
             try:
+                size = os.fstat(fd).st_size
+                digest = hash_fd(fd, HashAlgo.SHA256, max_size=self.limits.max_file_size, path=str(path))
+                self._check_unparsed(dp, entry, digest, size, path)
                 try:
-                    contents = read_deb(fd, str(path), max_size=self.limits.max_file_size)
+                    contents = read_deb(fd, str(path), max_size=entry.size)
                 except FormatError as exc:
-                    # Garbage that is not the signed .deb is a hash mismatch; the signed .deb unreadable is malformed.
-                    digest = hash_fd(fd, HashAlgo.SHA256, max_size=self.limits.max_file_size, path=str(path))
-                    debchain.check_deb(entry, digest, os.fstat(fd).st_size, name=str(path))
                     raise ChainError(ChainReason.DEB_MALFORMED, f"{path}: {exc}") from exc
             finally:
                 os.close(fd)
         except (HostStateError, UnsupportedError) as exc:
             raise ChainError(ChainReason.DEB_UNAVAILABLE, str(exc)) from exc
-        debchain.check_deb_identity(contents.control, dp.name, dp.version, dp.architecture, deb=str(path))
         debchain.check_deb(entry, contents.sha256, contents.size, name=str(path))
+        debchain.check_deb_identity(contents.control, dp.name, dp.version, dp.architecture, deb=str(path))
         return VerifiedDeb(contents.members, contents.scripts)
+
+    def _check_unparsed(self, dp: dpkgdb.DpkgPackage, entry: IndexEntry, digest: bytes, size: int, path: Path) -> None:
+        """The .deb's hash against its entry; a .deb a verified index lists as another version is named so."""
+        if (digest, size) == (entry.sha256, entry.size):
+            return
+        for other in self._by_name.get(dp.name, ()):
+            e = other.entry
+            if other.broken is None and (e.sha256, e.size) == (digest, size):
+                installed = f"{dp.name} {dp.version}/{dp.architecture}"
+                raise ChainError(
+                    ChainReason.VERSION_NOT_IN_INDEX,
+                    f"{path} is {e.name} {e.version}/{e.architecture}; installed is {installed}",
+                )
+        debchain.check_deb(entry, digest, size, name=str(path))
 
     def _walk(self, dp: dpkgdb.DpkgPackage, entry: IndexEntry) -> VerifiedDeb:
         """Find the exact .deb (apt's cache, ours, or fetched through apt) and read it checked."""

@@ -41,6 +41,32 @@ MAINTAINER_SCRIPTS = frozenset({"preinst", "postinst", "prerm", "postrm", "confi
 _CHUNK = 1 << 20
 # dpkg writes file names raw; surrogateescape makes tarfile's str names a lossless view of them.
 _TAR_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
+# Members whose content tarfile reads whole into memory as the next member's metadata.
+_METADATA_TYPES = frozenset({tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                             tarfile.SOLARIS_XHDTYPE})  # fmt: skip
+_MAX_METADATA = 1 << 20  # a long name is at most PATH_MAX (4096); pax records are short
+
+
+class _TarLimitError(tarfile.TarError):
+    """A header tarfile must not act on (see ``_BoundedTarInfo``)."""
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile's header, refused before tarfile reads what it announces.
+
+    tarfile reads a GNU long name or pax header at whatever size the header claims, in one
+    allocation, and follows a GNU sparse header's extension blocks without end: a few KiB of xz
+    would become GiBs of memory. dpkg's own tar reader knows no sparse members at all.
+    """
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> _BoundedTarInfo:
+        info = super().frombuf(buf, encoding, errors)
+        if info.type in _METADATA_TYPES and info.size > _MAX_METADATA:
+            raise _TarLimitError(f"tar metadata header of {info.size} bytes (limit {_MAX_METADATA})")
+        if info.type == tarfile.GNUTYPE_SPARSE:
+            raise _TarLimitError(f"GNU sparse member {info.name!r}: dpkg does not support sparse files")
+        return info
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +309,7 @@ def read_deb(fd: int, name: str, *, max_size: int) -> DebContents:
             elif role is not None and _in_order(role[0], control is not None, members is not None):
                 with (
                     _decompressed(raw, role[1], where) as stream,
-                    tarfile.open(fileobj=stream, mode="r|", **_TAR_ENCODING) as tar,  # type: ignore[call-overload]
+                    tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo, **_TAR_ENCODING) as tar,  # type: ignore[call-overload]
                 ):
                     if role[0] == "control":
                         control, scripts = _control(tar, where)
