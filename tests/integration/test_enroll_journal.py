@@ -1,4 +1,4 @@
-"""The enroll journal on a real dpkg root: what a resuming run re-examines.
+"""The enroll journal on a real dpkg root: what a resuming run re-examines, and bad state directories.
 
 A run "killed right after its last journal write" is a real run whose ``Journal.finish`` only
 flushes: the journal it leaves is the one a SIGKILL at that moment leaves (the slow SIGKILL test
@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
+import rootlib
 from debworld import make_keys, make_world, run
 
 from imaguard.cli.main import main
+from imaguard.errors import HostStateError
 from imaguard.sign.journal import Journal
 
 pytestmark = pytest.mark.root
@@ -34,7 +37,7 @@ def _enroll(capsys, world, key, *extra, state=None):
     code = main(argv)
     out = capsys.readouterr()
     assert "Traceback" not in out.err, out.err
-    return code, json.loads(out.out), out.err
+    return code, (json.loads(out.out) if out.out else None), out.err
 
 
 def _killed_after_last_journal_write(monkeypatch):
@@ -103,3 +106,79 @@ def test_options_that_change_outcomes_are_part_of_the_journal_config(world, keyp
     assert json.loads(capsys.readouterr().out)["packages_resumed_from_journal"] == 0
     assert main(argv) == 0  # may fetch: not the --no-fetch run's journal
     assert json.loads(capsys.readouterr().out)["packages_resumed_from_journal"] == 0
+
+
+@pytest.mark.parametrize("content", [b"[]", b'"done"', b"42", b'{"config": 1, "done": []}',
+                                     b'{"config": "x", "done": "igt"}', b'{"config": "x", "do', b"\xff\xfe"])
+def test_a_journal_that_is_not_one_is_started_over_with_one_warning(world, keypair, capsys, content):
+    """Regression: a journal holding valid JSON that is not an object ([]) crashed with AttributeError."""
+    world.state.mkdir(parents=True, exist_ok=True)
+    (world.state / "enroll.journal").write_bytes(content)
+    code, doc, err = _enroll(capsys, world, keypair("rsa2048"))
+    assert code == 0
+    assert doc["packages_resumed_from_journal"] == 0
+    journal = world.state / "enroll.journal"
+    assert err.count("imaguard: warning [W-JOURNAL-DISCARDED]") == 1, err
+    assert err.startswith(f"imaguard: warning [W-JOURNAL-DISCARDED]: {journal}: not an enroll journal ("), err
+    assert err.endswith("); starting over\n"), err
+    assert not journal.exists()
+
+
+def test_state_dir_that_is_a_file_fails_before_labelling(world, keypair, capsys, tmp_path):
+    """Regression: enroll labelled everything, then crashed in finish() with NotADirectoryError, no summary."""
+    not_a_dir = tmp_path / "state-file"
+    not_a_dir.write_bytes(b"")
+    for extra in ([], ["--dry-run"]):
+        code, doc, err = _enroll(capsys, world, keypair("rsa2048"), *extra, state=not_a_dir)
+        assert code == 1
+        message = f"{not_a_dir}: --state-dir is not a directory"
+        assert doc == {"error": {"reason": "state-dir", "message": message}}
+        assert err == f"imaguard: error: {message}\n"
+    with pytest.raises(OSError, match="No data available"):
+        os.getxattr(world.root / "usr/bin/igt", IMA)  # nothing labelled
+
+
+def test_state_dir_inside_a_file_fails_before_labelling(world, keypair, capsys, tmp_path):
+    not_a_dir = tmp_path / "state-file"
+    not_a_dir.write_bytes(b"")
+    code, doc, err = _enroll(capsys, world, keypair("rsa2048"), state=not_a_dir / "state")
+    assert code == 1
+    message = f"{not_a_dir}/state/enroll.journal: cannot read the enroll journal: Not a directory"
+    assert doc == {"error": {"reason": "state-read", "message": message}}
+    assert err == f"imaguard: error: {message}\n"
+    with pytest.raises(OSError, match="No data available"):
+        os.getxattr(world.root / "usr/bin/igt", IMA)
+
+
+def test_journal_that_cannot_be_removed_is_an_error_after_the_summary(world, keypair, capsys, monkeypatch):
+    """The run labelled every file: its summary and JSON come out, then one error line, exit 1."""
+    finish = Journal.finish
+
+    def finish_in_immutable_dir(self: Journal) -> None:
+        rootlib.run(["chattr", "+i", str(self.path.parent)])
+        finish(self)
+
+    monkeypatch.setattr(Journal, "finish", finish_in_immutable_dir)
+    try:
+        code, doc, err = _enroll(capsys, world, keypair("rsa2048"))
+    finally:
+        rootlib.run(["chattr", "-i", str(world.state)])
+    journal = world.state / "enroll.journal"
+    assert code == 1
+    assert doc["exit_code"] == 1
+    assert {(s["outcome"], s["reason"]) for s in doc["summary"]} >= {("signed", "")}
+    assert err == (f"imaguard: error: {journal}: cannot remove the enroll journal of this completed run: "
+                   "Operation not permitted\n")
+
+
+def test_finish_raises_a_typed_error(tmp_path):
+    journal = Journal(tmp_path / "j" / "enroll.journal", "c", set())
+    journal.begin()
+    rootlib.run(["chattr", "+i", str(tmp_path / "j")])
+    try:
+        with pytest.raises(HostStateError) as info:
+            journal.finish()
+    finally:
+        rootlib.run(["chattr", "-i", str(tmp_path / "j")])
+    assert info.value.reason == "state-write"
+    assert info.value.path == str(Path(tmp_path / "j" / "enroll.journal"))

@@ -15,7 +15,7 @@ from imaguard.cli.files import add_revocation_options
 from imaguard.cli.keyfile import PASSWORD_HELP, key_password
 from imaguard.cli.progress import Progress
 from imaguard.config import Limits
-from imaguard.errors import ExitCode, TrustError, UsageError
+from imaguard.errors import ExitCode, HostStateError, TrustError, UsageError
 from imaguard.keys import CheckedSigner, LocalSigner, Verifier, load_certificate, load_private_key
 from imaguard.keys.revocation_store import load_revoked
 from imaguard.packages import DEFAULT_STATE_DIR, open_source
@@ -123,6 +123,17 @@ def _config_id(args: argparse.Namespace, source: SignatureSource) -> str:
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
 
 
+def _open_journal(args: argparse.Namespace, source: SignatureSource) -> Journal:
+    path = args.state_dir / "enroll.journal"
+    config = _config_id(args, source)
+    journal = Journal(path, config, set()) if args.restart else Journal.load(path, config)
+    if journal.discarded:
+        print(f"imaguard: warning [W-JOURNAL-DISCARDED]: {path}: not an enroll journal ({journal.discarded}); "
+              "starting over", file=sys.stderr)
+    journal.begin()
+    return journal
+
+
 def _cmd_enroll(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
@@ -134,12 +145,12 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         root = Root.at(args.root)
     except OSError as exc:
         raise UsageError(f"{args.root}: cannot use as root: {exc.strerror}") from exc
+    if args.state_dir.exists() and not args.state_dir.is_dir():  # before any work, not after labelling
+        raise HostStateError(f"{args.state_dir}: --state-dir is not a directory", reason="state-dir",
+                             path=str(args.state_dir))
     psrc = open_source(args.root, args.state_dir, args.package_db, fetch=not args.no_fetch)
     pkgs = [psrc.package(n) for n in args.packages] if args.packages else list(psrc.packages())
-    journal = None if args.dry_run else Journal.load(
-        args.state_dir / "enroll.journal", "" if args.restart else _config_id(args, source))
-    if journal is not None and args.restart:
-        journal = Journal(journal.path, _config_id(args, source), set())
+    journal = None if args.dry_run else _open_journal(args, source)
     todo = [p for p in pkgs if journal is None or p.ident not in journal.done]
     ctx = Context(root, source, Options(args.scope, args.unsafe_trust_dpkg_md5sums), Limits(), args.dry_run)
 
@@ -175,10 +186,23 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
             _record(o, outcomes, remaining, unsettled, journal=journal, bar=bar, args=args)
         for item in others:
             _record(label(item), outcomes, remaining, unsettled, journal=journal, bar=bar, args=args)
-    if journal is not None:
-        journal.finish()
+    state_error = _finish(journal)
     nbytes = sum(o.size for o in outcomes)
-    return _summary(args, outcomes, len(pkgs) - len(todo), time.monotonic() - start, nbytes)
+    code = _summary(args, outcomes, len(pkgs) - len(todo), time.monotonic() - start, nbytes,
+                    state_error=state_error)
+    if state_error is not None:
+        print(f"imaguard: error: {state_error}", file=sys.stderr)
+    return code
+
+
+def _finish(journal: Journal | None) -> HostStateError | None:
+    """Remove the journal of the completed run; a failure is reported after the summary, not instead of it."""
+    if journal is not None:
+        try:
+            journal.finish()
+        except HostStateError as exc:
+            return exc
+    return None
 
 
 def _read_metadata(
@@ -247,9 +271,13 @@ def _line(o: Outcome, dry_run: bool) -> str:
     return line
 
 
-def _summary(args: argparse.Namespace, outcomes: list[Outcome], resumed: int, seconds: float, nbytes: int) -> int:
+def _summary(
+    args: argparse.Namespace, outcomes: list[Outcome], resumed: int, seconds: float, nbytes: int, *,
+    state_error: HostStateError | None = None,
+) -> int:
     table = Counter((str(o.action), o.reason) for o in outcomes)
-    code = ExitCode.FAILURE if any(o.action is Action.REFUSE for o in outcomes) else ExitCode.OK
+    failed = state_error is not None or any(o.action is Action.REFUSE for o in outcomes)
+    code = ExitCode.FAILURE if failed else ExitCode.OK
     if args.json:
         doc = {
             "dry_run": args.dry_run,

@@ -12,7 +12,6 @@ everything (cheaply: valid signatures are ``already-signed``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -40,21 +39,43 @@ class Journal:
         self.path = path
         self.config = config
         self.done = done
+        self.discarded = ""  # why the file at ``path`` was not a journal and was started over
         self._dirty = False
         self._last = time.monotonic()
 
     @classmethod
     def load(cls, path: Path, config: str) -> Journal:
-        """The journal of an interrupted run with the same configuration, or an empty one."""
+        """The journal of an interrupted run with the same configuration, or an empty one.
+
+        A file that is not a journal (torn or edited by hand) is started over, which is always safe;
+        ``discarded`` then says why. A state directory that cannot hold the journal is a HostStateError.
+        """
         try:
-            doc = json.loads(path.read_bytes())
-            if doc.get("config") == config:
-                return cls(path, config, {str(x) for x in doc["done"]})
+            raw = path.read_bytes()
         except FileNotFoundError:
-            pass
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # unreadable or torn by hand: start over, which is always safe
-        return cls(path, config, set())
+            return cls(path, config, set())
+        except OSError as exc:
+            raise HostStateError(f"{path}: cannot read the enroll journal: {exc.strerror}", reason="state-read",
+                                 errno=exc.errno, path=str(path)) from exc
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:  # UnicodeDecodeError too
+            return cls._discard(path, config, f"not JSON: {exc}")
+        if not isinstance(doc, dict):
+            return cls._discard(path, config, f"a JSON {type(doc).__name__}, not an object")
+        done = doc.get("done")
+        if not isinstance(doc.get("config"), str) or not isinstance(done, list) \
+                or not all(isinstance(x, str) for x in done):
+            return cls._discard(path, config, 'no "config" string and "done" list of strings')
+        if doc["config"] != config:
+            return cls(path, config, set())  # another configuration's run: not this one to resume
+        return cls(path, config, set(done))
+
+    @classmethod
+    def _discard(cls, path: Path, config: str, why: str) -> Journal:
+        journal = cls(path, config, set())
+        journal.discarded = why
+        return journal
 
     def mark(self, ident: str) -> None:
         self.done.add(ident)
@@ -68,7 +89,18 @@ class Journal:
             self._dirty = False
         self._last = time.monotonic()
 
+    def begin(self) -> None:
+        """Write the journal now: a state directory that cannot hold it fails before any file is labelled."""
+        self._dirty = True
+        self.flush()
+
     def finish(self) -> None:
-        """The run completed: nothing to resume."""
-        with contextlib.suppress(FileNotFoundError):
+        """The run completed: nothing to resume. HostStateError when the journal cannot be removed."""
+        try:
             self.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise HostStateError(f"{self.path}: cannot remove the enroll journal of this completed run: "
+                                 f"{exc.strerror}", reason="state-write", errno=exc.errno,
+                                 path=str(self.path)) from exc
