@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, utils
 
 from imaguard.digests import HashAlgo
 from imaguard.errors import FormatError, TrustError, UsageError
@@ -68,14 +70,14 @@ def _report(index, processes=(), **kw):
                         generator="imaguard test", created="2026-11-22T00:00:00Z", **kw)  # fmt: skip
 
 
-def test_entries_are_classified_and_signatures_checked_with_the_logged_key(index):
-    report = _report(index)
+def test_entries_are_classified_and_signatures_checked_with_the_given_certificate(index):
+    report = _report(index, certificates=[load_certificate(LAB / "ima-rsa.cert.der")])
     got = [(e.path, str(e.klass), [p.name for p in e.packages], str(e.signature)) for e in report.entries]
     assert got == [
         (b"boot_aggregate", "boot-aggregate", [], "unsigned"),
         (b"_ima", "buffer", [], "not-recorded"),
         (b"/usr/bin/tpm2", "package", ["tpm2-tools"], "unsigned"),
-        # The signature verifies with the certificate the kernel measured into _ima (ima-buf entry 1).
+        # The signature verifies with the certificate given as trusted (--ima-cert).
         (b"/opt/imaguard-lab/signed-echo", "modified", ["labecho"], "verified"),
         (b"/opt/imaguard-lab/unsigned-echo", "unknown", [], "unsigned"),
         (b"/opt/imaguard-lab/tampered-echo", "unknown", [], "bad-signature"),
@@ -127,7 +129,7 @@ def test_text_view_puts_what_needs_a_look_first(index):
         f"replay      PCR 10 sha1 {pcr['sha1']}, sha256 {pcr['sha256']}",
         "quote       none",
         "entries     package 1, modified 1, unknown 2, boot-aggregate 1, buffer 1",
-        "signatures  verified 1, bad-signature 1, unsigned 3, not-recorded 1",
+        "signatures  logged-key 1, bad-signature 1, unsigned 3, not-recorded 1",
         "processes   package 1, modified 1, unknown 1, not-measured 1",
     ]
     assert text[9:] == [
@@ -139,7 +141,8 @@ def test_text_view_puts_what_needs_a_look_first(index):
         "  not-measured      53  late            /usr/bin/late  not-measured-by-policy",
         "",
         "Measured files not traced to a package, or with a bad signature (class, entry, path):",
-        "  modified     #3      /opt/imaguard-lab/signed-echo  path of labecho=1/amd64 (source coreutils 9.1-1)",
+        "  modified     #3      /opt/imaguard-lab/signed-echo  path of labecho=1/amd64 (source coreutils 9.1-1)"
+        "  signature logged-key",
         "  unknown      #4      /opt/imaguard-lab/unsigned-echo",
         "  unknown      #5      /opt/imaguard-lab/tampered-echo  signature bad-signature",
         "",
@@ -178,7 +181,7 @@ def test_build_refuses_a_log_that_was_not_replayed(index):
 def test_report_round_trips_and_verifies_its_replay(index):
     data = _report(index).to_bytes()
     back = read_report(data, "r.json")
-    assert back.schema_version == 1
+    assert back.schema_version == 2
     assert back.pcr10["sha256"].hex() == json.loads((LAB / "pcr10.json").read_text())["sha256"]
     result = verify_report(data, certs=(), nonce=None, source="r.json")
     assert result.checks == ("schema-version", "entries", "replay")
@@ -204,8 +207,8 @@ def test_verify_refuses_other_versions_and_missing_quotes(index):
     doc["nonce"] = "n1"
     with pytest.raises(TrustError, match="has no TPM quote, so the nonce proves nothing"):
         verify_report(json.dumps(doc).encode(), certs=(), nonce="n1", source="r")
-    doc["schema_version"] = 2
-    with pytest.raises(FormatError, match="report schema version 2, this imaguard reads 1"):
+    doc["schema_version"] = 1  # before logged-only certificates became `logged-key`
+    with pytest.raises(FormatError, match="report schema version 1, this imaguard reads 2"):
         verify_report(json.dumps(doc).encode(), certs=(), nonce=None, source="r")
 
 
@@ -252,3 +255,29 @@ def test_builder_log_violations_templates_and_the_last_measurement_wins(tmp_path
     assert (str(proc.klass), proc.exe.entry) == ("modified", 3)
     assert verify_report(report.to_bytes(), certs=(), nonce=None, source="b").checks == ("schema-version", "entries",
                                                                                          "replay")
+
+
+def test_a_certificate_only_the_log_shows_does_not_make_a_signature_verified(tmp_path):
+    """Any user can have a key measured: `keyctl newring _ima @u` and a key added to it match
+    `measure func=KEY_CHECK keyrings=_ima` by keyring *name*. A signature that verifies only with
+    such a logged certificate is `logged-key`; `verified` needs a certificate given as trusted."""
+    cert = load_certificate(KEYS / "ima-test-rsa2048.pem")
+    key = load_private_key(KEYS / "ima-test-rsa2048.key", cert=cert)
+    content = b"attacker's program"
+    signature = key.sign(hashlib.sha256(content).digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+    b = LogBuilder()
+    b.boot_aggregate()
+    b.buf("_ima", cert.der)  # the user's own keyring named _ima
+    b.file("/home/u/evil", content, sig=sig_v2(cert.key_id, signature))
+    b.file("/home/u/evil2", b"x", sig=sig_v2(cert.key_id, signature))
+    with DigestIndex.open(tmp_path) as idx:
+        def statuses(certificates):
+            report = build_report(replay(iter_binary(b.binary())), source="b", lookup=idx, processes=(), host=HOST,
+                                  generator="g", created="c", certificates=certificates)  # fmt: skip
+            return [(str(e.signature), e.signature_detail) for e in report.entries[2:]]
+
+        assert statuses(()) == [
+            ("logged-key", f"{cert.subject}: a certificate only the log shows, not one given as trusted"),
+            ("bad-signature", f"signature does not verify with key {cert.key_id.hex()} (RSA-2048)"),
+        ]
+        assert statuses([cert])[0] == ("verified", cert.subject)

@@ -89,7 +89,7 @@ def test_template_data_must_hash_to_the_extended_digests(tmp_path):
 def test_signature_and_structural_class_claims_are_checked(tmp_path):
     doc = _report_doc(tmp_path, LAB / "binary_runtime_measurements")
     signed = doc["entries"][3]
-    assert (signed["path"], signed["signature"]["status"]) == ("/opt/imaguard-lab/signed-echo", "verified")
+    assert (signed["path"], signed["signature"]["status"]) == ("/opt/imaguard-lab/signed-echo", "logged-key")
     changes = [
         (3, "signature", {"status": "verified", "key_id": "00000000"}, "signature key id '00000000'"),
         (3, "signature", {"status": "unsigned", "key_id": signed["signature"]["key_id"]}, "signature status 'unsigned'"),

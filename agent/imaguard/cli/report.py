@@ -19,8 +19,9 @@ packages, and every running process (its executable and each executable mapping)
 its log entry. Classes: package (the content is a package file: name, version, arch, source
 package, evidence), modified (a package owns the path, not this content), unknown (from no
 package), not-measured (running but absent from the log, with the likely reason). ima-sig
-signatures are checked against the certificates the kernel measured into its keyrings and
-those given with --ima-cert.
+signatures are "verified" only with the certificates given with --cert/--ima-cert; one that
+verifies only with a certificate the log shows (a key measured into a keyring named _ima, which
+any user can create) is "logged-key".
 
 With --nonce and a TPM (TPM2TOOLS_TCTI, or /dev/tpmrm0), a quote over PCR 10 signed by a fresh
 attestation key is attached; the log is read before and after the quote and must not change in

@@ -170,7 +170,8 @@ class _Classifier:
 
 
 # Statuses that depend on the certificates the reporter had, not on the log entry alone.
-KEY_STATUSES = frozenset({SignatureStatus.VERIFIED, SignatureStatus.UNKNOWN_KEY, SignatureStatus.BAD_SIGNATURE})
+KEY_STATUSES = frozenset({SignatureStatus.VERIFIED, SignatureStatus.LOGGED_KEY, SignatureStatus.UNKNOWN_KEY,
+                          SignatureStatus.BAD_SIGNATURE})  # fmt: skip
 
 
 def signature_form(item: LogItem) -> tuple[SignatureStatus | None, str | None, str, ImaSignature | None]:
@@ -192,15 +193,24 @@ def signature_form(item: LogItem) -> tuple[SignatureStatus | None, str | None, s
     return None, value.keyid_hex, "", value
 
 
-def _signature(item: LogItem, verifier: Verifier) -> tuple[SignatureStatus, str | None, str]:
+def _signature(item: LogItem, trusted: Verifier, logged: Verifier) -> tuple[SignatureStatus, str | None, str]:
+    """``verified`` only with a certificate the operator gave; ``logged-key`` when only a
+    certificate found in the log verifies it (the log shows that a key was loaded into *some*
+    keyring of that name, not that the kernel trusts it)."""
     status, key_id, detail, value = signature_form(item)
     if status is not None or value is None:
         return status or SignatureStatus.MALFORMED, key_id, detail
     try:
-        cert = verifier.verify_digest(value.keyid, value.algo, item.digest, value.signature)
+        cert = trusted.verify_digest(value.keyid, value.algo, item.digest, value.signature)
     except TrustError as exc:
-        status = SignatureStatus.UNKNOWN_KEY if exc.reason == "unknown-key" else SignatureStatus.BAD_SIGNATURE
-        return status, key_id, str(exc)
+        try:
+            cert = logged.verify_digest(value.keyid, value.algo, item.digest, value.signature)
+        except TrustError as logged_exc:
+            unknown = exc.reason == "unknown-key" and logged_exc.reason == "unknown-key"
+            status = SignatureStatus.UNKNOWN_KEY if unknown else SignatureStatus.BAD_SIGNATURE
+            return status, key_id, str(logged_exc if exc.reason == "unknown-key" else exc)
+        return (SignatureStatus.LOGGED_KEY, key_id,
+                f"{cert.subject}: a certificate only the log shows, not one given as trusted")  # fmt: skip
     return SignatureStatus.VERIFIED, key_id, cert.subject
 
 
@@ -267,17 +277,21 @@ def build_report(
     quote: QuoteReport | None = None,
     byteorder: ByteOrder = "little",
 ) -> Report:
-    """The report of ``replayed`` (read from ``source``, whose length fields are ``byteorder``) on this host."""
+    """The report of ``replayed`` (read from ``source``, whose length fields are ``byteorder``) on this host.
+
+    ``certificates`` are the ones the operator trusts: only they make a signature ``verified``.
+    """
     if not isinstance(replayed, ReplayedLog):
         raise TypeError("build_report needs a ReplayedLog: replay the parsed log first")
     items = log_items(replayed)
-    verifier = Verifier.of([*certificates, *_logged_certificates(items)])
+    trusted = Verifier.of(certificates)
+    logged = Verifier.of(_logged_certificates(items))
     clf = _Classifier(lookup)
     entries: list[EntryReport] = []
     last: dict[bytes, int] = {}
     for pos, item in enumerate(items):
         klass, refs = clf.classify(item)
-        status, key_id, detail = _signature(item, verifier)
+        status, key_id, detail = _signature(item, trusted, logged)
         entries.append(EntryReport(item.index, item.pcr, item.template, item.path, item.digest_text, klass,
                                    item.extended, item.template_data, refs, status, key_id, detail))  # fmt: skip
         if klass in (EntryClass.PACKAGE, EntryClass.MODIFIED, EntryClass.UNKNOWN):

@@ -37,7 +37,9 @@ __all__ = [
 ]
 
 SCHEMA = "imaguard.report"
-SCHEMA_VERSION = 1
+# 2: ``signature.status`` ``verified`` means verified with a certificate given to the reporter
+# (--cert/--ima-cert), no longer also with one found in the log (now ``logged-key``).
+SCHEMA_VERSION = 2
 PAYLOAD_TYPE = "application/vnd.imaguard.report+json"
 
 
@@ -66,7 +68,10 @@ class ProcessClass(enum.StrEnum):
 class SignatureStatus(enum.StrEnum):
     """The ``sig`` field of an ima-sig entry against the certificates known to the report."""
 
-    VERIFIED = "verified"
+    VERIFIED = "verified"  # with a certificate the operator gave (--cert/--ima-cert)
+    # Verifies only with a certificate found in the log (an ima-buf KEY_CHECK entry): any user can
+    # have a key measured (a keyring of their own named `_ima`), so it proves no kernel trust.
+    LOGGED_KEY = "logged-key"
     UNKNOWN_KEY = "unknown-key"
     BAD_SIGNATURE = "bad-signature"
     UNSIGNED = "unsigned"  # the field is empty: the file had no signature when measured

@@ -19,7 +19,8 @@ __all__ = ["render_text"]
 
 # Signature states that say something is wrong (not-recorded/unsigned say what the template or
 # the file had, which the counts line shows).
-_BAD_SIGNATURES = (SignatureStatus.UNKNOWN_KEY, SignatureStatus.BAD_SIGNATURE, SignatureStatus.MALFORMED)
+_BAD_SIGNATURES = (SignatureStatus.LOGGED_KEY, SignatureStatus.UNKNOWN_KEY, SignatureStatus.BAD_SIGNATURE,
+                   SignatureStatus.MALFORMED)  # fmt: skip
 
 
 def _counts(counts: dict[str, int]) -> str:
