@@ -25,8 +25,8 @@ from rootlib import IMA_XATTR, digest_ng, get_ima, run, write_file
 from imaguard.config import Limits
 from imaguard.digests import CHUNK_SIZE, HashAlgo
 from imaguard.ima import xattr_store
-from imaguard.keys import LocalSigner, load_certificate, load_private_key
-from imaguard.sign.files import sign_path
+from imaguard.keys import LocalSigner, Verifier, load_certificate, load_private_key
+from imaguard.sign.files import iter_targets, sign_path, verify_path
 
 pytestmark = pytest.mark.root
 
@@ -446,3 +446,34 @@ def test_without_cap_sys_admin_is_permission_denied(previous, tmp_path):
     assert_one_failure(code, doc, target, "permission-denied")
     assert "CAP_SYS_ADMIN" in doc["files"][0]["detail"]
     assert get_ima(target) == previous
+
+
+# --- a directory swapped for a symlink after the walk -------------------------------------------
+
+
+def test_directory_swapped_for_a_symlink_after_the_walk_leads_nowhere(signer, tmp_path):
+    """`sign -r TREE` walks first and opens later (in workers): whoever can write TREE may swap a
+    directory for a symlink in between. The path then leads out of the tree, to another inode:
+    refused, and the file outside stays unlabelled."""
+    tree, outside = tmp_path / "tree", tmp_path / "outside"
+    (tree / "z").mkdir(parents=True)
+    outside.mkdir()
+    write_file(tree / "z" / "target", CONTENT)
+    write_file(outside / "target", b"not in the tree\n")
+    targets = list(iter_targets([str(tree)], recursive=True))
+    assert [t.path for t in targets] == [f"{tree}/z/target"]
+    (tree / "z").rename(tree / "z.old")
+    (tree / "z").symlink_to(outside)
+
+    result = sign_path(targets[0], signer, HashAlgo.SHA256, Limits())
+    assert (result.status, result.reason) == ("failed", "changed-during-sign"), result
+    assert result.detail == (f"{tree}/z/target: no longer the file found there (the file or a directory on its"
+                             " path was replaced); not labelled")
+    assert get_ima(outside / "target") is None
+    assert get_ima(tree / "z.old" / "target") is None
+    verdict = verify_path(targets[0], Verifier.of([load_certificate(CERT)]), Limits())
+    assert (verdict.status, verdict.reason) == ("failed", "changed-during-sign")
+    # The same target, not swapped: signed.
+    (tree / "z").unlink()
+    (tree / "z.old").rename(tree / "z")
+    assert sign_path(targets[0], signer, HashAlgo.SHA256, Limits()).status == "signed"

@@ -16,7 +16,7 @@ from imaguard.config import Limits
 from imaguard.digests import HashAlgo
 from imaguard.errors import ExitCode, HostStateError, UsageError
 from imaguard.ima import xattr_store
-from imaguard.sign.files import VERIFY_FAILURES, FileResult, iter_targets, sign_path, verify_path
+from imaguard.sign.files import VERIFY_FAILURES, FileResult, Target, iter_targets, opened, sign_path, verify_path
 from imaguard.sign.memo import MemoSigner
 from imaguard.sign.parallel import default_jobs, run_jobs
 
@@ -109,10 +109,10 @@ def add_revocation_options(p: argparse.ArgumentParser) -> None:
 
 
 def _run(
-    args: argparse.Namespace, job: Callable[[str], FileResult], verb: str
+    args: argparse.Namespace, job: Callable[[Target], FileResult], verb: str
 ) -> list[FileResult]:
     results: list[FileResult] = []
-    todo: list[str] = []
+    todo: list[Target] = []
     for target in iter_targets(args.paths, args.recursive):
         if isinstance(target, FileResult):
             results.append(target)
@@ -189,9 +189,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return _finish(args, "verify", _run(args, job, "verifying"))
 
 
-def _hash_one(path: str, algo: HashAlgo, limits: Limits) -> FileResult:
+def _hash_one(target: Target, algo: HashAlgo, limits: Limits) -> FileResult:
+    path = target.path
     try:
         with xattr_store.open_regular(path) as (fd, st):
+            opened(target, st, "hashed")
             digest = xattr_store.hash_file(fd, algo, limits, path, size_hint=st.st_size)
     except HostStateError as exc:
         return FileResult(path, "failed", exc.reason, str(exc))
@@ -201,7 +203,7 @@ def _hash_one(path: str, algo: HashAlgo, limits: Limits) -> FileResult:
 def _cmd_hash(args: argparse.Namespace) -> int:
     job = functools.partial(_hash_one, algo=args.hash_algo, limits=Limits())
     done: list[FileResult] = []
-    todo: list[str] = []
+    todo: list[Target] = []
     for target in iter_targets(args.paths, args.recursive):
         if isinstance(target, FileResult):
             done.append(target)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from imaguard.errors import FormatError, HostStateError, TrustError, UsageError
 from imaguard.ima import xattr_store
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "VERIFY_FAILURES",
     "FileResult",
+    "Target",
     "iter_targets",
     "sign_path",
     "verify_path",
@@ -34,6 +35,34 @@ __all__ = [
 VERIFY_FAILURES = frozenset(
     {"no-signature", "digest-only", "unsupported-form", "malformed", "unknown-key", "bad-signature", "revoked-key"}
 )
+
+
+class Target(NamedTuple):
+    """A regular file found by ``iter_targets``: its path and the inode ``lstat`` saw there.
+
+    The file is opened later, by path, maybe in another process: by then a directory on the way
+    may have been swapped for a symlink that leads out of the tree. Opening checks that the path
+    still leads to this inode (``opened``), so nothing outside what was walked is ever labelled.
+    """
+
+    path: str
+    dev: int
+    ino: int
+
+    @classmethod
+    def of(cls, path: str, st: os.stat_result) -> Target:
+        return cls(path, st.st_dev, st.st_ino)
+
+
+def opened(target: str | Target, st: os.stat_result, action: str) -> None:
+    """Raise ``changed-during-sign`` when the file opened for ``target`` is not the one found."""
+    if isinstance(target, Target) and (st.st_dev, st.st_ino) != (target.dev, target.ino):
+        raise HostStateError(
+            f"{target.path}: no longer the file found there (the file or a directory on its path was"
+            f" replaced); not {action}",
+            reason="changed-during-sign",
+            path=target.path,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +98,7 @@ def _failed(path: str, exc: HostStateError | FormatError | TrustError | UsageErr
     return FileResult(path, "failed", exc.reason, str(exc))
 
 
-def iter_targets(paths: Iterable[str], recursive: bool) -> Iterator[str | FileResult]:
+def iter_targets(paths: Iterable[str], recursive: bool) -> Iterator[Target | FileResult]:
     """Regular files to work on, in a stable order, and results for what is not one.
 
     Uses ``lstat`` and never follows symlinks; FIFOs and devices are reported, never opened.
@@ -87,12 +116,12 @@ def iter_targets(paths: Iterable[str], recursive: bool) -> Iterator[str | FileRe
             else:
                 yield FileResult(path, "failed", "is-directory", f"{path}: is a directory (use -r)")
         elif stat.S_ISREG(st.st_mode):
-            yield path
+            yield Target.of(path, st)
         else:
             yield FileResult(path, "failed", "not-regular-file", f"{path}: not a regular file")
 
 
-def _walk(top: str) -> Iterator[str | FileResult]:
+def _walk(top: str) -> Iterator[Target | FileResult]:
     try:
         entries = sorted(os.scandir(top), key=lambda e: e.name)
     except OSError as exc:
@@ -103,7 +132,7 @@ def _walk(top: str) -> Iterator[str | FileResult]:
             if entry.is_dir(follow_symlinks=False):
                 yield from _walk(entry.path)
             elif entry.is_file(follow_symlinks=False):
-                yield entry.path
+                yield Target.of(entry.path, entry.stat(follow_symlinks=False))
             else:
                 yield FileResult(entry.path, "skipped", "not-regular-file")
         except OSError as exc:
@@ -111,15 +140,17 @@ def _walk(top: str) -> Iterator[str | FileResult]:
 
 
 def sign_path(
-    path: str,
+    target: str | Target,
     signer: Signer,
     algo: HashAlgo,
     limits: Limits,
     progress: Callable[[int], None] | None = None,
 ) -> FileResult:
-    """Hash ``path`` through its fd, sign the digest, write ``security.ima``, read back."""
+    """Hash the file through its fd, sign the digest, write ``security.ima``, read back."""
+    path = target if isinstance(target, str) else target.path
     try:
         with xattr_store.open_regular(path) as (fd, st):
+            opened(target, st, "labelled")
             before = xattr_store.FileStamp.of(st)
             leased = xattr_store.hold_read_lease(fd, path)
             previous = xattr_store.read_ima(fd, path, limits)
@@ -131,10 +162,12 @@ def sign_path(
     return FileResult(path, "signed", key_id=signer.key_id.hex(), algo=algo.kernel_name)
 
 
-def verify_path(path: str, verifier: Verifier, limits: Limits) -> FileResult:
+def verify_path(target: str | Target, verifier: Verifier, limits: Limits) -> FileResult:
     """Check ``security.ima`` against the file's content and the trusted certificates."""
+    path = target if isinstance(target, str) else target.path
     try:
         with xattr_store.open_regular(path) as (fd, st):
+            opened(target, st, "checked")
             raw = xattr_store.read_ima(fd, path, limits)
             if raw is None:
                 return FileResult(path, "failed", "no-signature", f"{path}: no security.ima")
