@@ -420,6 +420,44 @@ def test_a_long_name_within_the_bound_is_read_and_sparse_members_are_refused():
         read_deb_bytes(_deb((b"data.tar", buf.getvalue())))
 
 
+def test_regression_member_names_lose_only_leading_slash_and_dot_slash_like_dpkg():
+    # dpkg's path_skip_slash_dotslash: a leading "." of a name is part of the name.
+    files = {"./usr/bin/tool": b"REAL\n", ".usr/bin/tool": b"OTHER\n", ".bashrc": b"rc\n", "/./etc/x": b"x\n",
+             "..evil": b"e\n"}  # fmt: skip
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name in ("./", "./usr/"):
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    got = {m.path: m.sha256 for m in read_deb_bytes(_deb((b"data.tar", buf.getvalue()))).members}
+    assert got == {
+        b"/": None,
+        b"/usr": None,
+        b"/usr/bin/tool": hashlib.sha256(b"REAL\n").digest(),
+        b"/.usr/bin/tool": hashlib.sha256(b"OTHER\n").digest(),
+        b"/.bashrc": hashlib.sha256(b"rc\n").digest(),
+        b"/etc/x": hashlib.sha256(b"x\n").digest(),
+        b"/..evil": hashlib.sha256(b"e\n").digest(),
+    }
+
+
+def test_regression_a_dot_named_control_member_is_not_a_maintainer_script():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (("./control", b"Package: t\nVersion: 1\nArchitecture: all\n"), ("./.postinst", b"x"),
+                           ("..config", b"y"), ("./prerm", b"z")):  # fmt: skip
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    deb = _ar([(b"debian-binary", b"2.0\n"), (b"control.tar", buf.getvalue()), (b"data.tar", _tar({b"./a": b"a"}))])
+    assert [m.path for m in read_deb_bytes(deb).scripts] == [b"prerm"]
+
+
 def read_deb_bytes(data: bytes):
     fd = memfd(data)
     try:

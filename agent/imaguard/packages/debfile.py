@@ -219,10 +219,19 @@ def _stream_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
+def _relative(raw: bytes) -> bytes:
+    """A tar member name as dpkg files it: leading ``/`` and ``./`` skipped, and nothing else.
+
+    dpkg's ``path_skip_slash_dotslash`` (lib/dpkg/path.c): ``.bashrc`` stays ``.bashrc``. tarfile
+    drops a directory's trailing ``/``, so the tree's own ``./`` arrives as ``.``.
+    """
+    while raw.startswith((b"/", b"./")):
+        raw = raw[1:]
+    return b"" if raw == b"." else raw.rstrip(b"/")
+
+
 def _path(name: str) -> bytes:
-    raw = name.encode("utf-8", "surrogateescape")
-    raw = raw[1:] if raw.startswith(b".") else raw
-    return b"/" + raw.strip(b"/") if raw.strip(b"/") else b"/"
+    return b"/" + _relative(name.encode("utf-8", "surrogateescape"))
 
 
 def _members(tar: tarfile.TarFile, name: str) -> list[DebMember]:
@@ -264,7 +273,7 @@ def _control(tar: tarfile.TarFile, name: str) -> tuple[dict[str, bytes], tuple[D
     fields: dict[str, bytes] | None = None
     scripts: list[DebMember] = []
     for info in tar:
-        member = info.name.lstrip("./")
+        member = _relative(info.name.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
         if not info.isreg():
             continue
         if member == "control":
