@@ -224,6 +224,33 @@ def test_append_right_after_the_write_is_rolled_back(previous, signer, tmp_path,
     assert get_ima(target) == previous
 
 
+def test_a_rollback_that_fails_is_said_not_hidden(signer, ext4_dir, monkeypatch):
+    """The file changes right after the write and is then made immutable: the new label cannot
+    be taken back. The result must say so instead of "previous label restored"."""
+    no_lease(monkeypatch)
+    target = write_file(ext4_dir / "big", BIG)
+    previous = digest_ng(b"the label the file had before")
+    os.setxattr(target, IMA_XATTR, previous)
+    real_setxattr = os.setxattr
+
+    def setxattr_then_append_and_lock(fd, name, value, *args, **kwargs):
+        real_setxattr(fd, name, value, *args, **kwargs)
+        if name == IMA_XATTR and value != previous:
+            with target.open("ab") as f:
+                f.write(b"appended by someone else\n")
+            run(["chattr", "+i", str(target)])
+
+    monkeypatch.setattr(os, "setxattr", setxattr_then_append_and_lock)
+    result = sign_path(str(target), signer, HashAlgo.SHA256, Limits())
+    monkeypatch.undo()
+    run(["chattr", "-i", str(target)])
+
+    assert (result.status, result.reason) == ("failed", "changed-during-sign"), result
+    assert result.detail == (f"{target}: changed while it was being labelled; the previous label could NOT be"
+                             " restored (Operation not permitted): check it with imaguard verify")
+    assert get_ima(target)[:2] == b"\x03\x02"  # our label stayed, as the message says
+
+
 # --- open-for-write: the read lease ------------------------------------------------------------
 
 _MAPPER = """

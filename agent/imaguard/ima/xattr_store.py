@@ -189,13 +189,32 @@ def read_ima(fd: int, path: str, limits: Limits) -> bytes | None:
     return value
 
 
-def restore_ima(fd: int, previous: bytes | None) -> None:
-    """Put back what was there before (nothing, or the old value); best effort, never raises."""
-    with contextlib.suppress(OSError):
-        if previous is None:
-            os.removexattr(fd, IMA_XATTR)
-        else:
+def _unless_nodata(call: Callable[[int, str], bytes | None], fd: int) -> bytes | None:
+    try:
+        return call(fd, IMA_XATTR)
+    except OSError as exc:
+        if exc.errno != errno.ENODATA:
+            raise
+        return None
+
+
+def restore_ima(fd: int, previous: bytes | None) -> str:
+    """Put back what was there before (nothing, or the old value); never raises.
+
+    Returns "" when the file holds exactly ``previous`` again, else what to tell the user: a label
+    left behind that may not match the content must not be reported as rolled back.
+    """
+    try:
+        if previous is not None:
             os.setxattr(fd, IMA_XATTR, previous)
+        else:
+            _unless_nodata(os.removexattr, fd)
+        now = _unless_nodata(os.getxattr, fd)
+    except OSError as exc:
+        return f"; the previous label could NOT be restored ({exc.strerror}): check it with imaguard verify"
+    if now != previous:
+        return "; the previous label could NOT be restored: check it with imaguard verify"
+    return ""
 
 
 def write_ima(
@@ -219,31 +238,33 @@ def write_ima(
         os.setxattr(fd, IMA_XATTR, value)
     except OSError as exc:
         # A failed setxattr leaves the old value in place, but be certain.
-        restore_ima(fd, previous)
-        raise _error(exc, path, "write security.ima", fd) from exc
+        failed = restore_ima(fd, previous)
+        err = _error(exc, path, "write security.ima", fd)
+        raise HostStateError(f"{err}{failed}", reason=err.reason, errno=exc.errno, path=path) from exc
     try:
         readback = os.getxattr(fd, IMA_XATTR)
     except OSError as exc:
-        restore_ima(fd, previous)
-        raise _error(exc, path, "read back security.ima", fd) from exc
+        failed = restore_ima(fd, previous)
+        err = _error(exc, path, "read back security.ima", fd)
+        raise HostStateError(f"{err}{failed}", reason=err.reason, errno=exc.errno, path=path) from exc
     if readback != value:
-        restore_ima(fd, previous)
-        raise HostStateError(f"{path}: security.ima read back differs from what was written", path=path,
+        failed = restore_ima(fd, previous)
+        raise HostStateError(f"{path}: security.ima read back differs from what was written{failed}", path=path,
                              reason="readback-mismatch")
     if stamp(fd) != before:
         # Written to between our check and our write: the new label may not match the content.
-        restore_ima(fd, previous)
+        failed = restore_ima(fd, previous)
         raise HostStateError(
-            f"{path}: changed while it was being labelled; previous label restored",
+            f"{path}: changed while it was being labelled; {failed[2:] or 'previous label restored'}",
             reason="changed-during-sign",
             path=path,
         )
     if leased and _lease_broken(fd):
         # A writer's open waits for us to close: the label matches the content now, but not for
         # long, and a label made in a race is not one to keep.
-        restore_ima(fd, previous)
+        failed = restore_ima(fd, previous)
         raise HostStateError(
-            f"{path}: opened for writing while it was being labelled; previous label restored",
+            f"{path}: opened for writing while it was being labelled; {failed[2:] or 'previous label restored'}",
             reason="open-for-write",
             path=path,
         )
