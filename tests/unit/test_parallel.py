@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import signal
 
 import pytest
 
@@ -26,6 +27,20 @@ def test_results_come_back_in_order_and_from_more_than_one_process():
     out = list(run_jobs(_square_and_pid, items, jobs=2))
     assert [v for v, _ in out] == [n * n for n in items]
     assert len({pid for _, pid in out}) == 2  # the parent and one forked worker both worked
+
+
+def _sigint_ignored(_n: int) -> tuple[int, bool]:
+    return os.getpid(), signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_workers_leave_ctrl_c_to_the_parent():
+    """Ctrl-C goes to the whole process group; a worker must not die between setxattr and the
+    checks that would roll it back: it ignores SIGINT and finishes its chunk when the parent stops."""
+    out = list(run_jobs(_sigint_ignored, list(range(2000)), jobs=2))
+    in_workers = [ignored for pid, ignored in out if pid != PARENT]
+    assert in_workers
+    assert all(in_workers)
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # the parent still takes Ctrl-C
 
 
 def _fail_in_worker(n: int) -> int:
