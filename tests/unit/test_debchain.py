@@ -645,3 +645,61 @@ def test_regression_truncated_validsig_is_untrusted_not_a_crash():
     status = b"[GNUPG:] NEWSIG\n[GNUPG:] GOODSIG 0123456789ABCDEF someone\n[GNUPG:] VALIDSIG\n"
     with pytest.raises(ChainError, match="no signature by a trusted key"):
         debchain.trusted_signers(status, None, name="x")
+
+
+# --- apt's sources: one suite, many lines ---------------------------------------------------------
+
+
+def _suite_root(tmp_path: Path, sources: str) -> Path:
+    (tmp_path / "etc/apt").mkdir(parents=True)
+    (tmp_path / "etc/apt/sources.list").write_text(sources)
+    lists = tmp_path / "var/lib/apt/lists"
+    lists.mkdir(parents=True)
+    for comp, pkg in (("main", "bash"), ("universe", "htop")):
+        (lists / f"archive.ubuntu.com_ubuntu_dists_jammy_{comp}_binary-amd64_Packages").write_text(
+            f"Package: {pkg}\nVersion: 1\nArchitecture: amd64\nFilename: x\nSize: 1\nSHA256: {'00' * 32}\n\n"
+        )
+    return tmp_path
+
+
+def test_regression_components_of_one_suite_on_two_lines_are_all_read(tmp_path, monkeypatch):
+    pytest.importorskip("apt_pkg")
+    from imaguard.packages import aptrepo  # noqa: PLC0415 - needs python-apt
+
+    root = _suite_root(
+        tmp_path,
+        "deb http://archive.ubuntu.com/ubuntu jammy main\ndeb http://archive.ubuntu.com/ubuntu jammy universe\n",
+    )
+    verified = []
+    real = aptrepo._verified_release
+
+    def spy(layout, repo, prefix):
+        verified.append((prefix, repo.components))
+        return real(layout, repo, prefix)
+
+    monkeypatch.setattr(aptrepo, "_verified_release", spy)
+    idx = aptrepo.load_indexes(aptrepo.AptLayout.read(root), frozenset({"bash", "htop"}))
+    assert verified == [("archive.ubuntu.com_ubuntu_dists_jammy_", ("main", "universe"))]  # one InRelease, once
+    assert sorted((iv.entry.name, iv.index.rsplit("_", 3)[1]) for iv in idx.entries) == [
+        ("bash", "main"),
+        ("htop", "universe"),
+    ]
+    # No InRelease here: every entry carries that break, so none is trusted.
+    assert {iv.broken.code for iv in idx.entries} == {ChainReason.UNTRUSTED_RELEASE}
+
+
+def test_lines_of_one_suite_with_different_signed_by_are_not_verified(tmp_path, monkeypatch):
+    pytest.importorskip("apt_pkg")
+    from imaguard.packages import aptrepo  # noqa: PLC0415 - needs python-apt
+
+    root = _suite_root(
+        tmp_path,
+        "deb [signed-by=/a.gpg] http://archive.ubuntu.com/ubuntu jammy main\n"
+        "deb [signed-by=/b.gpg] http://archive.ubuntu.com/ubuntu jammy universe\n",
+    )
+    monkeypatch.setattr(aptrepo, "_verified_release", lambda *a: pytest.fail("verified despite the conflict"))
+    idx = aptrepo.load_indexes(aptrepo.AptLayout.read(root), frozenset({"bash", "htop"}))
+    assert sorted(iv.entry.name for iv in idx.entries) == ["bash", "htop"]
+    assert {str(iv.broken) for iv in idx.entries} == {
+        f"http://archive.ubuntu.com/ubuntu/dists/jammy/: conflicting Signed-By for one suite in {root}/etc/apt/sources.list"
+    }

@@ -21,7 +21,7 @@ import stat
 import subprocess
 import tempfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -314,6 +314,30 @@ def _package_lists(layout: AptLayout, repo: Repository, uri_to_filename: Any) ->
                 break
 
 
+def _suites(
+    repos: list[Repository], uri_to_filename: Callable[[str], str]
+) -> Iterator[tuple[str, Repository, ChainError | None]]:
+    """One repository per suite (lists prefix), with the components of every line naming it.
+
+    apt reads ``deb URI jammy main`` and ``deb URI jammy universe`` as one suite: one InRelease,
+    verified once, listing both components' indexes. Lines of one suite that disagree on
+    ``Signed-By`` make apt refuse the suite ("Conflicting values set for option Signed-By"):
+    the third value is that error, and the suite is not verified.
+    """
+    groups: dict[str, list[Repository]] = {}
+    for repo in repos:
+        groups.setdefault(uri_to_filename(repo.dist_uri), []).append(repo)
+    for prefix, same in groups.items():
+        merged = replace(same[0], components=tuple(dict.fromkeys(c for r in same for c in r.components)))
+        conflict = None
+        if any(r.signed_by != merged.signed_by for r in same):
+            files = ", ".join(dict.fromkeys(r.origin_file for r in same))
+            conflict = ChainError(
+                ChainReason.UNTRUSTED_RELEASE, f"{merged.dist_uri}: conflicting Signed-By for one suite in {files}"
+            )
+        yield prefix, merged, conflict
+
+
 @dataclass(frozen=True, slots=True)
 class Indexes:
     """Every Packages entry of wanted names, with the trust of its index, and index → origin label."""
@@ -335,16 +359,12 @@ def load_indexes(layout: AptLayout, wanted: frozenset[str], cache_dir: Path | No
     entries: list[IndexedVersion] = []
     origins: dict[str, str] = {}
     problems: list[str] = []
-    seen: set[str] = set()
-    for repo in repositories(layout):
-        prefix = apt_pkg.uri_to_filename(repo.dist_uri)
-        if prefix in seen:
-            continue
-        seen.add(prefix)
+    for prefix, repo, conflict in _suites(repositories(layout), apt_pkg.uri_to_filename):
         release: debchain.Release | None = None
-        broken: ChainError | None = None
+        broken: ChainError | None = conflict
         try:
-            release = _verified_release(layout, repo, prefix)
+            if conflict is None:
+                release = _verified_release(layout, repo, prefix)
         except ChainError as exc:
             broken = exc
         except ImaguardError as exc:
