@@ -140,3 +140,26 @@ def test_overlay_lower_layer_files_are_in_scope(
             # A mount below the root is still walked once, from its own mountpoint, with its own filesystem.
             with mounted(["-t", "tmpfs", "tmpfs"], merged / "tmp"):
                 assert check(merged)[1]["in_scope"] == 1
+
+
+def test_elf_shared_object_by_header_is_in_scope(ext4_dir: Path, check: Callable[..., tuple[int, dict]]) -> None:
+    # Regression: a 0644 shared object not named *.so (a Node.js addon) was out of scope, yet
+    # dlopen maps it executable and the MMAP_CHECK rule would refuse it unsigned.
+    libc = next(p for p in (Path("/lib/x86_64-linux-gnu/libc.so.6"), Path("/lib64/libc.so.6"),
+                            *Path("/usr/lib").glob("*/libc.so.6")) if p.exists())  # fmt: skip
+    (ext4_dir / "lib").mkdir()
+    addon = ext4_dir / "lib" / "addon.node"
+    shutil.copyfile(libc, addon)
+    addon.chmod(0o644)
+    (ext4_dir / "lib" / "notes.txt").write_text("plain data, long enough to hold an ELF header if it were one\n")
+    debug = ext4_dir / "usr" / "lib" / "debug" / ".build-id" / "00"
+    debug.mkdir(parents=True)
+    shutil.copyfile(libc, debug / "0123.debug")  # separate debug info: read by gdb, never mapped
+    code, doc = check(ext4_dir)
+    mmap_line = next(r.line for r in parse_policy(TEMPLATE.read_text()).appraise_rules if r.func is Func.MMAP_CHECK)
+    assert (code, doc["in_scope"]) == (3, 1)
+    assert doc["uncovered"] == [
+        {"path": str(addon), "reason": "no-signature", "detail": "no security.ima", "rule_line": mmap_line}
+    ]
+    sign(addon)
+    assert check(ext4_dir)[1]["decision"] == "allow"

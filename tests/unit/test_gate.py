@@ -19,6 +19,7 @@ from imaguard.ima.gate import (
     classify,
     covering_rules,
     covers_plain_files,
+    elf_shared_object,
     fs_excluded,
     run_gate,
 )
@@ -55,6 +56,32 @@ def test_classify() -> None:
     assert classify("/etc/passwd", 0o644) == {FileKind.OTHER}
     assert classify("/opt/blob", 0o644, elf_shared_object=True) == {FileKind.SHARED_OBJECT}
     assert classify("/opt/libx.so.old", 0o644) == {FileKind.OTHER}
+
+
+def test_shared_object_names_as_enroll_signs_them() -> None:
+    # sign/plan.py takes libfoo.so.0d.0.0 for a shared object; the gate must too, or it misses what enroll signed.
+    assert classify("/usr/lib/x86_64-linux-gnu/libstemmer.so.0d.0.0", 0o644) == {FileKind.SHARED_OBJECT}
+    assert classify("/usr/lib/libx.so.old", 0o644) == {FileKind.OTHER}
+
+
+def elf_header(ei_class: int = 2, ei_data: int = 1, e_type: int = 3, e_machine: int = 62) -> bytes:
+    order = "little" if ei_data == 1 else "big"
+    return (b"\x7fELF" + bytes([ei_class, ei_data, 1, 0]) + bytes(8) + e_type.to_bytes(2, order)  # type: ignore[arg-type]
+            + e_machine.to_bytes(2, order) + bytes(44))  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_elf_shared_object_header() -> None:
+    amd64 = frozenset({62, 3})
+    assert elf_shared_object(elf_header(), amd64)
+    assert elf_shared_object(elf_header(ei_class=1, e_machine=3), amd64)  # i386 multiarch
+    assert elf_shared_object(elf_header(ei_data=2, e_machine=22), frozenset({22}))  # s390x: big-endian
+    assert elf_shared_object(elf_header(e_machine=22))  # no machines given: any
+    assert not elf_shared_object(elf_header(ei_data=2, e_machine=22), amd64)  # ld.so refuses it unmapped
+    assert not elf_shared_object(elf_header(e_type=2), amd64)  # ET_EXEC
+    assert not elf_shared_object(elf_header(e_type=1), amd64)  # ET_REL: a .ko, an .o
+    assert not elf_shared_object(elf_header(ei_class=3), amd64)
+    assert not elf_shared_object(elf_header()[:19], amd64)
+    assert not elf_shared_object(b"#!/bin/sh\n" + bytes(60), amd64)
 
 
 def test_all_signed_allows() -> None:

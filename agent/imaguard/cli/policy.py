@@ -63,7 +63,8 @@ content. Nothing is written and no key is loaded.
 
 Which files are covered is approximated from each file: an execute bit means it may be
 executed (BPRM_CHECK, and FILE_CHECK with MAY_EXEC: execve opens the program so) and mapped
-executable (MMAP_CHECK), *.so and *.so.N files may be mapped
+executable (MMAP_CHECK), *.so and *.so.N files, and other files whose ELF header says shared
+object (ET_DYN, a machine this host loads; not under /usr/lib/debug), may be mapped
 executable, *.ko* files are kernel modules (MODULE_CHECK), files under /lib/firmware firmware;
 rules without func= (or with func=FILE_CHECK) cover every file. Conditions on the process
 (uid=, euid=, subj_*=) and LSM labels (obj_*=) cannot be known here: appraise rules with them

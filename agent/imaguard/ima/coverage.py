@@ -23,7 +23,19 @@ from typing import TYPE_CHECKING
 
 from imaguard.errors import FormatError, HostStateError, TrustError, UsageError
 from imaguard.ima import keyring, xattr_store
-from imaguard.ima.gate import FileFacts, FileKind, FsFacts, classify, covering_rules, covers_plain_files, fs_excluded
+from imaguard.ima.gate import (
+    ELF_HEADER_BYTES,
+    ELF_MIN_SIZE,
+    LOADER_MACHINES,
+    FileFacts,
+    FileKind,
+    FsFacts,
+    classify,
+    covering_rules,
+    covers_plain_files,
+    elf_shared_object,
+    fs_excluded,
+)
 from imaguard.ima.xattr import ImaDigest, ImaSignature, parse_xattr
 from imaguard.sign.parallel import run_jobs
 
@@ -31,7 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from imaguard.config import Limits
-    from imaguard.ima.policy import Policy
+    from imaguard.ima.policy import Policy, Rule
     from imaguard.keys.signer import Verifier
 
 __all__ = [
@@ -171,6 +183,9 @@ class _Candidate:
     fs: FsFacts
     uid: int
     gid: int
+    mode: int = 0
+    covered: bool = True  # in scope by name and mode alone
+    elf_probe: bool = False  # read the ELF header: as a shared object more rules would cover it
 
 
 def collect(
@@ -189,7 +204,7 @@ def collect(
     mounts = _read_mounts()
     starts = [top, *sorted({m.mountpoint for m in mounts if _under(m.mountpoint, top) and m.mountpoint != top})]
     uuids = _uuids()
-    walk = _Walk(policy, covers_plain_files(policy), frozenset(m.mountpoint for m in mounts), set())
+    walk = _Walk(policy, covers_plain_files(policy), frozenset(m.mountpoint for m in mounts), set(), {})
     candidates: list[_Candidate] = []
     for start in starts:
         try:
@@ -206,7 +221,11 @@ def collect(
             continue
         candidates.extend(walk.tree(start, fs))
     job = functools.partial(_facts, verifier=verifier, loaded_key_ids=loaded_key_ids, limits=limits)
-    yield from run_jobs(job, candidates, jobs)
+    yield from (facts for facts in run_jobs(job, candidates, jobs) if facts is not None)
+
+
+# Separate debug info (gdb's debug-file-directory): ELF ET_DYN copies that are read, never mapped.
+_DEBUG_DIR = "/usr/lib/debug/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +236,7 @@ class _Walk:
     plain: bool  # an appraise rule may cover files of no special kind
     mountpoints: frozenset[str]  # from mountinfo: each is walked from its own start
     seen: set[tuple[int, int]]
+    cache: dict[tuple[frozenset[FileKind], FsFacts, int, int], tuple[Rule, ...]]
 
     def tree(self, top: str, fs: FsFacts) -> Iterator[_Candidate]:
         """The candidates of the mount at ``top``, down to (not into) the mounts below it.
@@ -244,22 +264,46 @@ class _Walk:
                     yield from self.candidate(entry.path, st, fs)
 
     def candidate(self, path: str, st: os.stat_result, fs: FsFacts) -> Iterator[_Candidate]:
-        """The file at ``path`` if an appraise rule may cover it and it was not listed yet."""
+        """The file at ``path`` if an appraise rule may cover it and it was not listed yet.
+
+        A file not taken for a shared object by name or mode whose rules would change if it were one
+        is listed with ``elf_probe``: its header is read with its facts (no file is opened here).
+        """
         if (st.st_dev, st.st_ino) in self.seen:
             return
         kinds = classify(path, st.st_mode)
-        if kinds == {FileKind.OTHER} and not self.plain:
-            return
-        if not covering_rules(self.policy, FileFacts(path, kinds, fs, st.st_uid, st.st_gid)):
+        rules = self._rules(kinds, fs, st) if self.plain or kinds != {FileKind.OTHER} else ()
+        probe = (
+            st.st_size >= ELF_MIN_SIZE
+            and kinds.isdisjoint((FileKind.EXECUTABLE, FileKind.SHARED_OBJECT))
+            and _DEBUG_DIR not in path
+            and self._rules(kinds | {FileKind.SHARED_OBJECT}, fs, st) != rules
+        )
+        if not rules and not probe:
             return
         self.seen.add((st.st_dev, st.st_ino))
-        yield _Candidate(path, kinds, fs, st.st_uid, st.st_gid)
+        yield _Candidate(path, kinds, fs, st.st_uid, st.st_gid, st.st_mode, bool(rules), probe)
+
+    def _rules(self, kinds: frozenset[FileKind], fs: FsFacts, st: os.stat_result) -> tuple[Rule, ...]:
+        # covering_rules does not look at the path: one answer per kinds, filesystem and owner.
+        key = (kinds, fs, st.st_uid, st.st_gid)
+        if key not in self.cache:
+            self.cache[key] = covering_rules(self.policy, FileFacts("", kinds, fs, st.st_uid, st.st_gid))
+        return self.cache[key]
 
 
-def _facts(cand: _Candidate, verifier: Verifier, loaded_key_ids: frozenset[bytes], limits: Limits) -> FileFacts:
+def _facts(
+    cand: _Candidate, verifier: Verifier, loaded_key_ids: frozenset[bytes], limits: Limits
+) -> FileFacts | None:
+    """The file's facts; None for an ``elf_probe`` candidate that is out of scope after all."""
     base = FileFacts(cand.path, cand.kinds, cand.fs, cand.uid, cand.gid)
     try:
         with xattr_store.open_regular(cand.path) as (fd, _st):
+            if cand.elf_probe:
+                if elf_shared_object(_header(fd), LOADER_MACHINES.get(os.uname().machine)):
+                    base = replace(base, kinds=classify(cand.path, cand.mode, elf_shared_object=True))
+                elif not cand.covered:
+                    return None
             try:
                 raw = xattr_store.read_ima(fd, cand.path, limits)
             except HostStateError as exc:
@@ -286,5 +330,14 @@ def _facts(cand: _Candidate, verifier: Verifier, loaded_key_ids: frozenset[bytes
                 return replace(base, xattr=value, signature_valid=False)
             return replace(base, xattr=value, signature_valid=True)
     except (HostStateError, UsageError):
-        return replace(base, xattr_error="unreadable")
+        # Not even opened: a file in scope by name or mode is reported; one that would be in scope
+        # only as a shared object cannot be told from data and is left out.
+        return replace(base, xattr_error="unreadable") if cand.covered else None
+
+
+def _header(fd: int) -> bytes:
+    try:
+        return os.pread(fd, ELF_HEADER_BYTES, 0)
+    except OSError:
+        return b""  # unreadable content: the loader could not map it either
 

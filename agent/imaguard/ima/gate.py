@@ -9,14 +9,15 @@ tried in order and, for appraisal, the first rule that matches (``appraise`` or 
 decides. What cannot be known before the fact is approximated on the safe side:
 
 - **Which hooks a file meets.** Approximated from the file: a file with an execute bit may be
-  exec'd (``BPRM_CHECK``, ``CREDS_CHECK``) and mapped executable (``MMAP_CHECK``); a shared object
-  (named ``*.so``/``*.so.N`` or detected as ELF ``ET_DYN``) may be mapped executable; ``*.ko*`` files
-  are kernel modules (``MODULE_CHECK``), files under ``/lib/firmware`` firmware, ``vmlinuz*`` and
-  ``initrd*`` kexec images; every file may be opened (``FILE_CHECK``), and a file with an execute
-  bit also opened for execution (``FILE_CHECK`` with ``MAY_EXEC``: execve opens the program with
-  that access mode). Files that are mapped
-  executable without being named or marked so (a JIT cache, a renamed library) are *not* found,
-  nor is anything on a filesystem the walk did not reach. Files on a ``noexec`` mount are left
+  exec'd (``BPRM_CHECK``, ``CREDS_CHECK``, and ``FILE_CHECK`` with ``MAY_EXEC``: execve opens the
+  program with that access mode) and mapped executable (``MMAP_CHECK``); a shared object (named
+  ``*.so``/``*.so.N``, or another file whose header says ELF ``ET_DYN`` for a machine the host
+  loads: the adapter reads it where that changes which rules cover the file, outside
+  ``/usr/lib/debug``) may be mapped executable; ``*.ko*`` files are
+  kernel modules (``MODULE_CHECK``), files under ``/lib/firmware`` firmware, ``vmlinuz*`` and
+  ``initrd*`` kexec images; every file may be opened (``FILE_CHECK``). Files that are mapped
+  executable without being named, marked or built so (a JIT cache) are *not* found, nor is
+  anything on a filesystem the walk did not reach. Files on a ``noexec`` mount are left
   out of the exec hooks: executing or mapping them executable fails there anyway, so enforcing
   cannot break what works today.
 - **Conditions on the process** (``uid=``, ``euid=``, ``gid=``, ``egid=``, ``subj_*=``) and on LSM
@@ -29,7 +30,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from imaguard.ima.policy import Action, Func, IdField, MaskFlag, Policy, Rule
 from imaguard.ima.xattr import ImaDigest, ImaSignature, XattrValue
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 __all__ = [
+    "ELF_HEADER_BYTES",
+    "ELF_MIN_SIZE",
+    "LOADER_MACHINES",
     "REFUSAL_REASONS",
     "Decision",
     "FileFacts",
@@ -48,6 +52,7 @@ __all__ = [
     "classify",
     "covering_rules",
     "covers_plain_files",
+    "elf_shared_object",
     "fs_excluded",
     "run_gate",
 ]
@@ -74,8 +79,42 @@ class FileKind(enum.Enum):
     OTHER = "other"
 
 
-_SO_NAME = re.compile(r".*\.so(\.[0-9][0-9.]*)?")
+# As enroll's scope (sign/plan.py): libfoo.so, libfoo.so.1.2.3, libfoo.so.1.2a; not libfoo.so.old.
+_SO_NAME = re.compile(r".*\.so(\.[0-9][0-9A-Za-z.]*)?")
 _MODULE_NAME = re.compile(r".*\.ko(\.(xz|gz|zst))?")
+
+
+# ELF identification, type and machine (include/uapi/linux/elf.h): e_ident[EI_CLASS] at 4,
+# e_ident[EI_DATA] at 5, e_type at 16, e_machine at 18 (ELF32 and ELF64 alike), in EI_DATA's byte order.
+ELF_HEADER_BYTES = 20
+ELF_MIN_SIZE = 52  # sizeof(Elf32_Ehdr): a shorter file cannot be loaded
+_ELFMAG = b"\x7fELF"
+_ELFCLASS = (1, 2)  # ELFCLASS32, ELFCLASS64
+_ELFDATA: dict[int, Literal["little", "big"]] = {1: "little", 2: "big"}  # ELFDATA2LSB, ELFDATA2MSB
+_ET_DYN = 3
+# e_machine values (include/uapi/linux/elf-em.h) the dynamic loaders of a host of this uname -m accept:
+# the native one and, where multiarch runs it, the 32-bit one (i386 on amd64, armhf on arm64).
+LOADER_MACHINES = {
+    "x86_64": frozenset({62, 3}),  # EM_X86_64, EM_386
+    "i686": frozenset({3}),
+    "aarch64": frozenset({183, 40}),  # EM_AARCH64, EM_ARM
+    "armv7l": frozenset({40}),
+    "ppc64le": frozenset({21}),  # EM_PPC64
+    "s390x": frozenset({22}),  # EM_S390
+    "riscv64": frozenset({243}),  # EM_RISCV
+}
+
+
+def elf_shared_object(header: bytes, machines: frozenset[int] | None = None) -> bool:
+    """Whether the first bytes of a file are an ELF header of type ``ET_DYN`` (shared object, or PIE:
+    the dynamic loader maps either executable) for one of ``machines`` (None: any machine; ld.so
+    refuses another machine's object before mapping it)."""
+    if len(header) < ELF_HEADER_BYTES or header[:4] != _ELFMAG or header[4] not in _ELFCLASS:
+        return False
+    order = _ELFDATA.get(header[5])
+    if order is None or int.from_bytes(header[16:18], order) != _ET_DYN:
+        return False
+    return machines is None or int.from_bytes(header[18:20], order) in machines
 
 
 def classify(path: str, mode: int, *, elf_shared_object: bool = False) -> frozenset[FileKind]:
