@@ -12,7 +12,8 @@ from imaguard.ima.measurements import iter_binary
 from imaguard.keys.material import load_certificate
 from imaguard.packages.index import DigestIndex
 from imaguard.packages.model import Evidence, FileKind, InstalledPackage, PackageFile
-from imaguard.report.formats.cel import CelRecord, cel_document, extended_digests
+from imaguard.report.build import extended_of
+from imaguard.report.formats.cel import CelRecord, cel_document
 from imaguard.report.formats.keylime_policy import keylime_policy
 from imaguard.report.model import EntryClass, EntryReport
 
@@ -56,9 +57,9 @@ def test_index_range_query_finds_files_under_a_directory(tmp_path):
 def test_cel_records_carry_extended_digests_and_provenance():
     entries = list(iter_binary((LAB / "binary_runtime_measurements").read_bytes()))
     e = entries[2]
-    sha1, sha256 = extended_digests(e.template_digest, e.hashed_data(), e.is_violation)
+    sha1, sha256 = extended_of(e.hashed_data(), e.is_violation)
     assert (sha1, sha256) == (e.template_digest, hashlib.sha256(e.template_data).digest())
-    assert extended_digests(bytes(20), b"x", violation=True) == (b"\xff" * 20, b"\xff" * 32)
+    assert extended_of(b"x", violation=True) == (b"\xff" * 20, b"\xff" * 32)
     report = EntryReport(2, 10, "ima-sig", e.path, str(e.digest), EntryClass.UNKNOWN, (sha1, sha256), e.template_data)
     (rec,) = cel_document([CelRecord(10, e.template_name, e.template_data, sha1, sha256)], [report])
     assert rec["recnum"] == 0

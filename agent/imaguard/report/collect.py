@@ -21,7 +21,7 @@ from imaguard.ima.measurements import detect_byteorder, iter_binary
 from imaguard.ima.replay import ReplayedLog, replay
 from imaguard.packages.index import DigestIndex
 from imaguard.report.build import build_report
-from imaguard.report.formats.cel import CelRecord, cel_document, extended_digests
+from imaguard.report.formats.cel import CelRecord, cel_document
 from imaguard.report.model import HostFacts, QuoteReport, Report
 
 if TYPE_CHECKING:
@@ -132,9 +132,9 @@ def collect(
 
 
 def cel_of(collected: Collected) -> list[dict[str, Any]]:
+    # The digests are the report's own `extended` (report/build.extended_of): the logged template
+    # digest is the sha1 bank's value only in the sha1 list, not in a per-bank sha256 one.
     entries = collected.replayed.entries or ()
-    records = []
-    for e in entries:
-        sha1, sha256 = extended_digests(e.template_digest, e.hashed_data(), e.is_violation)
-        records.append(CelRecord(e.pcr, e.template_name, e.template_data, sha1, sha256))
+    records = [CelRecord(e.pcr, e.template_name, e.template_data, *r.extended)
+               for e, r in zip(entries, collected.report.entries, strict=True)]
     return cel_document(records, collected.report.entries)

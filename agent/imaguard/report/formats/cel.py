@@ -10,7 +10,6 @@ kernel *extended*, so all-ones for a violation), ``content_type`` ``"ima_templat
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,13 +30,6 @@ class CelRecord:
     template_data: bytes
     sha1: bytes  # extended into the sha1 bank
     sha256: bytes  # extended into the sha256 bank
-
-
-def extended_digests(template_digest: bytes, template_data: bytes, violation: bool) -> tuple[bytes, bytes]:
-    """What the kernel extends: the template digest (sha1) and sha256(template data); all-ones for violations."""
-    if violation:
-        return b"\xff" * 20, b"\xff" * 32
-    return template_digest, hashlib.sha256(template_data).digest()
 
 
 def cel_document(records: Sequence[CelRecord], entries: Sequence[EntryReport]) -> list[dict[str, Any]]:
