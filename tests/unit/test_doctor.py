@@ -15,6 +15,8 @@ from imaguard.ima.hostfacts import (
     KeyEntry,
     KeyringRef,
     PolicyFile,
+    SecureBoot,
+    SecureBootState,
     XattrProbe,
     XattrSupport,
     appraise_mode,
@@ -100,6 +102,7 @@ def test_debian_12_lab_guest_before_any_policy() -> None:
         ima_keyring_reachable=True, ecdsa=False, tpm_devices=("/dev/tpm0", "/dev/tpmrm0"), tpm_version="2",
         xattrs=(XattrProbe("/", "ext4", XattrSupport.SUPPORTED, "no label on the root"),
                 XattrProbe("/boot/efi", "vfat", XattrSupport.UNSUPPORTED, "EOPNOTSUPP")),
+        secure_boot=SecureBootState(SecureBoot.OFF, "SecureBoot=0 in the EFI variables"),
     )  # fmt: skip
     checks = by_id(facts)
     assert checks["ima"][:2] == (Status.OK, "IMA: available")
@@ -122,6 +125,16 @@ def test_stage_warns_when_the_installed_log_policy_would_enforce() -> None:
     status, summary, reason = by_id(facts)["stage"]
     assert (status, summary) == (Status.WARNING, "stage: log (appraisal mode enforce)")
     assert "appraisal failures are DENIED" in reason
+
+
+def test_secure_boot_makes_ima_appraise_log_ignored() -> None:
+    facts = KernelFacts(config=parse_kernel_config(DEBIAN_12_CONFIG, "c"), securityfs_mounted=True, ima_dir=True,
+                        policy_file=PolicyFile.WRITABLE, cmdline=("ima_appraise=log",), keyrings=(),
+                        secure_boot=SecureBootState(SecureBoot.ON, "SecureBoot=1 in the EFI variables"))  # fmt: skip
+    checks = by_id(facts)
+    assert checks["appraisal"][:2] == (Status.WARNING, "appraisal: available, no log mode (secure boot)")
+    assert checks["stage"][1] == "stage: none (appraisal mode enforce)"
+    assert "secure boot is on (SecureBoot=1 in the EFI variables)" in checks["stage"][2]
 
 
 def test_stage_from_a_readable_policy() -> None:

@@ -20,6 +20,7 @@ from imaguard.cli import policy_apply
 from imaguard.cli.main import main
 from imaguard.ima import securityfs
 from imaguard.ima.gate import FileFacts, FileKind, FsFacts
+from imaguard.ima.hostfacts import parse_kernel_config
 from imaguard.ima.policy import parse_policy, render_rule
 
 if TYPE_CHECKING:
@@ -29,18 +30,28 @@ ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "policies" / "appraise-exec.policy"
 EXT4 = FsFacts(magic=0xEF53, name="ext4")
 KEY_ID = bytes.fromhex("17b7ae8b")
+BOOTPARAM_CONFIG = "CONFIG_IMA=y\nCONFIG_IMA_APPRAISE=y\nCONFIG_IMA_APPRAISE_BOOTPARAM=y\n"
+EFI_GUID = "8be4df61-93ca-11d0-aae0-e0cb4ee0e8c1"
 
 
 @pytest.fixture
 def fake_ima(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
     """``fake_ima(cmdline=(), unsigned=())``: a stand-in securityfs ima/ dir; returns its policy file."""
 
-    def make(cmdline: tuple[str, ...] = (), unsigned: tuple[str, ...] = ()) -> Path:
+    def make(cmdline: tuple[str, ...] = (), unsigned: tuple[str, ...] = (), config: str | None = BOOTPARAM_CONFIG,
+             secure_boot: bytes | None = None) -> Path:
         ima = tmp_path / "ima"
         ima.mkdir(exist_ok=True)
         (ima / "policy").write_text("")
         monkeypatch.setattr(policy_apply, "IMA_DIR", str(ima))
         monkeypatch.setattr(policy_apply, "read_cmdline", lambda: cmdline)
+        kernel_config = None if config is None else parse_kernel_config(config, "/boot/config-test")
+        monkeypatch.setattr(policy_apply.probe, "read_kernel_config", lambda _release: kernel_config)
+        efi = tmp_path / "efi"  # absent: a BIOS host, no secure boot; else efivarfs with SecureBoot
+        if secure_boot is not None:
+            (efi / "efivars").mkdir(parents=True, exist_ok=True)
+            (efi / "efivars" / f"SecureBoot-{EFI_GUID}").write_bytes(b"\x06\x00\x00\x00" + secure_boot)
+        monkeypatch.setattr(policy_apply, "EFI_DIR", str(efi))
         monkeypatch.setattr(policy_cli.coverage, "kernel_key_ids", lambda: frozenset({KEY_ID}))
         facts = [FileFacts(p, frozenset({FileKind.EXECUTABLE}), EXT4, 0, 0) for p in unsigned]
         monkeypatch.setattr(policy_apply.coverage, "collect", lambda *_a, **_k: iter(facts))
@@ -137,6 +148,33 @@ def test_log_stage_needs_a_log_boot_then_warns_about_gaps(
     assert "imaguard: warning [W-LOG-GAPS]: 1 file(s) would fail appraisal" in err
     assert "W-PACKAGE-CHANGES" not in err  # packages can change in the log stage
     assert policy.read_text().startswith("dont_measure fsmagic=0x9fa0\n")
+
+
+def test_log_stage_refused_when_the_kernel_ignores_ima_appraise_log(
+    fake_ima: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: ima_appraise=log on the command line alone let the log stage load rules that enforce."""
+    log = ("quiet", "ima_appraise=log")
+    policy = fake_ima(cmdline=log, secure_boot=b"\x01")
+    code, doc, err = run(["policy", "apply", "--stage", "log"], capsys)
+    assert (code, doc["error"]["reason"]) == (1, "log-mode-ignored")
+    assert "it is NOT in log mode here: ima_appraise=log on the command line, but secure boot is on (SecureBoot=1" in err
+    assert "would deny unsigned files at once instead of logging them" in err
+    assert "nothing was written" in err
+    assert policy.read_text() == ""
+    policy = fake_ima(cmdline=log, config="CONFIG_IMA=y\n# CONFIG_IMA_APPRAISE_BOOTPARAM is not set\n")
+    code, doc, err = run(["policy", "apply", "--stage", "log"], capsys)
+    assert (code, doc["error"]["reason"]) == (1, "log-mode-ignored")
+    assert "CONFIG_IMA_APPRAISE_BOOTPARAM is not set in /boot/config-test" in err
+    assert policy.read_text() == ""
+    policy = fake_ima(cmdline=log, config=None)
+    code, doc, err = run(["policy", "apply", "--stage", "log"], capsys)
+    assert (code, doc["error"]["reason"]) == (1, "log-mode-unknown")
+    assert "not certainly in log mode here" in err
+    assert policy.read_text() == ""
+    policy = fake_ima(cmdline=log, secure_boot=b"\x00")  # SecureBoot=0: the parameter is honoured
+    code, doc, _ = run(["policy", "apply", "--stage", "log"], capsys)
+    assert (code, doc["loaded"]) == (0, True)
 
 
 def test_measure_stage_needs_no_gate(fake_ima: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:

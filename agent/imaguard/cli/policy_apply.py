@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from imaguard.errors import ExitCode, HostStateError, ImaguardError, PolicyGateE
 from imaguard.ima import bootfiles, coverage, keyring, probe, securityfs
 from imaguard.ima.doctor import diagnose
 from imaguard.ima.gate import Decision, GateResult, run_gate
-from imaguard.ima.hostfacts import IMA_KEYRING, AppraiseMode, appraise_mode, parse_cmdline
+from imaguard.ima.hostfacts import IMA_KEYRING, AppraiseMode, cmdline_value, effective_appraise_mode, parse_cmdline
 from imaguard.ima.policy import Policy, render, render_rule
 from imaguard.ima.rootfiles import Change, install_file, read_root_file, root_dir
 from imaguard.keys import Verifier, load_certificate
@@ -28,11 +29,13 @@ __all__ = [
     "W_NO_BOOT_LOADING",
     "W_PACKAGE_CHANGES",
     "W_UNSAFE_ENFORCE",
+    "read_appraisal_mode",
     "read_cmdline",
     "register_verbs",
 ]
 
 IMA_DIR = securityfs.IMA_DIR  # read at call time, so tests can point it at a stand-in directory
+EFI_DIR = probe.EFI_DIR  # likewise
 PRIME_PROGRAM = "/bin/true"
 W_UNSAFE_ENFORCE = "W-UNSAFE-ENFORCE"
 W_PACKAGE_CHANGES = "W-PACKAGE-CHANGES"
@@ -55,8 +58,12 @@ Order of checks; the first that fails stops everything, and nothing is written t
   2. the kernel has IMA and the policy file is still there (exit 77 without IMA or securityfs;
      exit 1 if a policy was already loaded this boot: without CONFIG_IMA_WRITE_POLICY the next
      one takes a reboot);
-  3. --stage log needs a kernel booted with ima_appraise=log (otherwise its appraise rules would
-     deny at once: exit 1); --stage enforce on such a kernel warns that failures are only logged;
+  3. --stage log needs appraisal to run in log mode for certain, or its appraise rules would deny
+     at once (exit 1): ima_appraise=log on /proc/cmdline, CONFIG_IMA_APPRAISE_BOOTPARAM in the
+     kernel config (/boot/config-RELEASE or /proc/config.gz; none found: refused), and secure boot
+     off (the kernel ignores ima_appraise= under secure boot; no /sys/firmware/efi: BIOS, off;
+     EFI variables unreadable: refused). There is no override: use --stage enforce behind the gate.
+     --stage enforce on a kernel in log mode warns that failures are only logged;
   4. for log and enforce, the gate (as `imaguard policy check`): every file the appraise rules
      cover on the filesystems under --root must carry a signature that verifies with a key
      loaded in the kernel's _ima/.ima keyring now (--cert gives the certificates to check the
@@ -249,6 +256,13 @@ def read_cmdline() -> tuple[str, ...]:
         return ()
 
 
+def read_appraisal_mode() -> tuple[AppraiseMode | None, str]:
+    """The running kernel's appraisal mode (None: cannot be told) from its command line, build config
+    and secure boot state, and why."""
+    config = probe.read_kernel_config(os.uname().release)
+    return effective_appraise_mode(read_cmdline(), config, probe.read_secure_boot(EFI_DIR))
+
+
 def _preflight(args: argparse.Namespace) -> AppraiseMode:
     """IMA present, policy file still there, the boot mode fits the stage; nothing written."""
     ima_dir = Path(IMA_DIR)
@@ -266,15 +280,22 @@ def _preflight(args: argparse.Namespace) -> AppraiseMode:
                              "lacks CONFIG_IMA_WRITE_POLICY; the next policy takes a reboot (`imaguard policy "
                              "install` makes it the boot policy)", reason="policy-already-loaded",
                              path=str(ima_dir / "policy"))  # fmt: skip
-    mode, why = appraise_mode(read_cmdline())
+    mode, why = read_appraisal_mode()
     if args.stage == "log" and mode is not AppraiseMode.LOG:
-        raise HostStateError(f"--stage log needs a kernel booted with ima_appraise=log, and this one was not "
-                             f"({why}): its appraise rules would deny at once. Reboot with ima_appraise=log "
-                             "(`imaguard policy install --stage log` says how) or use --stage enforce behind the "
-                             "gate", reason="not-booted-for-log")  # fmt: skip
+        asked = cmdline_value(read_cmdline(), "ima_appraise") == AppraiseMode.LOG.value
+        if not asked:
+            raise HostStateError(f"--stage log needs a kernel booted with ima_appraise=log, and this one was not "
+                                 f"({why}): its appraise rules would deny at once. Reboot with ima_appraise=log "
+                                 "(`imaguard policy install --stage log` says how) or use --stage enforce behind "
+                                 "the gate; nothing was written", reason="not-booted-for-log")  # fmt: skip
+        raise HostStateError(f"--stage log needs appraisal in log mode, and it is {'NOT' if mode else 'not certainly'} "
+                             f"in log mode here: {why}. Its appraise rules would deny unsigned files at once "
+                             "instead of logging them (a lockout until reboot); nothing was written. Use --stage "
+                             "enforce behind the gate (`imaguard policy check --stage enforce` first)",
+                             reason="log-mode-ignored" if mode else "log-mode-unknown")  # fmt: skip
     if args.stage == "enforce" and mode is AppraiseMode.LOG:
-        _warn("W-LOG-MODE", "this kernel was booted with ima_appraise=log: appraisal failures are logged, not denied")
-    return mode
+        _warn("W-LOG-MODE", f"appraisal runs in log mode ({why}): appraisal failures are logged, not denied")
+    return mode or AppraiseMode.ENFORCE
 
 
 def _prime(program: str, mode: AppraiseMode) -> dict[str, object]:

@@ -21,8 +21,8 @@ from imaguard.ima.hostfacts import (
     AppraiseMode,
     KernelFacts,
     PolicyFile,
+    SecureBoot,
     XattrSupport,
-    appraise_mode,
     cmdline_value,
 )
 
@@ -79,9 +79,14 @@ def _appraisal(facts: KernelFacts) -> Check:
         return Check("appraisal", Status.WARNING, "appraisal: available, no log mode",
                      f"{_config_says(facts, 'IMA_APPRAISE_BOOTPARAM')}: ima_appraise=log is ignored, so appraise "
                      "rules enforce as soon as they are loaded (no log stage)")  # fmt: skip
+    if facts.secure_boot.state is SecureBoot.ON:
+        return Check("appraisal", Status.WARNING, "appraisal: available, no log mode (secure boot)",
+                     f"secure boot is on ({facts.secure_boot.reason}): the kernel ignores ima_appraise=log, so "
+                     "appraise rules enforce as soon as they are loaded (no log stage)")  # fmt: skip
     return Check("appraisal", Status.OK, "appraisal: available",
                  f"{_config_says(facts, 'IMA_APPRAISE')}; ima_appraise=log|enforce honoured "
-                 f"({_config_says(facts, 'IMA_APPRAISE_BOOTPARAM')})")  # fmt: skip
+                 f"({_config_says(facts, 'IMA_APPRAISE_BOOTPARAM')}; secure boot {facts.secure_boot.state.value}: "
+                 f"{facts.secure_boot.reason})")  # fmt: skip
 
 
 def _securityfs(facts: KernelFacts) -> Check:
@@ -181,7 +186,7 @@ def _xattrs(facts: KernelFacts) -> list[Check]:
 def _stage(facts: KernelFacts) -> Check:
     if facts.ima is False:
         return Check("stage", Status.MISSING, "stage: none", "no IMA in this kernel")
-    mode, why = appraise_mode(facts.cmdline)
+    mode, why = facts.appraisal_mode
     builtin = cmdline_value(facts.cmdline, "ima_policy")
     parts = [why, f"ima_policy={builtin}" if builtin is not None else "no ima_policy= (no built-in rules)"]
     installed = facts.installed_policy_stage
@@ -194,7 +199,8 @@ def _stage(facts: KernelFacts) -> Check:
     elif facts.policy_file is PolicyFile.GONE:
         if facts.policy_text is not None:
             appraises = any(line.split()[:1] == ["appraise"] for line in facts.policy_text.splitlines())
-            stage = ("log" if mode is AppraiseMode.LOG else "enforce") if appraises else "measure"
+            stage = "measure" if not appraises else "log" if mode is AppraiseMode.LOG else (
+                "unknown" if mode is None else "enforce")
         else:
             stage = installed or "unknown"
         parts.insert(0, "a custom policy is loaded" + ("" if facts.policy_text is not None else
@@ -204,11 +210,12 @@ def _stage(facts: KernelFacts) -> Check:
     status = Status.INFO
     if installed == "log" and mode is not AppraiseMode.LOG:
         status = Status.WARNING
-        parts.append("the installed policy is for the log stage but the command line does not say "
-                     "ima_appraise=log: after a reboot appraisal failures are DENIED")  # fmt: skip
+        parts.append("the installed policy is for the log stage but this boot's appraisal mode is not log (or "
+                     "cannot be told): after a reboot like this one appraisal failures are DENIED")  # fmt: skip
     if installed == "enforce" and mode is AppraiseMode.LOG:
         parts.append("the installed policy is for enforce but ima_appraise=log only logs failures")
-    return Check("stage", status, f"stage: {stage} (appraisal mode {mode.value})", "; ".join(parts))
+    shown = mode.value if mode is not None else "unknown"
+    return Check("stage", status, f"stage: {stage} (appraisal mode {shown})", "; ".join(parts))
 
 
 def diagnose(facts: KernelFacts) -> tuple[Check, ...]:

@@ -13,7 +13,10 @@ Sources, each parsed here:
 - the kernel command line (``/proc/cmdline``): ``ima_appraise=``, ``ima_policy=``, ``ima=``...
   (``security/integrity/ima/ima_appraise.c`` ``default_appraise_setup``, ``ima_policy.c``
   ``default_policy_setup``, Linux 6.1);
-- ``/proc/crypto`` and the config for ECDSA (:func:`imaguard.ima.keyring.ecdsa_support`).
+- ``/proc/crypto`` and the config for ECDSA (:func:`imaguard.ima.keyring.ecdsa_support`);
+- the EFI variables ``SecureBoot`` and ``SetupMode`` (efivarfs: 4 bytes of attributes, then the
+  value), which decide whether the kernel honours ``ima_appraise=`` at all
+  (:func:`effective_appraise_mode`).
 """
 
 from __future__ import annotations
@@ -31,12 +34,16 @@ __all__ = [
     "KeyEntry",
     "KeyringRef",
     "PolicyFile",
+    "SecureBoot",
+    "SecureBootState",
     "XattrProbe",
     "XattrSupport",
     "appraise_mode",
     "cmdline_value",
+    "effective_appraise_mode",
     "parse_cmdline",
     "parse_kernel_config",
+    "secure_boot_state",
 ]
 
 # The keyrings IMA verifies against or that vouch for .ima keys (security/integrity/digsig.c,
@@ -131,7 +138,7 @@ def appraise_mode(words: tuple[str, ...]) -> tuple[AppraiseMode, str]:
     """The appraisal mode the command line asks for, and why (the parameter or its absence).
 
     The kernel honours ``log``/``fix``/``off`` only with ``CONFIG_IMA_APPRAISE_BOOTPARAM`` and not
-    under secure boot with an arch policy; :mod:`imaguard.ima.doctor` says so next to the value.
+    under secure boot: decide with :func:`effective_appraise_mode`, never with this alone.
     """
     value = cmdline_value(words, "ima_appraise")
     if value is None:
@@ -140,6 +147,89 @@ def appraise_mode(words: tuple[str, ...]) -> tuple[AppraiseMode, str]:
         return AppraiseMode(value), f"ima_appraise={value} on the command line"
     except ValueError:
         return AppraiseMode.ENFORCE, f"ima_appraise={value} is not a mode the kernel knows; it enforces"
+
+
+class SecureBoot(enum.Enum):
+    """What ``arch_ima_get_secureboot()`` returns on this host, as far as the EFI variables tell."""
+
+    ON = "on"
+    OFF = "off"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class SecureBootState:
+    """The secure boot state and what it was read from (shown in refusals and by doctor)."""
+
+    state: SecureBoot
+    reason: str
+
+
+_EFIVAR_DATA = 4  # efivarfs files start with the variable's 4-byte attributes (fs/efivarfs/file.c)
+
+
+def secure_boot_state(
+    *, efi: bool, efivars: bool, secure_boot: bytes | None, setup_mode: bytes | None
+) -> SecureBootState:
+    """Secure boot as the kernel sees it (``efi_get_secureboot_mode``, include/linux/efi.h, 6.1).
+
+    ``efi``: the firmware is EFI (``/sys/firmware/efi`` exists; without it the kernel has no EFI
+    runtime and ``arch_ima_get_secureboot()`` is false); ``efivars``: efivarfs could be listed;
+    ``secure_boot``/``setup_mode``: the variables' efivarfs bytes, None when absent. The kernel
+    takes an absent ``SecureBoot`` as disabled, ``SecureBoot`` 0 or ``SetupMode`` 1 as disabled,
+    anything else as enabled. (shim's ``MokSBState`` can disable it too: not read, so such a host
+    counts as on, the side that refuses.)
+    """
+    if not efi:
+        return SecureBootState(SecureBoot.OFF, "no /sys/firmware/efi: legacy BIOS boot, no secure boot")
+    if not efivars:
+        return SecureBootState(SecureBoot.UNKNOWN, "EFI firmware, but the EFI variables cannot be read "
+                               "(efivarfs not mounted at /sys/firmware/efi/efivars?)")  # fmt: skip
+    if secure_boot is None:
+        return SecureBootState(SecureBoot.OFF, "EFI firmware without a SecureBoot variable (the kernel takes it as "
+                               "disabled)")  # fmt: skip
+    if len(secure_boot) <= _EFIVAR_DATA:
+        return SecureBootState(SecureBoot.UNKNOWN, f"the SecureBoot variable has {len(secure_boot)} bytes, "
+                               "no value after its attributes")  # fmt: skip
+    if secure_boot[_EFIVAR_DATA] == 0:
+        return SecureBootState(SecureBoot.OFF, "SecureBoot=0 in the EFI variables")
+    if setup_mode is not None and len(setup_mode) <= _EFIVAR_DATA:
+        return SecureBootState(SecureBoot.UNKNOWN, f"SecureBoot={secure_boot[_EFIVAR_DATA]} but the SetupMode "
+                               f"variable has {len(setup_mode)} bytes, no value after its attributes")  # fmt: skip
+    if setup_mode is not None and setup_mode[_EFIVAR_DATA] == 1:
+        return SecureBootState(SecureBoot.OFF, f"SecureBoot={secure_boot[_EFIVAR_DATA]} but SetupMode=1 (the "
+                               "firmware is in setup mode: the kernel takes secure boot as disabled)")  # fmt: skip
+    return SecureBootState(SecureBoot.ON, f"SecureBoot={secure_boot[_EFIVAR_DATA]}"
+                           f"{', SetupMode=0' if setup_mode is not None else ''} in the EFI variables")  # fmt: skip
+
+
+def effective_appraise_mode(
+    words: tuple[str, ...], config: KernelConfig | None, secure_boot: SecureBootState
+) -> tuple[AppraiseMode | None, str]:
+    """The appraisal mode the running kernel is in, or None when that cannot be told, and why.
+
+    ``ima_appraise=log|fix|off`` is honoured only with ``CONFIG_IMA_APPRAISE_BOOTPARAM`` (without it
+    the parameter does not exist) and only when ``arch_ima_get_secureboot()`` is false:
+    ``ima_appraise_parse_cmdline`` (ima_appraise.c, 6.1) prints "Secure boot enabled: ignoring
+    ima_appraise=%s option" and keeps enforcing. Enforce (asked for or the default) is certain.
+    """
+    asked, why = appraise_mode(words)
+    if asked is AppraiseMode.ENFORCE:
+        return asked, why
+    if config is None:
+        return None, (f"{why}, but no kernel config was found (/boot/config-RELEASE, /proc/config.gz) to tell "
+                      "whether CONFIG_IMA_APPRAISE_BOOTPARAM lets the kernel honour it")  # fmt: skip
+    if not config.enabled("IMA_APPRAISE_BOOTPARAM"):
+        return AppraiseMode.ENFORCE, (f"{why}, but CONFIG_IMA_APPRAISE_BOOTPARAM is not set in {config.source}: "
+                                      "the kernel ignores it and enforces")  # fmt: skip
+    if secure_boot.state is SecureBoot.ON:
+        return AppraiseMode.ENFORCE, (f"{why}, but secure boot is on ({secure_boot.reason}): the kernel ignores "
+                                      "it ('Secure boot enabled: ignoring ima_appraise') and enforces")  # fmt: skip
+    if secure_boot.state is SecureBoot.UNKNOWN:
+        return None, (f"{why}, but whether secure boot is on cannot be told ({secure_boot.reason}); with secure "
+                      "boot on the kernel ignores it and enforces")  # fmt: skip
+    return asked, (f"{why}, honoured (CONFIG_IMA_APPRAISE_BOOTPARAM={config.value('IMA_APPRAISE_BOOTPARAM')} in "
+                   f"{config.source}; secure boot off: {secure_boot.reason})")  # fmt: skip
 
 
 class PolicyFile(enum.Enum):
@@ -213,6 +303,12 @@ class KernelFacts:
     xattrs: tuple[XattrProbe, ...] = ()
     installed_policy: bool = False  # /etc/ima/ima-policy exists (systemd loads it at boot)
     installed_policy_stage: str | None = None  # the stage imaguard wrote it for, if it did
+    secure_boot: SecureBootState = SecureBootState(SecureBoot.UNKNOWN, "not read")
+
+    @property
+    def appraisal_mode(self) -> tuple[AppraiseMode | None, str]:
+        """The mode appraisal runs in (None: cannot be told): :func:`effective_appraise_mode`."""
+        return effective_appraise_mode(self.cmdline, self.config, self.secure_boot)
 
     def keys_in(self, name: str) -> tuple[KeyEntry, ...]:
         return tuple(k for k in self.keyring_keys if k.keyring == name)

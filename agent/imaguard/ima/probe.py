@@ -1,9 +1,10 @@
 """Read this host's IMA facts into a :class:`~imaguard.ima.hostfacts.KernelFacts` (I/O, read-only).
 
 Reads ``/proc`` (cmdline, config.gz, crypto, filesystems, keys, mountinfo), ``/sys/kernel/security``,
-``/boot/config-*``, ``/dev/tpm*`` and ``/sys/class/tpm``, and asks the keyrings through
-``keyctl`` read/describe/search. It never mounts, writes, links or loads anything, so
-``imaguard doctor`` is safe on any host. Each source that cannot be read leaves its fact unknown.
+``/sys/firmware/efi`` (the SecureBoot and SetupMode variables), ``/boot/config-*``, ``/dev/tpm*``
+and ``/sys/class/tpm``, and asks the keyrings through ``keyctl`` read/describe/search. It never
+mounts, writes, links or loads anything, so ``imaguard doctor`` is safe on any host. Each source
+that cannot be read leaves its fact unknown.
 """
 
 from __future__ import annotations
@@ -27,15 +28,27 @@ from imaguard.ima.hostfacts import (
     KeyEntry,
     KeyringRef,
     PolicyFile,
+    SecureBootState,
     XattrProbe,
     XattrSupport,
     parse_cmdline,
     parse_kernel_config,
+    secure_boot_state,
 )
 
-__all__ = ["NOT_PROBED_FSTYPES", "probe_xattrs", "read_kernel_config", "read_kernel_facts"]
+__all__ = [
+    "EFI_DIR",
+    "NOT_PROBED_FSTYPES",
+    "probe_xattrs",
+    "read_kernel_config",
+    "read_kernel_facts",
+    "read_secure_boot",
+]
 
 _LIMIT = 4 << 20
+EFI_DIR = "/sys/firmware/efi"
+# EFI_GLOBAL_VARIABLE_GUID (include/linux/efi.h): SecureBoot and SetupMode live there.
+_EFI_GLOBAL = "8be4df61-93ca-11d0-aae0-e0cb4ee0e8c1"
 
 # Filesystems whose root is not probed for security.ima: pseudo filesystems (the templates exempt
 # them, nothing there is a package file), network and FUSE filesystems (a getxattr may block on
@@ -66,6 +79,30 @@ def read_kernel_config(release: str) -> KernelConfig | None:
             return parse_kernel_config(f.read(_LIMIT), "/proc/config.gz")
     except (OSError, EOFError, zlib.error):
         return None
+
+
+def read_secure_boot(efi_dir: str = EFI_DIR) -> SecureBootState:
+    """Secure boot as the kernel sees it, from ``EFI_DIR/efivars`` (read-only; a variable that cannot
+    be read other than by its absence makes the state unknown)."""
+    efi = Path(efi_dir)
+    if not efi.is_dir():
+        return secure_boot_state(efi=False, efivars=False, secure_boot=None, setup_mode=None)
+    efivars = efi / "efivars"
+    try:
+        listed = any(efivars.iterdir())  # an empty directory: efivarfs is not mounted
+    except OSError:
+        listed = False
+    values: list[bytes | None] = []
+    for name in ("SecureBoot", "SetupMode"):
+        try:
+            with (efivars / f"{name}-{_EFI_GLOBAL}").open("rb") as f:
+                values.append(f.read(64))
+        except FileNotFoundError:
+            values.append(None)
+        except OSError:
+            listed = False  # there but unreadable: cannot tell
+            values.append(None)
+    return secure_boot_state(efi=True, efivars=listed, secure_boot=values[0], setup_mode=values[1])
 
 
 def _policy_state(ima_dir: bool) -> tuple[PolicyFile, str | None]:
@@ -179,6 +216,7 @@ def read_kernel_facts(*, with_xattrs: bool = True) -> KernelFacts:
         xattrs=probe_xattrs(mountinfo) if with_xattrs else (),
         installed_policy=installed is not None,
         installed_policy_stage=stage_of_policy_file(installed) if installed is not None else None,
+        secure_boot=read_secure_boot(),
     )
 
 
