@@ -8,7 +8,7 @@ import pytest
 
 from imaguard.digests import HashAlgo
 from imaguard.errors import FormatError
-from imaguard.ima import coverage
+from imaguard.ima import coverage, keyring
 from imaguard.ima.gate import (
     REFUSAL_REASONS,
     Decision,
@@ -262,3 +262,35 @@ def test_key_id_from_description() -> None:
     )
     assert coverage.key_id_from_description("no skid") is None
     assert coverage.key_id_from_description("x: zz") is None
+
+
+# /proc/keys as security/keys/proc.c prints it (type cut to 9 characters): a key in each IMA keyring.
+PROC_KEYS_BOTH = """\
+0a3a6a1d I--Q---     1 perm 1f0b0000     0     0 keyring   _ima: 1
+1b9e4c27 I------     1 perm 1f030000     0     0 asymmetri stale lab key: 9d1c0e2aa7cd27be2f0bd1c4ef44cfc611111111: X509.rsa 11111111 []
+33c6aa05 I------     1 perm 1f0b0000     0     0 keyring   .ima: 1
+44d7bb16 I------     1 perm 1f030000     0     0 asymmetri fleet IMA key: 9d1c0e2aa7cd27be2f0bd1c4ef44cfc622222222: X509.rsa 22222222 []
+"""
+LINKS = {0x0A3A6A1D: (0x1B9E4C27,), 0x33C6AA05: (0x44D7BB16,)}
+
+
+def _no_describe(serial: int) -> str:
+    raise AssertionError(f"key {serial:08x} is in /proc/keys: no keyctl describe needed")
+
+
+def test_only_the_keyring_the_kernel_verifies_against_counts() -> None:
+    """Regression: keys in _ima counted although a kernel with .ima (CONFIG_INTEGRITY_TRUSTED_KEYRING)
+    never looks there (security/integrity/digsig.c keyring_name)."""
+    keys = keyring.parse_proc_keys(PROC_KEYS_BOTH)
+    found = coverage.ima_keyring_keys(keys, LINKS.__getitem__, _no_describe)
+    assert found == coverage.KernelKeys(".ima", frozenset({bytes.fromhex("22222222")}))
+    without_trusted = tuple(k for k in keys if k.description != ".ima")  # no CONFIG_INTEGRITY_TRUSTED_KEYRING
+    found = coverage.ima_keyring_keys(without_trusted, LINKS.__getitem__, _no_describe)
+    assert found == coverage.KernelKeys("_ima", frozenset({bytes.fromhex("11111111")}))
+    # .ima exists but is empty: nothing verifies, even with keys in _ima
+    assert coverage.ima_keyring_keys(keys, {0x0A3A6A1D: (0x1B9E4C27,), 0x33C6AA05: ()}.__getitem__,
+                                     _no_describe) == coverage.KernelKeys(".ima", frozenset())  # fmt: skip
+    assert coverage.ima_keyring_keys(keys[1:2], LINKS.__getitem__, _no_describe) is None
+    # a linked key /proc/keys does not show (not ours to view) is named by keyctl describe
+    hidden = coverage.ima_keyring_keys(keys[2:3], LINKS.__getitem__, lambda _s: "hidden: aabbccdd00112233")
+    assert hidden == coverage.KernelKeys(".ima", frozenset({bytes.fromhex("00112233")}))

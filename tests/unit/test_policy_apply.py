@@ -19,6 +19,7 @@ from imaguard.cli import policy as policy_cli
 from imaguard.cli import policy_apply
 from imaguard.cli.main import main
 from imaguard.ima import securityfs
+from imaguard.ima.coverage import KernelKeys
 from imaguard.ima.gate import FileFacts, FileKind, FsFacts
 from imaguard.ima.hostfacts import parse_kernel_config
 from imaguard.ima.policy import parse_policy, render_rule
@@ -52,7 +53,7 @@ def fake_ima(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., P
             (efi / "efivars").mkdir(parents=True, exist_ok=True)
             (efi / "efivars" / f"SecureBoot-{EFI_GUID}").write_bytes(b"\x06\x00\x00\x00" + secure_boot)
         monkeypatch.setattr(policy_apply, "EFI_DIR", str(efi))
-        monkeypatch.setattr(policy_cli.coverage, "kernel_key_ids", lambda: frozenset({KEY_ID}))
+        monkeypatch.setattr(policy_cli.coverage, "kernel_key_ids", lambda: KernelKeys("_ima", frozenset({KEY_ID})))
         facts = [FileFacts(p, frozenset({FileKind.EXECUTABLE}), EXT4, 0, 0) for p in unsigned]
         monkeypatch.setattr(policy_apply.coverage, "collect", lambda *_a, **_k: iter(facts))
         monkeypatch.setattr(policy_apply, "_prime", lambda program, _mode: {"program": program, "result": "stub"})

@@ -15,6 +15,7 @@ import pytest
 
 from imaguard.cli import policy as policy_cli
 from imaguard.cli.main import Parser, run_guarded
+from imaguard.ima import coverage
 from imaguard.ima.policy import parse_policy, render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +94,19 @@ def test_check_refuses_unsigned_and_says_where_keys_came_from(
     assert "keys-from: files (the kernel has no _ima or .ima keyring here; --cert stands in): 17b7ae8b\n" in out
     assert "refuse: 1 of 1 files in scope would be denied\n" in out
     assert f"  no-signature         {prog}  (rule line " in out
+
+
+def test_check_names_the_keyring_its_kernel_keys_come_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = coverage.KernelKeys(".ima", frozenset({bytes.fromhex("17b7ae8b")}))
+    monkeypatch.setattr(policy_cli.coverage, "kernel_key_ids", lambda: keys)
+    argv = ["policy", "check", "--stage", "enforce", "--root", str(tmp_path)]
+    assert imaguard([*argv, "--json"]) == 0  # an empty tree: nothing in scope
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["keys_from"], doc["keyring"], doc["key_ids"]) == ("kernel", ".ima", ["17b7ae8b"])
+    assert imaguard(argv) == 0
+    assert "keys-from: kernel (keyring '.ima', the one the kernel verifies against): 17b7ae8b\n" in capsys.readouterr().out
 
 
 def test_measure_only_policy_allows_and_needs_no_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

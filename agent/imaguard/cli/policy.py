@@ -72,11 +72,12 @@ count as covering, dont_appraise rules with them as not excluding. Filesystems t
 dont_appraise rules exclude entirely are not walked; files on noexec mounts are left out of
 the exec hooks.
 
-Keys: the key ids come from the kernel's _ima and .ima keyrings ("keys-from: kernel"); the
---cert certificates are then needed to check the signatures themselves. On a kernel without
-those keyrings (a build host, a container) the --cert certificates stand in for the loaded
-keys ("keys-from: files"), and the output says so. A policy without appraise rules denies
-nothing and needs no keys (JSON "keys_from": "not-needed").
+Keys: the key ids come from the keyring the kernel verifies against ("keys-from: kernel", JSON
+"keyring"): .ima where the kernel made it (CONFIG_INTEGRITY_TRUSTED_KEYRING; keys in _ima then
+verify nothing), else _ima. The --cert certificates are then needed to check the signatures
+themselves. On a kernel without those keyrings (a build host, a container) the --cert
+certificates stand in for the loaded keys ("keys-from: files"), and the output says so. A
+policy without appraise rules denies nothing and needs no keys (JSON "keys_from": "not-needed").
 
 Reasons a file would be denied: no-signature, unknown-key (its key is not loaded), bad-signature,
 unchecked-signature (key loaded, no --cert to check it), digest-only (a hash where a signature
@@ -161,7 +162,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def gate_keys(certs: list[Path]) -> tuple[str, frozenset[bytes], Verifier]:
+def gate_keys(certs: list[Path]) -> tuple[str, str | None, frozenset[bytes], Verifier]:
+    """Where the key ids come from ("kernel" or "files"), the kernel keyring they are in (``.ima``
+    if the kernel made one, else ``_ima``; None for files), the ids, and a verifier over ``certs``."""
     verifier = Verifier.of(load_certificate(p) for p in certs)
     try:
         loaded = coverage.kernel_key_ids()
@@ -170,13 +173,13 @@ def gate_keys(certs: list[Path]) -> tuple[str, frozenset[bytes], Verifier]:
             raise  # an IMA keyring exists but cannot be read: fail, never guess
         loaded = None  # no /proc/keys: a kernel without CONFIG_KEYS has no IMA keyring either
     if loaded is not None:
-        return "kernel", loaded, verifier
+        return "kernel", loaded.keyring, loaded.ids, verifier
     if not certs:
         raise UsageError(
             "the kernel has no IMA keyring (_ima or .ima) here: pass the certificates of the keys "
             "that will be loaded with --cert"
         )
-    return "files", frozenset(c.key_id for c in verifier.certificates), verifier
+    return "files", None, frozenset(c.key_id for c in verifier.certificates), verifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +187,7 @@ class _Check:
     source: str
     policy: Policy
     keys_from: str
+    keyring: str | None
     loaded: frozenset[bytes]
     result: GateResult
 
@@ -193,13 +197,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     if policy.appraise_rules:
-        keys_from, loaded, verifier = gate_keys(args.cert)
+        keys_from, ring, loaded, verifier = gate_keys(args.cert)
         facts = coverage.collect(policy, args.root, verifier, loaded, Limits(), jobs=args.jobs)
         result = run_gate(policy, facts, loaded)
     else:  # nothing is appraised, so no key matters: do not ask for any
-        keys_from, loaded = "not-needed", frozenset()
+        keys_from, ring, loaded = "not-needed", None, frozenset()
         result = GateResult(Decision.ALLOW, 0, (), 0)
-    check = _Check(source, policy, keys_from, loaded, result)
+    check = _Check(source, policy, keys_from, ring, loaded, result)
     code = ExitCode.OK if result.allowed else ExitCode.VERIFICATION_FAILED
     if args.json:
         _print_json(args, check, code)
@@ -216,7 +220,8 @@ def _print_text(args: argparse.Namespace, check: _Check) -> None:
     if not policy.appraise_rules:
         print("allow: the policy has no appraise rules, it denies nothing (no keys needed)")
         return
-    why = "" if check.keys_from == "kernel" else " (the kernel has no _ima or .ima keyring here; --cert stands in)"
+    why = (f" (keyring '{check.keyring}', the one the kernel verifies against)" if check.keys_from == "kernel" else
+           " (the kernel has no _ima or .ima keyring here; --cert stands in)")  # fmt: skip
     print(f"keys-from: {check.keys_from}{why}: {', '.join(sorted(k.hex() for k in check.loaded)) or 'no keys'}")
     print(f"root: {args.root}")
     if result.allowed:
@@ -235,6 +240,7 @@ def _print_json(args: argparse.Namespace, check: _Check, code: int) -> None:
         "rules": len(check.policy.rules),
         "appraise_rules": len(check.policy.appraise_rules),
         "keys_from": check.keys_from,
+        "keyring": check.keyring,
         "key_ids": sorted(k.hex() for k in check.loaded),
         "stage": args.stage,
         "root": args.root,

@@ -66,9 +66,9 @@ Order of checks; the first that fails stops everything, and nothing is written t
      --stage enforce on a kernel in log mode warns that failures are only logged;
   4. for log and enforce, the gate (as `imaguard policy check`): every file the appraise rules
      cover on the filesystems under --root must carry a signature that verifies with a key
-     loaded in the kernel's _ima/.ima keyring now (--cert gives the certificates to check the
-     signatures with). enforce refuses on any gap (exit 3, the files listed); log warns and goes
-     on (failures are logged, not denied).
+     loaded now in the keyring the kernel verifies against (.ima if it made one, else _ima;
+     --cert gives the certificates to check the signatures with). enforce refuses on any gap
+     (exit 3, the files listed); log warns and goes on (failures are logged, not denied).
      --unsafe-enforce-with-unsigned-files loads the enforce policy anyway: it prints warning
      W-UNSAFE-ENFORCE and the JSON output records it (unsafe_enforce_with_unsigned_files) with
      the files that will be denied. Those files will not run until the next reboot.
@@ -322,7 +322,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
                               "unsafe_enforce_with_unsigned_files": False}  # fmt: skip
     result: GateResult | None = None
     if policy.appraise_rules:
-        keys_from, loaded, verifier = policy_cli.gate_keys(args.cert)
+        keys_from, ring, loaded, verifier = policy_cli.gate_keys(args.cert)
+        doc["keyring"] = ring
         if keys_from != "kernel":
             raise PolicyGateError("the kernel has no IMA keyring (_ima or .ima): every appraised file would be "
                                   "denied; load the keys first (imaguard keys load CERT)", unsigned=())  # fmt: skip

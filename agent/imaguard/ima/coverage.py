@@ -5,8 +5,8 @@ for the magic, ``/proc/self/mountinfo`` for the type name and ``noexec``, ``/dev
 the UUID), reads ``security.ima`` of each file a rule may cover through one descriptor, and checks
 signatures and hashes against the file's content. Reads only: nothing is written, no key is loaded.
 
-The key ids the kernel would verify against come from the ``_ima``/``.ima`` keyrings
-(:func:`kernel_key_ids`); where the kernel has none (a host without IMA), the caller passes
+The key ids the kernel would verify against come from the ``.ima`` keyring if the kernel made
+one, else ``_ima`` (:func:`kernel_key_ids`); where the kernel has none (a host without IMA), the caller passes
 certificate files instead and says so.
 """
 
@@ -40,7 +40,7 @@ from imaguard.ima.xattr import ImaDigest, ImaSignature, parse_xattr
 from imaguard.sign.parallel import run_jobs
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
     from imaguard.config import Limits
     from imaguard.ima.policy import Policy, Rule
@@ -48,8 +48,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMA_KEYRINGS",
+    "KernelKeys",
     "Mount",
     "collect",
+    "ima_keyring_keys",
     "kernel_key_ids",
     "key_id_from_description",
     "parse_mountinfo",
@@ -97,25 +99,45 @@ def key_id_from_description(description: str) -> bytes | None:
     return raw[-4:] if len(raw) >= 4 else None
 
 
-# --- I/O below -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class KernelKeys:
+    """The keyring the kernel verifies IMA signatures against, and the key ids linked into it."""
+
+    keyring: str  # ".ima" or "_ima"
+    ids: frozenset[bytes]
 
 
-def kernel_key_ids() -> frozenset[bytes] | None:
-    """Key ids of the keys linked into ``_ima``/``.ima``; None when the kernel has neither keyring."""
-    keys = keyring.read_proc_keys()
-    rings = [k for k in keys if k.type == "keyring" and k.description in IMA_KEYRINGS]
-    if not rings:
+def ima_keyring_keys(
+    keys: Sequence[keyring.ProcKey], links: Callable[[int], Sequence[int]], describe: Callable[[int], str]
+) -> KernelKeys | None:
+    """The key ids IMA verifies against, from ``/proc/keys`` entries; None when there is no IMA keyring.
+
+    security/integrity/digsig.c uses ``.ima`` when built with CONFIG_INTEGRITY_TRUSTED_KEYRING (the
+    kernel then creates it at boot) and ``_ima`` otherwise, never both: keys in the other keyring
+    verify nothing, so where ``.ima`` exists only its keys count. ``links`` lists a keyring's key
+    serials, ``describe`` names a key that ``/proc/keys`` does not show.
+    """
+    rings = {k.description: k for k in keys if k.type == "keyring" and k.description in IMA_KEYRINGS}
+    ring = rings.get(keyring.TRUSTED_IMA_KEYRING) or rings.get(keyring.IMA_KEYRING)
+    if ring is None:
         return None
     by_serial = {k.serial: k for k in keys}
     ids: set[bytes] = set()
-    for ring in rings:
-        for serial in keyring.keyring_links(ring.serial):
-            key = by_serial.get(serial)
-            description = key.description if key is not None else keyring.describe_key(serial).description
-            key_id = key_id_from_description(description)
-            if key_id is not None:
-                ids.add(key_id)
-    return frozenset(ids)
+    for serial in links(ring.serial):
+        key = by_serial.get(serial)
+        key_id = key_id_from_description(key.description if key is not None else describe(serial))
+        if key_id is not None:
+            ids.add(key_id)
+    return KernelKeys(ring.description, frozenset(ids))
+
+
+# --- I/O below -----------------------------------------------------------------------------------
+
+
+def kernel_key_ids() -> KernelKeys | None:
+    """The keys of the keyring IMA verifies against (:func:`ima_keyring_keys`), read from the kernel."""
+    return ima_keyring_keys(keyring.read_proc_keys(), keyring.keyring_links,
+                            lambda serial: keyring.describe_key(serial).description)  # fmt: skip
 
 
 def _read_mounts() -> tuple[Mount, ...]:
