@@ -109,6 +109,27 @@ def test_check_names_the_keyring_its_kernel_keys_come_from(
     assert "keys-from: kernel (keyring '.ima', the one the kernel verifies against): 17b7ae8b\n" in capsys.readouterr().out
 
 
+def test_kexec_images_are_found_under_root_boot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: classify tested "/boot/" on the host path, so under --root DIR no kexec image was in scope."""
+    monkeypatch.setattr(policy_cli.coverage, "kernel_key_ids", lambda: None)
+    tree = tmp_path / "root"
+    (tree / "boot").mkdir(parents=True)
+    (tree / "boot" / "vmlinuz-6.1.0-50-amd64").write_bytes(b"MZ not really a kernel\n")
+    (tree / "boot" / "initrd.img-6.1.0-50-amd64").write_bytes(b"070701 not really an initramfs\n")
+    (tree / "srv").mkdir()
+    (tree / "srv" / "vmlinuz-copy").write_bytes(b"not under /boot: not a kexec image\n")
+    policy = tmp_path / "kexec.policy"
+    policy.write_text("appraise func=KEXEC_KERNEL_CHECK appraise_type=imasig\n")
+    argv = ["policy", "check", "--file", str(policy), "--cert", str(CERT), "--root", str(tree), "--json"]
+    assert imaguard(argv) == 3
+    doc = json.loads(capsys.readouterr().out)
+    assert sorted(u["path"] for u in doc["uncovered"]) == [
+        str(tree / "boot" / "initrd.img-6.1.0-50-amd64"), str(tree / "boot" / "vmlinuz-6.1.0-50-amd64")]
+    assert {u["reason"] for u in doc["uncovered"]} == {"no-signature"}
+
+
 def test_measure_only_policy_allows_and_needs_no_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # No --cert and (on this host) no IMA keyring: nothing is appraised, so no key is asked for.
     assert imaguard(["policy", "check", "--stage", "measure", "--root", str(tmp_path)]) == 0

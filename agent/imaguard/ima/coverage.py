@@ -52,6 +52,7 @@ __all__ = [
     "Mount",
     "collect",
     "ima_keyring_keys",
+    "in_root_path",
     "kernel_key_ids",
     "key_id_from_description",
     "parse_mountinfo",
@@ -201,6 +202,7 @@ def _fs_of(directory: str, st: os.stat_result, mounts: tuple[Mount, ...], uuids:
 @dataclass(frozen=True, slots=True)
 class _Candidate:
     path: str
+    in_root: str  # the path as the host booted from the root will see it: what classify looks at
     kinds: frozenset[FileKind]
     fs: FsFacts
     uid: int
@@ -226,7 +228,7 @@ def collect(
     mounts = _read_mounts()
     starts = [top, *sorted({m.mountpoint for m in mounts if _under(m.mountpoint, top) and m.mountpoint != top})]
     uuids = _uuids()
-    walk = _Walk(policy, covers_plain_files(policy), frozenset(m.mountpoint for m in mounts), set(), {})
+    walk = _Walk(policy, top, covers_plain_files(policy), frozenset(m.mountpoint for m in mounts), set(), {})
     candidates: list[_Candidate] = []
     for start in starts:
         try:
@@ -250,11 +252,19 @@ def collect(
 _DEBUG_DIR = "/usr/lib/debug/"
 
 
+def in_root_path(path: str, root: str) -> str:
+    """``path`` (under ``root``, both real paths) as seen from inside ``root``: ``/srv/r/boot/x`` → ``/boot/x``."""
+    if root == "/":
+        return path
+    return path[len(root):] or "/"
+
+
 @dataclass(frozen=True, slots=True)
 class _Walk:
     """One walk over the filesystems under the root; ``seen`` holds (st_dev, st_ino) already listed."""
 
     policy: Policy
+    root: str  # the walk's top (realpath): paths are classified as seen from inside it
     plain: bool  # an appraise rule may cover files of no special kind
     mountpoints: frozenset[str]  # from mountinfo: each is walked from its own start
     seen: set[tuple[int, int]]
@@ -293,18 +303,19 @@ class _Walk:
         """
         if (st.st_dev, st.st_ino) in self.seen:
             return
-        kinds = classify(path, st.st_mode)
+        in_root = in_root_path(path, self.root)
+        kinds = classify(in_root, st.st_mode)
         rules = self._rules(kinds, fs, st) if self.plain or kinds != {FileKind.OTHER} else ()
         probe = (
             st.st_size >= ELF_MIN_SIZE
             and kinds.isdisjoint((FileKind.EXECUTABLE, FileKind.SHARED_OBJECT))
-            and _DEBUG_DIR not in path
+            and _DEBUG_DIR not in in_root
             and self._rules(kinds | {FileKind.SHARED_OBJECT}, fs, st) != rules
         )
         if not rules and not probe:
             return
         self.seen.add((st.st_dev, st.st_ino))
-        yield _Candidate(path, kinds, fs, st.st_uid, st.st_gid, st.st_mode, bool(rules), probe)
+        yield _Candidate(path, in_root, kinds, fs, st.st_uid, st.st_gid, st.st_mode, bool(rules), probe)
 
     def _rules(self, kinds: frozenset[FileKind], fs: FsFacts, st: os.stat_result) -> tuple[Rule, ...]:
         # covering_rules does not look at the path: one answer per kinds, filesystem and owner.
@@ -323,7 +334,7 @@ def _facts(
         with xattr_store.open_regular(cand.path) as (fd, _st):
             if cand.elf_probe:
                 if elf_shared_object(_header(fd), LOADER_MACHINES.get(os.uname().machine)):
-                    base = replace(base, kinds=classify(cand.path, cand.mode, elf_shared_object=True))
+                    base = replace(base, kinds=classify(cand.in_root, cand.mode, elf_shared_object=True))
                 elif not cand.covered:
                     return None
             try:

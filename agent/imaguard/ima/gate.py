@@ -118,7 +118,11 @@ def elf_shared_object(header: bytes, machines: frozenset[int] | None = None) -> 
 
 
 def classify(path: str, mode: int, *, elf_shared_object: bool = False) -> frozenset[FileKind]:
-    """The kinds of a regular file, from its path, mode bits and (if known) its ELF type."""
+    """The kinds of a regular file, from its path, mode bits and (if known) its ELF type.
+
+    ``path`` is the path inside the root being checked (``/boot/vmlinuz``, not ``ROOT/boot/vmlinuz``):
+    the kernel that boots from that root sees it there.
+    """
     name = path.rsplit("/", 1)[-1]
     kinds = set()
     if mode & 0o111:
