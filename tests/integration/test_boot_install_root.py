@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from certlib import pki
 
 from imaguard.cli.main import main
+from imaguard.errors import UsageError
 from imaguard.ima import bootfiles
 from imaguard.ima.policy import parse_policy, render
 
@@ -34,6 +35,13 @@ pytestmark = pytest.mark.root
 REPO = Path(__file__).resolve().parents[2]
 TEST_CERT = REPO / "tests" / "data" / "keys" / "ima-test-rsa2048.pem"
 TEST_KEY_FILE = "imaguard-17b7ae8b.der"
+LOG_OK_CONFIG = "CONFIG_IMA=y\nCONFIG_IMA_APPRAISE=y\nCONFIG_IMA_APPRAISE_BOOTPARAM=y\n"
+
+
+def kernel_config(root: Path, text: str = LOG_OK_CONFIG, release: str = "6.1.0-50-amd64") -> None:
+    """ROOT/boot/config-RELEASE, as linux-image packages install it."""
+    (root / "boot").mkdir(parents=True, exist_ok=True)
+    (root / "boot" / f"config-{release}").write_text(text)
 
 
 @pytest.fixture
@@ -236,14 +244,17 @@ def test_policy_install_measure_then_log_with_grub_advice(root: Path, run: Calla
     assert run("policy", "install", "--stage", "measure", "--root", str(root))[1]["files"][0]["change"] == "unchanged"
     # log: keys for boot, then the advice says ima_appraise=log and grub is NOT edited without --edit-grub.
     assert run("keys", "install", "--root", str(root), str(TEST_CERT))[0] == 0
-    code, doc, _ = run("policy", "install", "--stage", "log", "--root", str(root))
+    kernel_config(root)
+    code, doc, _ = run("policy", "install", "--stage", "log", "--root", str(root), "--target-secure-boot", "off")
     assert code == 0
+    assert doc["next_boot_log_mode"] == "certain"
     assert doc["files"][0]["change"] == "updated"
     assert doc["boot_keys"] == [str(root / "etc/keys/ima" / TEST_KEY_FILE)]
     assert doc["cmdline"]["add"] == ["ima_appraise=log"]
     assert '    + GRUB_CMDLINE_LINUX="ima_appraise=log"' in doc["cmdline_text"]
     assert grub.read_text() == 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX=""\n'
-    code, doc, _ = run("policy", "install", "--stage", "log", "--root", str(root), "--edit-grub")
+    code, doc, _ = run("policy", "install", "--stage", "log", "--root", str(root), "--edit-grub",
+                       "--target-secure-boot", "off")  # fmt: skip
     assert code == 0
     assert grub.read_text() == 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX="ima_appraise=log"\n'
     assert doc["files"][1]["change"] == "updated"
@@ -294,11 +305,63 @@ def test_cert_alone_is_no_boot_key_enforce_is_refused(tmp_path: Path, run: Calla
                    f"install the key for boot with `imaguard keys install --root {root} CERT`; nothing was written\n")
     assert not (root / "etc").exists()
     # log denies nothing: it installs, warns, and the signed file counts as signed by a key not loaded.
-    code, doc, err = run("policy", "install", "--stage", "log", "--root", str(root), "--cert", str(TEST_CERT))
+    kernel_config(root)
+    code, doc, err = run("policy", "install", "--stage", "log", "--root", str(root), "--cert", str(TEST_CERT),
+                         "--target-secure-boot", "off")  # fmt: skip
     assert code == 0
     assert err.startswith(f"imaguard: warning [W-NO-BOOT-KEYS]: no certificate in {root}/etc/keys/ima: ")
     assert [w.split(":")[0] for w in doc["warnings"]] == ["W-NO-BOOT-KEYS"]
     assert [(u["path"], u["reason"]) for u in doc["gate"]["uncovered"]] == [(str(prog), "unknown-key")]
+
+
+def test_log_stage_is_judged_as_enforce_unless_the_next_boot_surely_logs(
+    tmp_path: Path, run: Callable[..., tuple[int, dict, str]]
+) -> None:
+    """The kernel ignores ima_appraise=log without CONFIG_IMA_APPRAISE_BOOTPARAM and under secure boot:
+    a "log" boot policy then enforces from early boot on. Unless that is ruled out, log is judged as
+    enforce: here an unsigned program in scope makes it refuse, and nothing is written."""
+    root = tmp_path / "r"
+    (root / "etc/initramfs-tools").mkdir(parents=True)
+    (root / "usr/bin").mkdir(parents=True)
+    prog = root / "usr/bin/prog"
+    prog.write_bytes(Path("/bin/true").read_bytes())
+    prog.chmod(0o755)
+    key = REPO / "tests/data/keys/ima-test-rsa2048.key"
+    assert run("keys", "install", "--root", str(root), str(TEST_CERT), "--sign-key", str(key))[0] == 0
+    no_config = f"no kernel config under {root}/boot tells whether ima_appraise=log will be honoured"
+    no_option = (f"ima_appraise=log on the command line, but CONFIG_IMA_APPRAISE_BOOTPARAM is not set "
+                 f"in {root}/boot/config-6.1.0-50-amd64: the kernel ignores it and enforces")
+    cases = [
+        ([], None, no_config),
+        (["--target-secure-boot", "off"], "CONFIG_IMA=y\n", no_option),
+        ([], LOG_OK_CONFIG, None),  # secure boot of another machine: unknown
+        (["--target-secure-boot", "on"], LOG_OK_CONFIG, None),
+    ]
+    for flags, config, why in cases:
+        if config is not None:
+            kernel_config(root, config)
+        code, doc, err = run("policy", "install", "--stage", "log", "--root", str(root), *flags)
+        assert (code, doc["error"]["reason"], doc["next_boot_log_mode"]) == (3, "gate-refused", "uncertain"), err
+        assert err.startswith("imaguard: warning [W-LOG-MAY-ENFORCE]: the next boot may enforce this log-stage policy (")
+        assert "imaguard: error: the gate refused (--stage log is judged as enforce: " in err
+        assert f"1 of 3 file(s) in scope would be denied: {prog} (no-signature)" in err  # the hook scripts are signed
+        if why is not None:
+            assert why in err
+        assert not (root / bootfiles.POLICY_PATH).exists()
+    assert "secure boot is on (--target-secure-boot on)" in err
+    # Ruled out: the log stage logs the gap and installs.
+    code, doc, err = run("policy", "install", "--stage", "log", "--root", str(root), "--target-secure-boot", "off")
+    assert (code, doc["next_boot_log_mode"]) == (0, "certain"), err
+    assert "W-LOG-MAY-ENFORCE" not in err
+    assert "imaguard: warning [W-LOG-GAPS]: 1 file(s) would fail appraisal" in err
+    assert bootfiles.stage_of_policy_file((root / bootfiles.POLICY_PATH).read_text()) == "log"
+
+
+def test_target_secure_boot_is_only_for_another_root() -> None:
+    from imaguard.cli.policy_apply import _next_boot_may_enforce  # noqa: PLC0415 - the one private helper tested
+
+    with pytest.raises(UsageError, match=r"^--target-secure-boot is for another --root: "):
+        _next_boot_may_enforce(Path("/"), "off")
 
 
 def test_keys_that_nothing_loads_at_boot_refuse_enforce(tmp_path: Path, run: Callable[..., tuple[int, dict, str]]) -> None:

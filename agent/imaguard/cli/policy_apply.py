@@ -16,7 +16,16 @@ from imaguard.errors import ExitCode, HostStateError, ImaguardError, PolicyGateE
 from imaguard.ima import bootfiles, coverage, keyring, probe, securityfs
 from imaguard.ima.doctor import diagnose
 from imaguard.ima.gate import Decision, GateResult, run_gate
-from imaguard.ima.hostfacts import IMA_KEYRING, AppraiseMode, cmdline_value, effective_appraise_mode, parse_cmdline
+from imaguard.ima.hostfacts import (
+    IMA_KEYRING,
+    AppraiseMode,
+    SecureBoot,
+    SecureBootState,
+    cmdline_value,
+    effective_appraise_mode,
+    parse_cmdline,
+    parse_kernel_config,
+)
 from imaguard.ima.policy import Policy, render, render_rule
 from imaguard.ima.rootfiles import Change, install_file, read_root_file, root_dir
 from imaguard.keys import Verifier, load_certificate
@@ -25,6 +34,7 @@ from imaguard.sign.parallel import default_jobs
 __all__ = [
     "IMA_DIR",
     "PRIME_PROGRAM",
+    "W_LOG_MAY_ENFORCE",
     "W_NO_BOOT_KEYS",
     "W_NO_BOOT_LOADING",
     "W_PACKAGE_CHANGES",
@@ -40,6 +50,7 @@ PRIME_PROGRAM = "/bin/true"
 W_UNSAFE_ENFORCE = "W-UNSAFE-ENFORCE"
 W_PACKAGE_CHANGES = "W-PACKAGE-CHANGES"
 W_NO_BOOT_KEYS = "W-NO-BOOT-KEYS"
+W_LOG_MAY_ENFORCE = "W-LOG-MAY-ENFORCE"
 W_NO_BOOT_LOADING = "W-NO-BOOT-LOADING"  # the id `keys install` warns with for the same gap
 # No package hook yet labels what dpkg writes: under enforce an install or upgrade is refused half-way
 # (a new .deb's preinst runs from /var/lib/dpkg/tmp.ci unlabelled) or leaves unlabelled programs and
@@ -113,6 +124,13 @@ dracut's integrity module, that `imaguard keys install` puts in place). log, or 
 After an enforce install, warning W-PACKAGE-CHANGES: while enforcing, packages must not be installed
 or upgraded (dpkg writes unlabelled files); go back to the log stage first.
 
+A log-stage policy logs only if the next boot honours ima_appraise=log: the kernel ignores it
+without CONFIG_IMA_APPRAISE_BOOTPARAM and under secure boot, and the "log" policy then enforces
+from early boot on. Unless that is ruled out -- every ROOT/boot/config-* has the option, and
+secure boot is off (read from this host's EFI variables for --root /; for another root only
+the operator can say so, with --target-secure-boot off) -- --stage log is judged as enforce
+(warning W-LOG-MAY-ENFORCE): keys loaded at boot and no gap, or it is refused.
+
 Kernel command line: install prints what the stage needs (log: ima_appraise=log; enforce: no
 ima_appraise=, or ima_appraise=enforce; measure: nothing) and what must go (ima_policy=
 appraise_tcb or secure_boot: built-in appraise rules that would apply before the policy is
@@ -148,6 +166,9 @@ def register_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
                    help=f"certificate to check signatures with, besides those in ROOT/{bootfiles.KEY_DIR}; "
                         "it does not count as loaded at boot")  # fmt: skip
     p.add_argument("--root", default="/", metavar="DIR", help="the root filesystem to install into (default: /)")
+    p.add_argument("--target-secure-boot", choices=("on", "off"), metavar="on|off",
+                   help="secure boot state of the machine that boots a --root other than / (this host's own is "
+                        "read from its EFI variables); unknown unless given")  # fmt: skip
     p.add_argument("--edit-grub", action="store_true",
                    help=f"apply the command line change to ROOT/{bootfiles.GRUB_DEFAULT}")
     p.add_argument("-j", "--jobs", type=int, default=default_jobs(), metavar="N", help="hashing processes")
@@ -207,15 +228,15 @@ def _gate_doc(result: GateResult | None) -> dict[str, object] | None:
                           for u in result.uncovered]}  # fmt: skip
 
 
-def _judge(args: argparse.Namespace, result: GateResult, doc: dict[str, object]) -> int | None:
+def _judge(args: argparse.Namespace, result: GateResult, doc: dict[str, object], held: str = "") -> int | None:
     """On gaps: for enforce refuse (exit 3, the document and one error line printed); warn for log
-    or with the unsafe flag. None: go on."""
+    or with the unsafe flag. None: go on. ``held``: why a log stage is judged as enforce."""
     if result.allowed:
         return None
     paths = tuple(u.path for u in result.uncovered)
     listing = "; ".join(f"{u.path} ({u.reason})" for u in result.uncovered[:20])
     more = f"; and {len(paths) - 20} more" if len(paths) > 20 else ""
-    if args.stage == "log":
+    if args.stage == "log" and not held:
         _warn("W-LOG-GAPS", f"{len(paths)} file(s) would fail appraisal; in the log stage they are logged, not "
               f"denied: {listing}{more}")  # fmt: skip
         return None
@@ -226,7 +247,8 @@ def _judge(args: argparse.Namespace, result: GateResult, doc: dict[str, object])
         return None
     named = ", ".join(f"{u.path} ({u.reason})" for u in result.uncovered[:3])
     named += f" and {len(paths) - 3} more" if len(paths) > 3 else ""
-    err = PolicyGateError(f"the gate refused: {len(paths)} of {result.in_scope} file(s) in scope would be denied: "
+    why = f" (--stage log is judged as enforce: {held})" if held else ""
+    err = PolicyGateError(f"the gate refused{why}: {len(paths)} of {result.in_scope} file(s) in scope would be denied: "
                           f"{named}; nothing was written (sign them, or see --unsafe-enforce-with-unsigned-files)",
                           unsigned=paths)  # fmt: skip
     return _fail(args, doc, err)
@@ -384,7 +406,9 @@ def _boot_key_loaders(root: Path) -> list[str]:
     return found
 
 
-def _check_boot_keys(args: argparse.Namespace, root: Path, ids: frozenset[bytes], doc: dict[str, object]) -> None:
+def _check_boot_keys(
+    args: argparse.Namespace, root: Path, ids: frozenset[bytes], doc: dict[str, object], held: str = ""
+) -> None:
     """Enforce refuses when the next boot loads no key (every appraised file would be denied: a host
     locked out until someone boots it otherwise); log, or enforce with the unsafe flag, warns."""
     key_dir = root / bootfiles.KEY_DIR
@@ -404,10 +428,41 @@ def _check_boot_keys(args: argparse.Namespace, root: Path, ids: frozenset[bytes]
                    f"{bootfiles.INITRAMFS_HOOK} and script nor {bootfiles.DRACUT_CONF} with dracut's integrity "
                    f"module), so every appraised file would be denied; install initramfs-tools or dracut in the "
                    f"root, rerun {install} and rebuild the initramfs")  # fmt: skip
-    if args.stage == "enforce" and not args.unsafe_enforce_with_unsigned_files:
-        raise PolicyGateError(f"{problem}; nothing was written", unsigned=())
+    if (args.stage == "enforce" or held) and not args.unsafe_enforce_with_unsigned_files:
+        why = f" (--stage log is judged as enforce: {held})" if held else ""
+        raise PolicyGateError(f"{problem}{why}; nothing was written", unsigned=())
     _warn(ident, problem)
     _add_warning(doc, f"{ident}: {problem}")
+
+
+def _next_boot_may_enforce(root: Path, target_secure_boot: str | None) -> str:
+    """Why the boot after a log-stage install might enforce instead of log ("" when it cannot).
+
+    The kernel ignores ima_appraise=log without CONFIG_IMA_APPRAISE_BOOTPARAM and under secure boot
+    (hostfacts.effective_appraise_mode): a log-stage boot policy would then deny every unsigned file
+    in scope from early boot on, a host that may not come up. Every kernel under ROOT/boot may be
+    the one booted; secure boot is the firmware's, known only for this host's own root.
+    """
+    if root.resolve() == Path("/"):
+        if target_secure_boot is not None:
+            raise UsageError("--target-secure-boot is for another --root: this host's secure boot state is read "
+                             "from its EFI variables")  # fmt: skip
+        secure_boot = probe.read_secure_boot(EFI_DIR)
+    elif target_secure_boot is None:
+        secure_boot = SecureBootState(SecureBoot.UNKNOWN, f"{root} is booted by another machine; say its state "
+                                      "with --target-secure-boot on|off")  # fmt: skip
+    else:
+        secure_boot = SecureBootState(SecureBoot(target_secure_boot), f"--target-secure-boot {target_secure_boot}")
+    configs = sorted((root / "boot").glob("config-*"))
+    if not configs:
+        return f"no kernel config under {root / 'boot'} tells whether ima_appraise=log will be honoured"
+    for path in configs:
+        text = read_root_file(root, str(path.relative_to(root)))
+        config = parse_kernel_config(text.decode("utf-8", "replace"), str(path)) if text is not None else None
+        mode, why = effective_appraise_mode(("ima_appraise=log",), config, secure_boot)
+        if mode is not AppraiseMode.LOG:
+            return why
+    return ""
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
@@ -416,12 +471,20 @@ def _cmd_install(args: argparse.Namespace) -> int:
     doc: dict[str, object] = {"command": "policy install", "policy": source, "stage": args.stage, "root": str(root),
                               "unsafe_enforce_with_unsigned_files": False}  # fmt: skip
     if policy.appraise_rules:
+        held = ""
+        if args.stage == "log":
+            held = _next_boot_may_enforce(root, args.target_secure_boot)
+            doc["next_boot_log_mode"] = "uncertain" if held else "certain"
+            if held:
+                _warn(W_LOG_MAY_ENFORCE, f"the next boot may enforce this log-stage policy ({held}): it is judged as "
+                      "enforce, so every file in scope must be signed with a key the boot loads")  # fmt: skip
+                _add_warning(doc, f"{W_LOG_MAY_ENFORCE}: {held}")
         ids, verifier, files = _boot_keys(root, args.cert)
         doc["boot_keys"] = files
-        _check_boot_keys(args, root, ids, doc)
+        _check_boot_keys(args, root, ids, doc, held)
         result = run_gate(policy, coverage.collect(policy, str(root), verifier, ids, Limits(), jobs=args.jobs), ids)
         doc["gate"] = _gate_doc(result)
-        refused = _judge(args, result, doc)
+        refused = _judge(args, result, doc, held)
         if refused is not None:
             return refused
     else:
