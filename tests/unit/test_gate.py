@@ -255,6 +255,16 @@ def test_parse_mountinfo() -> None:
         coverage.parse_mountinfo("garbage\n")
 
 
+def test_mount_of_takes_the_deepest_and_of_stacked_mounts_the_top_one() -> None:
+    mounts = coverage.parse_mountinfo(MOUNTINFO + "25 24 0:30 / /tmp\\040dir rw,relatime - ext4 /dev/vdb rw\n"
+                                      "26 22 0:31 / /mnt rw - fuse.sshfs host:/ rw\n")
+    assert coverage.mount_of("/tmp dir/x", mounts) == coverage.Mount("/tmp dir", "ext4", noexec=False)  # not the hidden tmpfs
+    assert coverage.mount_of("/usr/bin", mounts) == coverage.Mount("/", "ext4", noexec=False)
+    assert coverage.mount_of("/mnt/a", mounts) == coverage.Mount("/mnt", "fuse.sshfs", noexec=False)
+    # fsname= compares the superblock's type: FUSE mounts show as fuse.SUBTYPE in mountinfo.
+    assert [coverage.fs_type_name(t) for t in ("fuse.sshfs", "fuseblk", "ext4")] == ["fuse", "fuseblk", "ext4"]
+
+
 def test_key_id_from_description() -> None:
     # /proc/keys names an x509 key "CN: <SKID hex>"; IMA matches the SKID's last 4 bytes.
     assert coverage.key_id_from_description("imaguard lab: 5a1b9c2d7e3f40112233445566778899aabbccdd") == bytes.fromhex(

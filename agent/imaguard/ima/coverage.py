@@ -51,10 +51,12 @@ __all__ = [
     "KernelKeys",
     "Mount",
     "collect",
+    "fs_type_name",
     "ima_keyring_keys",
     "in_root_path",
     "kernel_key_ids",
     "key_id_from_description",
+    "mount_of",
     "parse_mountinfo",
 ]
 
@@ -189,11 +191,27 @@ def _is_automount(path: str, mounts: tuple[Mount, ...]) -> bool:
     return any(m.mountpoint == path and m.fstype == "autofs" for m in mounts)
 
 
+def mount_of(directory: str, mounts: tuple[Mount, ...]) -> Mount | None:
+    """The mount ``directory`` is on: the deepest mountpoint above it and, of mounts stacked on one
+    mountpoint, the last (mountinfo lists mounts in mount order: the last one hides the others)."""
+    best: tuple[int, int, Mount] | None = None
+    for n, m in enumerate(mounts):
+        if _under(directory, m.mountpoint) and (best is None or (len(m.mountpoint), n) > best[:2]):
+            best = (len(m.mountpoint), n, m)
+    return best[2] if best is not None else None
+
+
+def fs_type_name(mountinfo_type: str) -> str:
+    """The filesystem type as ``fsname=`` compares it (``sb->s_type->name``): mountinfo shows FUSE
+    mounts as ``fuse.SUBTYPE`` (``fuse.sshfs``), the kernel's rule matching sees ``fuse``."""
+    return mountinfo_type.partition(".")[0]
+
+
 def _fs_of(directory: str, st: os.stat_result, mounts: tuple[Mount, ...], uuids: dict[int, str]) -> FsFacts:
-    mount = max((m for m in mounts if _under(directory, m.mountpoint)), key=lambda m: len(m.mountpoint), default=None)
+    mount = mount_of(directory, mounts)
     return FsFacts(
         magic=_fs_magic(directory),
-        name=mount.fstype if mount is not None else "",
+        name=fs_type_name(mount.fstype) if mount is not None else "",
         uuid=uuids.get(st.st_dev),
         noexec=mount.noexec if mount is not None else False,
     )
