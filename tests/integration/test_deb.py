@@ -231,6 +231,22 @@ def test_inrelease_signed_by_an_untrusted_key(tmp_path, keys):
     assert all(f.digest_algo is HashAlgo.MD5 for f in files if f.digest)
 
 
+def test_detached_release_signature(tmp_path, keys):
+    """Release + Release.gpg (repositories without InRelease): verified the same way, and what is
+    parsed is the copy gpgv verified."""
+    world = make_world(tmp_path, keys, repo_debs=["igt-1.0"], installed=["igt-1.0"], cached=["igt-1.0"])
+    inrelease = world.lists("_InRelease")
+    release = inrelease.with_name(inrelease.name.replace("_InRelease", "_Release"))
+    release.write_bytes((world.repo / "dists/test/Release").read_bytes())
+    keys.gpg("--local-user", keys.trusted, "--detach-sign", "-o", release.with_name(release.name + ".gpg"), release)
+    inrelease.unlink()
+    assert evidence_of(world.files()) == {("repo-verified", "")}
+    # The Release text changed after signing: the signature no longer covers it.
+    release.write_bytes(release.read_bytes().replace(b"Suite: test", b"Suite: tesT"))
+    shutil.rmtree(world.state, ignore_errors=True)
+    assert evidence_of(world.files()) == {("local-db", "untrusted-release")}
+
+
 def test_packages_whose_hash_is_not_in_inrelease(tmp_path, keys):
     world = make_world(tmp_path, keys, repo_debs=["igt-1.0"], installed=["igt-1.0"], cached=["igt-1.0"])
     lst = world.lists("_Packages.lz4")

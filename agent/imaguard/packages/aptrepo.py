@@ -143,21 +143,34 @@ def _gpgv(keyring: bytes, signed: Path, detached: Path | None, allowed: frozense
     exe = shutil.which("gpgv")
     if exe is None:
         raise ChainError(ChainReason.UNTRUSTED_RELEASE, f"{signed}: gpgv is not installed (Debian package gpgv)")
-    with tempfile.TemporaryDirectory(prefix="imaguard-gpgv-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="imaguard-gpgv-") as tmp, tempfile.TemporaryFile() as status:
         ring = Path(tmp) / "keyring.gpg"
         ring.write_bytes(keyring)
-        files = [str(detached), str(signed)] if detached is not None else [str(signed)]
-        out = [] if detached is not None else ["--output", "-"]
+        if detached is not None:
+            # Verify a private copy and return exactly its bytes: reading the path again after gpgv
+            # would trust whatever is there by then.
+            payload = _read(signed)
+            copy = Path(tmp) / "Release"
+            copy.write_bytes(payload)
+            files, out = [str(detached), str(copy)], []
+        else:
+            files, out = [str(signed)], ["--output", "-"]
+        # Status lines on a file of their own: on stderr they would share the stream with gpgv's log,
+        # which echoes text from the signed data (the pattern behind CVE-2018-12020).
+        fd = status.fileno()
         proc = subprocess.run(
-            [exe, "--status-fd", "2", "--weak-digest", "sha1", "--keyring", str(ring), *out, *files],
+            [exe, "--status-fd", str(fd), "--weak-digest", "sha1", "--keyring", str(ring), *out, *files],
             capture_output=True,
             env={"GNUPGHOME": tmp, "PATH": os.defpath, "LC_ALL": "C"},
+            pass_fds=(fd,),
             check=False,
         )
-    debchain.trusted_signers(proc.stderr, allowed, name=str(signed))
+        status.seek(0)
+        status_lines = status.read(1 << 20)
+    debchain.trusted_signers(status_lines, allowed, name=str(signed))
     if proc.returncode not in (0, 2):  # 2: some other signature had no public key, which is fine
         raise ChainError(ChainReason.UNTRUSTED_RELEASE, f"{signed}: gpgv failed with status {proc.returncode}")
-    return _read(signed) if detached is not None else proc.stdout
+    return payload if detached is not None else proc.stdout
 
 
 def _verified_release(layout: AptLayout, repo: Repository, prefix: str) -> debchain.Release:
