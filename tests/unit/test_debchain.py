@@ -142,6 +142,17 @@ def test_real_gpgv_status_gives_the_signing_keys():
     assert err.value.reason == "untrusted-release"
 
 
+def test_signed_by_fingerprint_with_bang_means_that_key_not_its_primary():
+    """apt: ``Signed-By: FPR`` accepts that key or any of its subkeys, ``FPR!`` only that key itself."""
+    primary, sub = "A" * 40, "B" * 40
+    status = ("[GNUPG:] NEWSIG\n[GNUPG:] GOODSIG BBBBBBBBBBBBBBBB Test <t@example>\n"
+              f"[GNUPG:] VALIDSIG {sub} 2026-01-01 1767225600 0 4 0 1 10 01 {primary}\n").encode()
+    assert debchain.trusted_signers(status, frozenset({primary}), name="x") == (sub,)
+    assert debchain.trusted_signers(status, frozenset({f"{sub}!"}), name="x") == (sub,)
+    with pytest.raises(ChainError, match="not a Signed-By key"):
+        debchain.trusted_signers(status, frozenset({f"{primary}!"}), name="x")
+
+
 def test_no_public_key_is_untrusted():
     status = (DATA / "gpgv-status-no-pubkey.txt").read_bytes()
     with pytest.raises(ChainError, match="InRelease: no signature by a trusted key"):
@@ -502,6 +513,8 @@ def test_inline_key_and_one_line_options():
     line = b"deb [arch=amd64 signed-by=4D64FEC119C2029067D6E791F8D2585B8783D481] http://x/debian bookworm main\n"
     (one,) = aptsources.parse_one_line_sources(line + b"deb-src http://x/debian bookworm main\n", name="l")
     assert one.signed_by.fingerprints == frozenset({RELEASE_KEY})
+    (bang,) = aptsources.parse_one_line_sources(line.replace(b"D481]", b"d481!]"), name="l")
+    assert bang.signed_by.fingerprints == frozenset({f"{RELEASE_KEY}!"})  # "!" kept: exactly that key
     with pytest.raises(FormatError, match="neither an absolute path nor a fingerprint"):
         aptsources.parse_one_line_sources(b"deb [signed-by=relative.gpg] http://x y\n", name="l")
 

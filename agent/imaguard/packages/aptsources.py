@@ -65,7 +65,7 @@ def _signed_by(value: str, where: str) -> SignedBy:
         if item.startswith("/"):
             paths.append(item)
         elif _FPR.match(item):
-            fprs.add(item.rstrip("!").upper())
+            fprs.add(item.upper())  # a trailing "!" stays: that key itself, not any subkey of it
         else:
             raise FormatError(f"{where}: Signed-By {item!r} is neither an absolute path nor a fingerprint")
     return SignedBy(tuple(paths), frozenset(fprs))

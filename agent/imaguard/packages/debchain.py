@@ -140,7 +140,8 @@ def trusted_signers(status: bytes, allowed: frozenset[str] | None, *, name: str)
     """Fingerprints of good signatures in gpgv ``--status-fd`` output; ChainError when there is none.
 
     A signature counts only with GOODSIG and VALIDSIG, a strong digest, no expiry or revocation,
-    and (when ``Signed-By`` names fingerprints) a fingerprint in ``allowed``. Any BADSIG fails the
+    and (when ``Signed-By`` names fingerprints) a fingerprint in ``allowed``: the signing key's or its
+    primary key's, or, written ``FPR!`` as apt does, exactly the signing key's. Any BADSIG fails the
     whole file: a tampered signature is never outvoted by another one.
     """
     good: list[str] = []
@@ -164,7 +165,7 @@ def trusted_signers(status: bytes, allowed: frozenset[str] | None, *, name: str)
             return
         if algo not in _STRONG_DIGESTS:
             seen.append(f"{fpr} (weak digest algorithm {algo})")
-        elif allowed is not None and fpr not in allowed and primary not in allowed:
+        elif allowed is not None and fpr not in allowed and f"{fpr}!" not in allowed and primary not in allowed:
             seen.append(f"{fpr} (not a Signed-By key)")
         else:
             good.append(fpr)
