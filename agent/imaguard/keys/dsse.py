@@ -48,7 +48,7 @@ class Envelope:
             doc = json.loads(data)
             sigs = tuple((str(s["keyid"]), base64.b64decode(s["sig"], validate=True)) for s in doc["signatures"])
             env = cls(str(doc["payloadType"]), base64.b64decode(doc["payload"], validate=True), sigs)
-        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        except (ValueError, KeyError, TypeError, binascii.Error, RecursionError) as exc:
             raise FormatError(f"{source}: not a DSSE envelope ({exc})") from exc
         if not env.signatures:
             raise FormatError(f"{source}: DSSE envelope without signatures")

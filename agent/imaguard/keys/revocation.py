@@ -211,7 +211,7 @@ class RevocationList:
                               reason="too-large")
         try:
             doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise FormatError(f"{source}: revocation list is not JSON ({exc})") from exc
         if not isinstance(doc, dict) or set(doc) != _TOP_KEYS:
             raise FormatError(f"{source}: revocation list must have exactly the fields {sorted(_TOP_KEYS)}")

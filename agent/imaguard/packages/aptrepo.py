@@ -263,7 +263,7 @@ def _read_cache(path: Path, wanted: frozenset[str]) -> list[tuple[int, int]] | N
         if doc["format"] != _INDEX_CACHE_FORMAT or not wanted <= set(doc["wanted"]):
             return None
         return [(int(start), int(length)) for start, length in doc["spans"]]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
 

@@ -95,7 +95,7 @@ def decode_members(data: bytes) -> VerifiedDeb:
         return VerifiedDeb(_members(doc["members"]), scripts)
     except FormatError:
         raise
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise FormatError(f"chain cache: {exc}") from exc
 
 

@@ -98,7 +98,7 @@ class Bundle:
             return cls(str(pkg["name"]), str(pkg["version"]), str(pkg["architecture"]), entries)
         except FormatError:
             raise
-        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        except (ValueError, KeyError, TypeError, binascii.Error, RecursionError) as exc:
             raise FormatError(f"{source}: malformed bundle payload ({exc!r})") from exc
 
 

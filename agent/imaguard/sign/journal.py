@@ -59,7 +59,7 @@ class Journal:
                                  errno=exc.errno, path=str(path)) from exc
         try:
             doc = json.loads(raw)
-        except ValueError as exc:  # UnicodeDecodeError too
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError too; nesting past the recursion limit
             return cls._discard(path, config, f"not JSON: {exc}")
         if not isinstance(doc, dict):
             return cls._discard(path, config, f"a JSON {type(doc).__name__}, not an object")
