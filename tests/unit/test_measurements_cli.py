@@ -57,9 +57,24 @@ def test_a_truncated_list_is_reported_not_refused(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out == [
         f"{cut}: 5 entries (ima-buf 1, ima-sig 4), 0 violations, 1704 bytes checked",
-        "the list ends inside a record at byte 1704 (196 bytes of it present): the list grew while it was read; "
-        "entries up to there were checked",
+        "the file ends inside a record at byte 1704 (196 bytes of it present): a copy taken while the list grew, "
+        "or bytes that are not a record; only the 5 entries before it were checked",
     ]
+
+
+def test_junk_after_a_whole_list_is_not_vouched_for(tmp_path, capsys):
+    """A saved copy with bytes after its last record: the TPM vouches for the records, and the
+    output says that the rest was neither checked nor covered."""
+    junk = tmp_path / "junk"
+    junk.write_bytes(BINARY.read_bytes() + b"\x0a\x00\x00\x00" + b"J" * 16)  # PCR 10, then part of a digest
+    code = main(["log", "--file", str(junk), "--summary", "--pcr", f"sha1:{PCR['sha1']}", "--pcr",
+                 f"sha256:{PCR['sha256']}"])  # fmt: skip
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[1] == ("the file ends inside a record at byte 2092 (20 bytes of it present): a copy taken while the "
+                      "list grew, or bytes that are not a record; only the 6 entries before it were checked")
+    assert out[-1] == ("the TPM vouches for the 6 whole entries of this list (not the bytes after them): every "
+                       "compared PCR equals the replay")
 
 
 def test_a_corrupt_list_is_an_error_naming_the_offset(tmp_path, capsys):

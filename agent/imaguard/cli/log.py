@@ -217,7 +217,8 @@ def _cmd_log(args: argparse.Namespace) -> int:
     if args.json:
         _finish_json(out, replayed, want_replay, tpm, mismatches, grown=grown)
     else:
-        _finish_text(out, source, replayed, want_replay=want_replay, tpm=tpm, mismatches=mismatches, grown=grown)
+        _finish_text(out, source, replayed, want_replay=want_replay, tpm=tpm, mismatches=mismatches, grown=grown,
+                     saved=args.file is not None)
     return ExitCode.VERIFICATION_FAILED if mismatches and not grown else ExitCode.OK
 
 
@@ -251,12 +252,18 @@ def _finish_json(
 
 def _finish_text(
     out: IO[str], source: str, r: ReplayedLog, *, want_replay: bool, tpm: dict[str, dict[int, bytes]],
-    mismatches: list[Any], grown: bool,
+    mismatches: list[Any], grown: bool, saved: bool = False,
 ) -> None:
     kinds = ", ".join(f"{name} {n}" for name, n in sorted(r.templates.items()))
     out.write(f"{source}: {r.count} entries ({kinds or 'none'}), {r.violations} violations, "
               f"{r.end} bytes checked\n")
-    if r.truncated:
+    if r.truncated and saved:
+        # A saved copy does not grow: either it was copied while the list grew, or the bytes after
+        # the last whole record are not one. Say both; nothing after that point was checked.
+        out.write(f"the file ends inside a record at byte {r.truncated.offset} ({r.truncated.have} bytes of it "
+                  f"present): a copy taken while the list grew, or bytes that are not a record; only the "
+                  f"{r.count} entries before it were checked\n")
+    elif r.truncated:
         out.write(f"the list ends inside a record at byte {r.truncated.offset} ({r.truncated.have} bytes of it "
                   "present): the list grew while it was read; entries up to there were checked\n")
     if r.boot_aggregate is None:
@@ -275,6 +282,7 @@ def _finish_text(
     for m in mismatches:
         print(f"imaguard: {m}", file=sys.stderr)
     if tpm and not mismatches:
-        out.write("the TPM vouches for this list: every compared PCR equals the replay\n")
+        what = f"the {r.count} whole entries of this list (not the bytes after them)" if r.truncated else "this list"
+        out.write(f"the TPM vouches for {what}: every compared PCR equals the replay\n")
     elif mismatches:
         out.write("the list does NOT match the TPM\n")
