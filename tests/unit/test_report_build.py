@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, utils
 
 from imaguard.digests import HashAlgo
 from imaguard.errors import FormatError, TrustError, UsageError
-from imaguard.host.processes import parse_maps
+from imaguard.host.processes import MAPS_LINE_LIMIT, parse_maps
 from imaguard.ima.measurements import iter_binary
 from imaguard.ima.replay import replay
 from imaguard.keys.material import load_certificate, load_private_key
@@ -168,8 +169,23 @@ def test_maps_keep_executable_file_mappings_once():
             b"7f01-7f02 r-xp 00000000 fe:01 98 /tmp/a b (deleted)\n"
             b"7f02-7f03 r-xp 00000000 00:00 0 \n"
             b"7ffd-7ffe r-xp 00000000 00:00 0 [vdso]\n")  # fmt: skip
-    assert parse_maps(maps) == (Mapping(b"/usr/bin/cat"), Mapping(b"/usr/lib/x86_64-linux-gnu/libc.so.6"),
-                                Mapping(b"/tmp/a b", deleted=True))  # fmt: skip
+    assert parse_maps(maps.splitlines(keepends=True)) == (
+        (Mapping(b"/usr/bin/cat"), Mapping(b"/usr/lib/x86_64-linux-gnu/libc.so.6"), Mapping(b"/tmp/a b", deleted=True)),
+        False)  # fmt: skip
+
+
+def test_maps_past_a_huge_prefix_are_still_found_and_a_bound_is_reported():
+    """Regression: maps was read up to 16 MiB and silently cut, so 6000 long non-executable
+    mappings hid an executable one after them. Lines are streamed now; only a bound says truncated."""
+    long = b"/tmp/" + b"d" * 3800
+    filler = (b"7f%010x-7f%010x r--p 00000000 fe:01 5 %s\n" % (n, n + 1, long) for n in range(6000))
+    evil = [b"7fff0000-7fff1000 r-xp 00000000 fe:01 7 /tmp/evil.so\n"]
+    assert parse_maps(itertools.chain(filler, evil)) == ((Mapping(b"/tmp/evil.so"),), False)
+    three = [b"1-2 r-xp 0 fe:01 %d /lib/l%d.so\n" % (n, n) for n in range(3)]
+    assert parse_maps(three, limit=2) == ((Mapping(b"/lib/l0.so"), Mapping(b"/lib/l1.so")), True)
+    assert parse_maps(three[:2], limit=2) == ((Mapping(b"/lib/l0.so"), Mapping(b"/lib/l1.so")), False)
+    # A line cut by the line bound (readline's limit, no newline) ends the scan, reported.
+    assert parse_maps([three[0], b"1-2 r-xp 0 fe:01 9 /" + b"x" * MAPS_LINE_LIMIT]) == ((Mapping(b"/lib/l0.so"),), True)
 
 
 def test_build_refuses_a_log_that_was_not_replayed(index):

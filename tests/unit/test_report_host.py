@@ -37,3 +37,36 @@ def test_identity_names_this_boot():
     assert ident.kernel_release == os.uname().release
     if Path("/etc/machine-id").exists():
         assert ident.machine_id == Path("/etc/machine-id").read_text().strip()
+
+
+# The child maps one file executable, then thousands of long-path read-only mappings after it
+# (mmap places them lower, so maps lists the executable one last): about 23 MiB of maps text.
+_FILLER = """
+import mmap, os, sys, time
+base = sys.argv[1]
+with open(base + "/code.bin", "wb") as f:
+    f.write(b"\\0" * 4096)
+code = open(base + "/code.bin", "rb")
+exe_map = mmap.mmap(code.fileno(), 4096, prot=mmap.PROT_READ | mmap.PROT_EXEC, flags=mmap.MAP_PRIVATE)
+deep = base + "/" + "/".join(["d" * 250] * 15)
+os.makedirs(deep)
+fd = os.open(deep + "/f", os.O_RDWR | os.O_CREAT)
+os.write(fd, b"\\0" * 4096)
+keep = [mmap.mmap(fd, 4096, prot=mmap.PROT_READ, flags=mmap.MAP_PRIVATE) for _ in range(6000)]
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_an_executable_mapping_after_a_huge_maps_prefix_is_found(tmp_path):
+    """Regression: /proc/PID/maps was read up to 16 MiB and silently cut."""
+    child = subprocess.Popen([sys.executable, "-c", _FILLER, str(tmp_path)], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"ready\n"
+        me = next(p for p in list_processes() if p.pid == child.pid)
+        assert me.error == ""
+        assert os.fsencode(tmp_path / "code.bin") in [m.path for m in me.mappings]
+    finally:
+        child.kill()
+        child.wait()

@@ -5,30 +5,46 @@ Processes are enumerated with psutil (pid, name, start time, executable). The ma
 walk every page table to count RSS, ten times slower for a line we do not need. Only mappings
 with the ``x`` permission and a path are kept (``fs/proc/task_mmu.c`` ``show_map_vma``, 6.1):
 those are what ``MMAP_CHECK`` measures and what ran as code. Paths are bytes, as the kernel wrote
-them; a mapping of a file deleted or replaced since shows `` (deleted)`` and is marked so.
+them; a mapping of a file deleted or replaced since shows `` (deleted)`` and is marked so. maps is
+streamed line by line and only the executable file mappings are kept; a process past a bound
+(line length, distinct files) gets the error ``maps-truncated`` instead of silently losing the
+mappings after it (a library injected late in a huge maps file).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from imaguard.report.facts import Mapping, ProcessInfo
 
-__all__ = ["Mapping", "ProcessInfo", "list_processes", "parse_maps"]
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+__all__ = ["MAPS_DISTINCT_LIMIT", "MAPS_LINE_LIMIT", "Mapping", "ProcessInfo", "list_processes", "parse_maps"]
 
 _DELETED = b" (deleted)"
-# A maps file of a huge process is a few hundred KiB; more than this is not a process we can trace.
-_MAPS_LIMIT = 16 << 20
+# A process maps ld.so and a few hundred libraries executable; more distinct files than this is not
+# a process we can trace. Only these are kept, so memory is bounded whatever the size of maps.
+MAPS_DISTINCT_LIMIT = 4096
+# One maps line: addresses, perms, offset, dev, inode, then a path of at most PATH_MAX bytes whose
+# newlines the kernel escapes as \012 (seq_file_path): 4 x 4096 plus the fields fits.
+MAPS_LINE_LIMIT = 1 << 16
 
 
-def parse_maps(data: bytes) -> tuple[Mapping, ...]:
-    """The distinct file-backed executable mappings of one ``/proc/<pid>/maps`` text, in order."""
+def parse_maps(lines: Iterable[bytes], limit: int = MAPS_DISTINCT_LIMIT) -> tuple[tuple[Mapping, ...], bool]:
+    """The distinct file-backed executable mappings of ``/proc/<pid>/maps`` lines, in order, and
+    whether the scan stopped early (a line longer than :data:`MAPS_LINE_LIMIT`, or more than
+    ``limit`` distinct files): then later mappings are missing, which the caller must report."""
     seen: dict[bytes, Mapping] = {}
-    for line in data.split(b"\n"):
+    for line in lines:
+        if len(line) >= MAPS_LINE_LIMIT and not line.endswith(b"\n"):
+            return tuple(seen.values()), True
         # address perms offset dev inode pathname: the path starts after five fields and spaces.
-        parts = line.split(None, 5)
+        parts = line.rstrip(b"\n").split(None, 5)
         if len(parts) < 6 or b"x" not in parts[1] or not parts[5].startswith(b"/"):
             continue
         path = parts[5]
@@ -36,23 +52,17 @@ def parse_maps(data: bytes) -> tuple[Mapping, ...]:
         if deleted:
             path = path[: -len(_DELETED)]
         if path not in seen:
+            if len(seen) >= limit:
+                return tuple(seen.values()), True
             seen[path] = Mapping(path, deleted)
-    return tuple(seen.values())
+    return tuple(seen.values()), False
 
 
-def _read_maps(pid: int) -> bytes:
-    fd = os.open(f"/proc/{pid}/maps", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks: list[bytes] = []
-        total = 0
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > _MAPS_LIMIT:
-                break
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+def _maps_lines(pid: int) -> Iterator[bytes]:
+    """The lines of ``/proc/<pid>/maps``, streamed (a process may have 65530 mappings of long paths)."""
+    with Path(f"/proc/{pid}/maps").open("rb") as f:
+        while line := f.readline(MAPS_LINE_LIMIT):
+            yield line
 
 
 def _info(proc: psutil.Process) -> ProcessInfo | None:
@@ -84,7 +94,9 @@ def _info(proc: psutil.Process) -> ProcessInfo | None:
     mappings: tuple[Mapping, ...] = ()
     if exe is not None:
         try:
-            mappings = parse_maps(_read_maps(pid))
+            mappings, truncated = parse_maps(_maps_lines(pid))
+            if truncated:
+                error = "maps-truncated"
         except FileNotFoundError:
             error = "gone"
         except PermissionError:
