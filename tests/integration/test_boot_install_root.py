@@ -44,6 +44,17 @@ def kernel_config(root: Path, text: str = LOG_OK_CONFIG, release: str = "6.1.0-5
     (root / "boot" / f"config-{release}").write_text(text)
 
 
+def initramfs(root: Path, name: str = "initrd.img-6.1.0-50-amd64", age: int = 0) -> Path:
+    """ROOT/boot/NAME, as update-initramfs leaves it: written after the keys (or ``age`` seconds before now)."""
+    (root / "boot").mkdir(parents=True, exist_ok=True)
+    image = root / "boot" / name
+    image.write_bytes(b"initramfs")
+    if age:
+        when = image.stat().st_mtime - age
+        os.utime(image, (when, when))
+    return image
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """A root with initramfs-tools, dracut's integrity module (with its key loader) and evmctl."""
@@ -268,6 +279,7 @@ def test_policy_install_enforce_warns_that_package_changes_must_wait(
     (root / "etc/initramfs-tools").mkdir(parents=True)
     key = REPO / "tests/data/keys/ima-test-rsa2048.key"
     assert run("keys", "install", "--root", str(root), str(TEST_CERT), "--sign-key", str(key))[0] == 0
+    initramfs(root)
     code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
     assert code == 0, err
     assert doc["boot_key_loading"] == ["initramfs-tools"]
@@ -328,6 +340,7 @@ def test_log_stage_is_judged_as_enforce_unless_the_next_boot_surely_logs(
     prog.chmod(0o755)
     key = REPO / "tests/data/keys/ima-test-rsa2048.key"
     assert run("keys", "install", "--root", str(root), str(TEST_CERT), "--sign-key", str(key))[0] == 0
+    initramfs(root)
     no_config = f"no kernel config under {root}/boot tells whether ima_appraise=log will be honoured"
     no_option = (f"ima_appraise=log on the command line, but CONFIG_IMA_APPRAISE_BOOTPARAM is not set "
                  f"in {root}/boot/config-6.1.0-50-amd64: the kernel ignores it and enforces")
@@ -385,6 +398,7 @@ def test_keys_that_nothing_loads_at_boot_refuse_enforce(tmp_path: Path, run: Cal
     (root / bootfiles.DRACUT_MODULE_DIR).mkdir(parents=True)
     (root / bootfiles.DRACUT_MODULE_DIR / "ima-keys-load.sh").write_text("#!/bin/sh\n")
     assert run("keys", "install", "--root", str(root), str(TEST_CERT))[0] == 0
+    initramfs(root, "initramfs-6.1.0-50.img")  # dracut's name outside Debian
     code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
     assert (code, doc["boot_key_loading"]) == (0, ["dracut"]), err
 
@@ -406,3 +420,93 @@ def test_policy_file_name_is_escaped_in_the_header(
     lines = (root / bootfiles.POLICY_PATH).read_text(encoding="ascii").splitlines()
     assert lines[2] == f"# source: {shown}"
     assert [line for line in lines if not line.startswith("#")] == ["measure func=BPRM_CHECK"]
+
+
+def test_rotation_without_a_rebuilt_initramfs_refuses_enforce(
+    tmp_path: Path, run: Callable[..., tuple[int, dict, str]]
+) -> None:
+    """Regression: enforce counted ROOT/etc/keys/ima as what the next boot loads whenever the hook existed.
+    After `keys install` of a new key, re-signing and removing the old certificate, the initramfs (never
+    rebuilt) still held only the old key: every re-signed file would have been denied at boot."""
+    root = tmp_path / "r"
+    (root / "etc/initramfs-tools").mkdir(parents=True)
+    old_key = REPO / "tests/data/keys/ima-test-rsa2048.key"
+    assert run("keys", "install", "--root", str(root), str(TEST_CERT), "--sign-key", str(old_key))[0] == 0
+    image = initramfs(root, age=3600)  # built before the keys were installed
+    key_dir = root / bootfiles.KEY_DIR
+    code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
+    assert (code, doc["error"]["reason"]) == (3, "gate-refused")
+    newest = err.removeprefix(f"imaguard: error: {image} is older than ").partition(":")[0]
+    assert newest in {str(key_dir), str(key_dir / TEST_KEY_FILE), str(root / bootfiles.INITRAMFS_HOOK),
+                      str(root / bootfiles.INITRAMFS_SCRIPT)}, err  # written within the same clock tick
+    assert err == (f"imaguard: error: {image} is older than {newest}: an initramfs loads the IMA keys (or key "
+                   f"loader) of when it was built, so the next boot would not load those in {key_dir} and would "
+                   f"deny every file signed with a key the image lacks; rebuild: chroot {root} update-initramfs -u "
+                   "-k all; nothing was written\n")  # fmt: skip
+    assert not (root / bootfiles.POLICY_PATH).exists()
+    image = initramfs(root)  # rebuilt
+    assert run("policy", "install", "--stage", "enforce", "--root", str(root))[0] == 0
+    # rotation: the new key installed, the old one retired, and no rebuild
+    assert run("keys", "install", "--root", str(root), str(pki().write(tmp_path, "rsa_cert")))[0] == 0
+    (key_dir / TEST_KEY_FILE).unlink()
+    when = image.stat().st_mtime - 60
+    os.utime(image, (when, when))
+    code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
+    assert (code, doc["error"]["reason"]) == (3, "gate-refused"), err
+    assert f"imaguard: error: {image} is older than {key_dir}" in err
+    # the log stage (surely logging) and the unsafe flag warn instead
+    kernel_config(root)
+    code, doc, err = run("policy", "install", "--stage", "log", "--root", str(root), "--target-secure-boot", "off")
+    assert code == 0, err
+    assert err.startswith(f"imaguard: warning [W-INITRAMFS-STALE]: {image} is older than {key_dir}")
+    assert [w.split(":")[0] for w in doc["warnings"]] == ["W-INITRAMFS-STALE"]
+    code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root),
+                         "--unsafe-enforce-with-unsigned-files")  # fmt: skip
+    assert code == 0, err
+    assert [w.split(":")[0] for w in doc["warnings"]] == ["W-INITRAMFS-STALE", "W-PACKAGE-CHANGES"]
+    # every image the boot loader may start must be fresh; DKMS's backups are never booted
+    initramfs(root)
+    initramfs(root, "initrd.img-6.1.0-50-amd64.old-dkms", age=3600)
+    code, doc, err = run("policy", "install", "--stage", "log", "--root", str(root), "--target-secure-boot", "off")
+    assert (code, "warnings" in doc, "W-INITRAMFS-STALE" in err) == (0, False, False), err
+    other = initramfs(root, "initrd.img-6.1.0-40-amd64", age=3600)
+    code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
+    assert code == 3
+    assert err.startswith(f"imaguard: error: {other} is older than {key_dir}"), err
+
+
+def test_no_initramfs_image_refuses_enforce(tmp_path: Path, run: Callable[..., tuple[int, dict, str]]) -> None:
+    root = tmp_path / "r"
+    (root / "etc/initramfs-tools").mkdir(parents=True)
+    key = REPO / "tests/data/keys/ima-test-rsa2048.key"
+    assert run("keys", "install", "--root", str(root), str(TEST_CERT), "--sign-key", str(key))[0] == 0
+    code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
+    assert (code, doc["error"]["reason"]) == (3, "gate-refused")
+    assert err == (f"imaguard: error: no initramfs image under {root}/boot (initrd.img-*): nothing would load "
+                   f"{root}/etc/keys/ima at the next boot, so every appraised file would be denied; rebuild: "
+                   f"chroot {root} update-initramfs -u -k all; nothing was written\n")  # fmt: skip
+
+
+def test_dracut_reads_keys_from_the_root_so_only_its_drop_in_must_predate_the_image(
+    tmp_path: Path, run: Callable[..., tuple[int, dict, str]]
+) -> None:
+    # dracut's ima-keys-load.sh loads $NEWROOT/etc/keys/ima at pre-pivot: a key installed after the
+    # image is loaded; the drop-in that includes the module, though, takes a rebuild.
+    root = tmp_path / "r"
+    (root / bootfiles.DRACUT_MODULE_DIR).mkdir(parents=True)
+    (root / bootfiles.DRACUT_MODULE_DIR / "ima-keys-load.sh").write_text("#!/bin/sh\n")
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/evmctl").write_text("")
+    assert run("keys", "install", "--root", str(root), str(TEST_CERT))[0] == 0
+    image = initramfs(root, age=3600)
+    code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
+    assert (code, doc["error"]["reason"]) == (3, "gate-refused")
+    assert err.startswith(f"imaguard: error: {image} is older than {root / bootfiles.DRACUT_CONF}: ")
+    assert err.endswith(f"rebuild: chroot {root} dracut -f --regenerate-all; nothing was written\n")
+    initramfs(root)
+    conf = root / bootfiles.DRACUT_CONF
+    when = image.stat().st_mtime - 60
+    os.utime(conf, (when, when))
+    os.utime(root / bootfiles.KEY_DIR / TEST_KEY_FILE, (when + 120, when + 120))  # a key newer than the image
+    code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
+    assert (code, doc["boot_key_loading"]) == (0, ["dracut"]), err

@@ -34,6 +34,7 @@ from imaguard.sign.parallel import default_jobs
 __all__ = [
     "IMA_DIR",
     "PRIME_PROGRAM",
+    "W_INITRAMFS_STALE",
     "W_LOG_MAY_ENFORCE",
     "W_NO_BOOT_KEYS",
     "W_NO_BOOT_LOADING",
@@ -52,6 +53,7 @@ W_PACKAGE_CHANGES = "W-PACKAGE-CHANGES"
 W_NO_BOOT_KEYS = "W-NO-BOOT-KEYS"
 W_LOG_MAY_ENFORCE = "W-LOG-MAY-ENFORCE"
 W_NO_BOOT_LOADING = "W-NO-BOOT-LOADING"  # the id `keys install` warns with for the same gap
+W_INITRAMFS_STALE = "W-INITRAMFS-STALE"
 # No package hook yet labels what dpkg writes: under enforce an install or upgrade is refused half-way
 # (a new .deb's preinst runs from /var/lib/dpkg/tmp.ci unlabelled) or leaves unlabelled programs and
 # libraries the kernel denies. The way through today is the log stage (docs/adr/0003).
@@ -119,8 +121,13 @@ refuses on a gap (exit 3) unless --unsafe-enforce-with-unsigned-files (warning W
 log warns. enforce is also refused (exit 3) when the next boot would load no key, since every
 appraised file would then be denied: no certificate in ROOT/{bootfiles.KEY_DIR}, or nothing in
 ROOT that loads it at boot (the initramfs-tools hook and script, or the dracut drop-in with
-dracut's integrity module, that `imaguard keys install` puts in place). log, or enforce with
---unsafe-enforce-with-unsigned-files, warns instead (W-NO-BOOT-KEYS, W-NO-BOOT-LOADING).
+dracut's integrity module, that `imaguard keys install` puts in place), or an initramfs image
+older than what it must contain (ROOT/boot/initrd.img-*, or for dracut also initramfs-*.img: each
+must be newer than the certificates, their directory and the hook and script for initramfs-tools,
+than the drop-in for dracut, whose module reads the keys from the real root; none at all counts as
+stale): the next boot would load the keys of the old image. log, or enforce with
+--unsafe-enforce-with-unsigned-files, warns instead (W-NO-BOOT-KEYS, W-NO-BOOT-LOADING,
+W-INITRAMFS-STALE).
 After an enforce install, warning W-PACKAGE-CHANGES: while enforcing, packages must not be installed
 or upgraded (dpkg writes unlabelled files); go back to the log stage first.
 
@@ -406,11 +413,69 @@ def _boot_key_loaders(root: Path) -> list[str]:
     return found
 
 
+# Images the boot loader may start. Not: DKMS's backups (*.old-dkms) and kdump's image, which no
+# normal boot uses.
+_IMAGE_GLOBS = {"initramfs-tools": ("initrd.img-*",), "dracut": ("initrd.img-*", "initramfs-*.img")}
+_NOT_BOOTED = (".old-dkms", "kdump.img")
+_REBUILD = {"initramfs-tools": "update-initramfs -u -k all", "dracut": "dracut -f --regenerate-all"}
+
+
+def _mtime_ns(root: Path, path: Path) -> int | None:
+    """mtime of ``path``, following symlinks inside ROOT (an absolute link target is under ROOT)."""
+    for _ in range(16):
+        if not path.is_symlink():
+            break
+        target = path.readlink()
+        path = root / str(target).lstrip("/") if target.is_absolute() else path.parent / target
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _stale_initramfs(root: Path, loaders: list[str]) -> str:
+    """Why the initramfs images under ROOT/boot would not load the keys of ROOT/KEY_DIR ("" if they would).
+
+    The initramfs-tools hook copies the certificates into the image when update-initramfs runs: a key
+    installed (or removed) afterwards is not what the next boot loads, and files re-signed with a new
+    key would all be denied. dracut's module reads $NEWROOT/etc/keys/ima at boot, so for dracut only
+    the drop-in that includes the module must be older than the image. Every image must be fresh:
+    the boot loader may start any of them. Equal mtimes count as fresh (timestamps are coarse).
+    """
+    key_dir = root / bootfiles.KEY_DIR
+    inputs: dict[Path, None] = {}
+    images: dict[Path, None] = {}
+    for loader in loaders:
+        if loader == "initramfs-tools":
+            loader_files = [root / bootfiles.INITRAMFS_HOOK, root / bootfiles.INITRAMFS_SCRIPT]
+            inputs.update(dict.fromkeys([key_dir, *sorted(key_dir.glob("*.der")), *loader_files]))
+        else:
+            inputs[root / bootfiles.DRACUT_CONF] = None
+        for pattern in _IMAGE_GLOBS[loader]:
+            images.update(dict.fromkeys(p for p in sorted((root / "boot").glob(pattern))
+                                        if not p.name.endswith(_NOT_BOOTED)))  # fmt: skip
+    chroot = "" if root.resolve() == Path("/") else f"chroot {root} "
+    how = "rebuild: " + " ; ".join(f"{chroot}{_REBUILD[loader]}" for loader in loaders)
+    if not images:
+        names = " or ".join(dict.fromkeys(g for loader in loaders for g in _IMAGE_GLOBS[loader]))
+        return (f"no initramfs image under {root / 'boot'} ({names}): nothing would load {key_dir} at the next "
+                f"boot, so every appraised file would be denied; {how}")  # fmt: skip
+    newest, newest_ns = max(((p, _mtime_ns(root, p) or 0) for p in inputs), key=lambda item: item[1])
+    stale = [p for p in images if (_mtime_ns(root, p) or -1) < newest_ns]
+    if not stale:
+        return ""
+    verb = "is" if len(stale) == 1 else "are"
+    return (f"{', '.join(map(str, stale))} {verb} older than {newest}: an initramfs loads the IMA keys (or key "
+            f"loader) of when it was built, so the next boot would not load those in {key_dir} and would deny "
+            f"every file signed with a key the image lacks; {how}")  # fmt: skip
+
+
 def _check_boot_keys(
     args: argparse.Namespace, root: Path, ids: frozenset[bytes], doc: dict[str, object], held: str = ""
 ) -> None:
-    """Enforce refuses when the next boot loads no key (every appraised file would be denied: a host
-    locked out until someone boots it otherwise); log, or enforce with the unsafe flag, warns."""
+    """Enforce refuses when the next boot loads no key, or not the keys of ROOT/KEY_DIR (every appraised
+    file, or every file signed with a newer key, would be denied: a host locked out until someone boots
+    it otherwise); log, or enforce with the unsafe flag, warns."""
     key_dir = root / bootfiles.KEY_DIR
     install = f"`imaguard keys install --root {root} CERT`"
     if not ids:
@@ -422,12 +487,16 @@ def _check_boot_keys(
         loaders = _boot_key_loaders(root)
         doc["boot_key_loading"] = loaders
         if loaders:
-            return
-        ident = W_NO_BOOT_LOADING
-        problem = (f"nothing under {root} loads {key_dir} at boot (neither the initramfs-tools hook "
-                   f"{bootfiles.INITRAMFS_HOOK} and script nor {bootfiles.DRACUT_CONF} with dracut's integrity "
-                   f"module), so every appraised file would be denied; install initramfs-tools or dracut in the "
-                   f"root, rerun {install} and rebuild the initramfs")  # fmt: skip
+            ident = W_INITRAMFS_STALE
+            problem = _stale_initramfs(root, loaders)
+            if not problem:
+                return
+        else:
+            ident = W_NO_BOOT_LOADING
+            problem = (f"nothing under {root} loads {key_dir} at boot (neither the initramfs-tools hook "
+                       f"{bootfiles.INITRAMFS_HOOK} and script nor {bootfiles.DRACUT_CONF} with dracut's integrity "
+                       f"module), so every appraised file would be denied; install initramfs-tools or dracut in the "
+                       f"root, rerun {install} and rebuild the initramfs")  # fmt: skip
     if (args.stage == "enforce" or held) and not args.unsafe_enforce_with_unsigned_files:
         why = f" (--stage log is judged as enforce: {held})" if held else ""
         raise PolicyGateError(f"{problem}{why}; nothing was written", unsigned=())
