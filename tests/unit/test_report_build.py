@@ -6,6 +6,7 @@ import base64
 import hashlib
 import itertools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, utils
 
 from imaguard.digests import HashAlgo
 from imaguard.errors import FormatError, TrustError, UsageError
-from imaguard.host.processes import MAPS_LINE_LIMIT, parse_maps
+from imaguard.host.processes import MAPS_LINE_LIMIT, MappedFile, parse_maps
 from imaguard.ima.measurements import iter_binary
 from imaguard.ima.replay import replay
 from imaguard.keys.material import load_certificate, load_private_key
@@ -61,9 +62,15 @@ def index(tmp_path):
         yield idx
 
 
-def _proc(pid: int, exe: bytes, start: float, maps: tuple[Mapping, ...] = ()) -> ProcessInfo:
-    return ProcessInfo(pid, exe.rsplit(b"/", 1)[-1].decode(), exe, exe_deleted=False, start_time=start,
-                       mappings=maps)  # fmt: skip
+def _proc(pid: int, exe: bytes, start: float, maps: tuple[Mapping, ...] = (), *, deleted: bool = False,
+          same_file: bool | None = True) -> ProcessInfo:  # fmt: skip
+    return ProcessInfo(pid, exe.rsplit(b"/", 1)[-1].decode(), exe, exe_deleted=deleted, start_time=start,
+                       mappings=maps, exe_same_file=None if deleted else same_file)  # fmt: skip
+
+
+def _m(path: bytes, *, deleted: bool = False, same_file: bool | None = True) -> Mapping:
+    """A mapping as the host adapter gives it: by default the file at its path here."""
+    return Mapping(path, deleted, None if deleted else same_file)
 
 
 def _report(index, processes=(), **kw):
@@ -95,7 +102,7 @@ def test_entries_are_classified_and_signatures_checked_with_the_given_certificat
 def test_processes_take_the_class_of_their_last_log_entry(index):
     procs = [
         _proc(1, b"/usr/sbin/init", 10.0),
-        _proc(50, b"/usr/bin/tpm2", 20.0, (Mapping(b"/usr/bin/tpm2"), Mapping(b"/usr/lib/libc.so.6"))),
+        _proc(50, b"/usr/bin/tpm2", 20.0, (_m(b"/usr/bin/tpm2"), _m(b"/usr/lib/libc.so.6"))),
         _proc(51, b"/opt/imaguard-lab/unsigned-echo", 21.0),
         _proc(52, b"/opt/imaguard-lab/signed-echo", 22.0),
         _proc(53, b"/usr/bin/late", 30.0),
@@ -115,7 +122,7 @@ def test_processes_take_the_class_of_their_last_log_entry(index):
 
 def test_text_view_puts_what_needs_a_look_first(index):
     procs = [
-        _proc(50, b"/usr/bin/tpm2", 20.0, (Mapping(b"/usr/bin/tpm2"),)),
+        _proc(50, b"/usr/bin/tpm2", 20.0, (_m(b"/usr/bin/tpm2"),)),
         _proc(51, b"/opt/imaguard-lab/unsigned-echo", 21.0),
         _proc(52, b"/opt/imaguard-lab/signed-echo", 22.0),
         _proc(53, b"/usr/bin/late", 30.0),
@@ -165,13 +172,21 @@ def test_usr_merged_aliases():
 def test_maps_keep_executable_file_mappings_once():
     maps = (b"55d0-55d1 r--p 00000000 fe:01 12 /usr/bin/cat\n"
             b"55d1-55d2 r-xp 00001000 fe:01 12 /usr/bin/cat\n"
+            b"55d3-55d4 r-xp 00003000 fe:01 12 /usr/bin/cat\n"
             b"7f00-7f01 r-xp 00000000 fe:01 99 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
             b"7f01-7f02 r-xp 00000000 fe:01 98 /tmp/a b (deleted)\n"
             b"7f02-7f03 r-xp 00000000 00:00 0 \n"
             b"7ffd-7ffe r-xp 00000000 00:00 0 [vdso]\n")  # fmt: skip
+    dev = os.makedev(0xFE, 1)
     assert parse_maps(maps.splitlines(keepends=True)) == (
-        (Mapping(b"/usr/bin/cat"), Mapping(b"/usr/lib/x86_64-linux-gnu/libc.so.6"), Mapping(b"/tmp/a b", deleted=True)),
+        (MappedFile(b"/usr/bin/cat", False, 0x55D1, 0x55D2, dev, 12),
+         MappedFile(b"/usr/lib/x86_64-linux-gnu/libc.so.6", False, 0x7F00, 0x7F01, dev, 99),
+         MappedFile(b"/tmp/a b", True, 0x7F01, 0x7F02, dev, 98)),
         False)  # fmt: skip
+
+
+def _paths(found: tuple[tuple[MappedFile, ...], bool]) -> tuple[list[bytes], bool]:
+    return [m.path for m in found[0]], found[1]
 
 
 def test_maps_past_a_huge_prefix_are_still_found_and_a_bound_is_reported():
@@ -180,12 +195,12 @@ def test_maps_past_a_huge_prefix_are_still_found_and_a_bound_is_reported():
     long = b"/tmp/" + b"d" * 3800
     filler = (b"7f%010x-7f%010x r--p 00000000 fe:01 5 %s\n" % (n, n + 1, long) for n in range(6000))
     evil = [b"7fff0000-7fff1000 r-xp 00000000 fe:01 7 /tmp/evil.so\n"]
-    assert parse_maps(itertools.chain(filler, evil)) == ((Mapping(b"/tmp/evil.so"),), False)
+    assert _paths(parse_maps(itertools.chain(filler, evil))) == ([b"/tmp/evil.so"], False)
     three = [b"1-2 r-xp 0 fe:01 %d /lib/l%d.so\n" % (n, n) for n in range(3)]
-    assert parse_maps(three, limit=2) == ((Mapping(b"/lib/l0.so"), Mapping(b"/lib/l1.so")), True)
-    assert parse_maps(three[:2], limit=2) == ((Mapping(b"/lib/l0.so"), Mapping(b"/lib/l1.so")), False)
+    assert _paths(parse_maps(three, limit=2)) == ([b"/lib/l0.so", b"/lib/l1.so"], True)
+    assert _paths(parse_maps(three[:2], limit=2)) == ([b"/lib/l0.so", b"/lib/l1.so"], False)
     # A line cut by the line bound (readline's limit, no newline) ends the scan, reported.
-    assert parse_maps([three[0], b"1-2 r-xp 0 fe:01 9 /" + b"x" * MAPS_LINE_LIMIT]) == ((Mapping(b"/lib/l0.so"),), True)
+    assert _paths(parse_maps([three[0], b"1-2 r-xp 0 fe:01 9 /" + b"x" * MAPS_LINE_LIMIT])) == ([b"/lib/l0.so"], True)
 
 
 def test_build_refuses_a_log_that_was_not_replayed(index):
@@ -297,3 +312,58 @@ def test_a_certificate_only_the_log_shows_does_not_make_a_signature_verified(tmp
             ("bad-signature", f"signature does not verify with key {cert.key_id.hex()} (RSA-2048)"),
         ]
         assert statuses([cert])[0] == ("verified", cert.subject)
+
+
+def _two_files_one_path(tmp_path, path: bytes, procs):
+    """The log measured another file at ``path`` first, then the package's file: the last entry
+    for the path is ``package`` (what a path-only match gave every process running from it)."""
+    b = LogBuilder()
+    b.boot_aggregate()
+    b.file(path, b"evil")
+    b.file(path, b"genuine")
+    with DigestIndex.open(tmp_path) as idx:
+        idx.replace_package(InstalledPackage("coreutils", "9.1-1", "amd64", "coreutils", "9.1-1"), [
+            PackageFile(path, FileKind.REGULAR, Evidence.REPO_VERIFIED, hashlib.sha256(b"genuine").digest(),
+                        HashAlgo.SHA256)])  # fmt: skip
+        return build_report(replay(iter_binary(b.binary())), source="b", lookup=idx, host=HOST, generator="g",
+                            created="c", processes=procs)  # fmt: skip
+
+
+def test_a_running_file_that_is_not_the_file_at_its_path_does_not_take_the_path_class(tmp_path):
+    """Regression (review repro_del.py, repro_ns.py): a deleted exe, or one in another mount
+    namespace (a bind mount over /usr/bin/sleep), inherited the class of the path's last entry."""
+    sleep = b"/usr/bin/sleep"
+    report = _two_files_one_path(tmp_path, sleep, [
+        _proc(10, sleep, 5.0),  # the file at the path: traced
+        _proc(11, sleep, 5.0, deleted=True),  # replaced since it started
+        _proc(12, sleep, 5.0, same_file=False),  # another file (another mount namespace)
+        _proc(13, sleep, 5.0, same_file=None),  # could not compare
+        _proc(14, b"/usr/bin/tool", 5.0, (_m(sleep, deleted=True), _m(b"/usr/lib/x.so", same_file=False))),
+    ])  # fmt: skip
+    got = {p.pid: (str(p.klass), p.exe.entry, p.exe.reason, [r.name for r in p.exe.packages], p.exe.deleted)
+           for p in report.processes}  # fmt: skip
+    assert got == {
+        10: ("package", 2, "", ["coreutils"], False),
+        11: ("untraced", None, "file-replaced-since-start", ["coreutils"], True),  # owners of the path: a hint
+        12: ("untraced", None, "running-file-not-at-path", [], False),
+        13: ("untraced", None, "running-file-unchecked", [], False),
+        14: ("not-measured", None, "not-measured-by-policy", [], False),
+    }
+    maps = [(m.path, str(m.klass), m.reason) for m in report.processes[4].mappings]
+    assert maps == [(sleep, "untraced", "file-replaced-since-start"),
+                    (b"/usr/lib/x.so", "untraced", "running-file-not-at-path")]  # fmt: skip
+    assert report.to_json()["counts"]["processes"] == {"package": 1, "modified": 0, "unknown": 0, "not-measured": 1,
+                                                       "untraced": 3}  # fmt: skip
+    # A replaced file whose path the log never shows stays not-measured, as documented.
+    (lone,) = _report(LogIndex(), [_proc(9, b"/opt/x", 5.0, deleted=True)]).processes
+    assert (str(lone.klass), lone.exe.reason) == ("not-measured", "file-replaced-since-start")
+
+
+class LogIndex:
+    """A digest index that knows nothing."""
+
+    def lookup_full(self, digest: bytes) -> list:
+        return []
+
+    def lookup_path(self, path: bytes) -> list:
+        return []

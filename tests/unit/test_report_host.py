@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +23,9 @@ def test_a_running_child_is_listed_with_its_exe_and_libc():
         assert me.name == "sleep"
         assert any(b"/libc.so" in m.path for m in me.mappings)
         assert me.exe in [m.path for m in me.mappings]  # the executable is mapped executable too
+        # The running files are the files at their paths here (device and inode compared).
+        assert me.exe_same_file is True
+        assert all(m.same_file for m in me.mappings)
         assert abs(me.start_time - time.time()) < 60
         # Kernel threads have no executable.
         assert procs[2].exe is None
@@ -67,6 +71,25 @@ def test_an_executable_mapping_after_a_huge_maps_prefix_is_found(tmp_path):
         me = next(p for p in list_processes() if p.pid == child.pid)
         assert me.error == ""
         assert os.fsencode(tmp_path / "code.bin") in [m.path for m in me.mappings]
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_an_exe_replaced_since_it_started_is_marked_deleted_not_the_file_at_its_path(tmp_path):
+    """Regression (review repro_del.py): the replaced exe was matched to the log by path alone."""
+    tool = tmp_path / "tool"
+    shutil.copy("/usr/bin/sleep", tool)
+    child = subprocess.Popen([str(tool), "30"])
+    try:
+        time.sleep(0.2)
+        other = tmp_path / "tool.new"
+        shutil.copy("/usr/bin/sleep", other)
+        other.replace(tool)  # another file at the path now, as a package upgrade does
+        me = next(p for p in list_processes() if p.pid == child.pid)
+        assert (me.exe, me.exe_deleted, me.exe_same_file) == (os.fsencode(tool), True, None)
+        (mapped,) = [m for m in me.mappings if m.path == os.fsencode(tool)]
+        assert (mapped.deleted, mapped.same_file) == (True, None)
     finally:
         child.kill()
         child.wait()

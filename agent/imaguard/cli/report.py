@@ -18,7 +18,8 @@ sha1 and sha256 banks), every measured file is looked up in the digest index of 
 packages, and every running process (its executable and each executable mapping) is traced to
 its log entry. Classes: package (the content is a package file: name, version, arch, source
 package, evidence), modified (a package owns the path, not this content), unknown (from no
-package), not-measured (running but absent from the log, with the likely reason). ima-sig
+package), not-measured (running but absent from the log, with the likely reason), untraced (the
+running file is not the file its path names: replaced since, another mount namespace). ima-sig
 signatures are "verified" only with the certificates given with --cert/--ima-cert; one that
 verifies only with a certificate the log shows (a key measured into a keyring named _ima, which
 any user can create) is "logged-key".

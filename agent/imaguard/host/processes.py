@@ -5,7 +5,15 @@ Processes are enumerated with psutil (pid, name, start time, executable). The ma
 walk every page table to count RSS, ten times slower for a line we do not need. Only mappings
 with the ``x`` permission and a path are kept (``fs/proc/task_mmu.c`` ``show_map_vma``, 6.1):
 those are what ``MMAP_CHECK`` measures and what ran as code. Paths are bytes, as the kernel wrote
-them; a mapping of a file deleted or replaced since shows `` (deleted)`` and is marked so. maps is
+them; a mapping of a file deleted or replaced since shows `` (deleted)`` and is marked so.
+
+The path alone does not say which file runs: the file at it may have been replaced since, and a
+process in another mount namespace (a container, a bind mount over ``/usr/bin/x``) shows a path
+that names another file here. So each running file's (st_dev, st_ino) — ``stat`` of
+``/proc/<pid>/exe`` and of ``/proc/<pid>/map_files/<range>`` — is compared with ``stat`` of its
+path in our namespace (``same_file``); the report traces a file by its path only when they agree.
+An equal inode in another mount namespace is the same file (a service's private namespace), so the
+namespace alone does not decide. maps is
 streamed line by line and only the executable file mappings are kept; a process past a bound
 (line length, distinct files) gets the error ``maps-truncated`` instead of silently losing the
 mappings after it (a library injected late in a huge maps file).
@@ -14,6 +22,7 @@ mappings after it (a library injected late in a huge maps file).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +33,8 @@ from imaguard.report.facts import Mapping, ProcessInfo
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-__all__ = ["MAPS_DISTINCT_LIMIT", "MAPS_LINE_LIMIT", "Mapping", "ProcessInfo", "list_processes", "parse_maps"]
+__all__ = ["MAPS_DISTINCT_LIMIT", "MAPS_LINE_LIMIT", "MappedFile", "Mapping", "ProcessInfo", "list_processes",
+           "parse_maps"]  # fmt: skip
 
 _DELETED = b" (deleted)"
 # A process maps ld.so and a few hundred libraries executable; more distinct files than this is not
@@ -35,26 +45,52 @@ MAPS_DISTINCT_LIMIT = 4096
 MAPS_LINE_LIMIT = 1 << 16
 
 
-def parse_maps(lines: Iterable[bytes], limit: int = MAPS_DISTINCT_LIMIT) -> tuple[tuple[Mapping, ...], bool]:
+@dataclass(frozen=True, slots=True)
+class MappedFile:
+    """One executable file mapping as maps shows it: the first address range it was seen at, and
+    the device and inode the kernel prints (``MAJOR(sb->s_dev)``, ``MINOR``, ``i_ino``)."""
+
+    path: bytes
+    deleted: bool
+    start: int
+    end: int
+    dev: int  # os.makedev(major, minor)
+    ino: int
+
+
+def _parse_line(line: bytes) -> MappedFile | None:
+    # address perms offset dev inode pathname: the path starts after five fields and spaces.
+    parts = line.rstrip(b"\n").split(None, 5)
+    if len(parts) < 6 or b"x" not in parts[1] or not parts[5].startswith(b"/"):
+        return None
+    path = parts[5]
+    deleted = path.endswith(_DELETED)
+    if deleted:
+        path = path[: -len(_DELETED)]
+    try:
+        start, end = (int(a, 16) for a in parts[0].split(b"-", 1))
+        major, minor = (int(d, 16) for d in parts[3].split(b":", 1))
+        return MappedFile(path, deleted, start, end, os.makedev(major, minor), int(parts[4]))
+    except ValueError:
+        return None  # not the kernel's format; nothing we could trace
+
+
+def parse_maps(lines: Iterable[bytes], limit: int = MAPS_DISTINCT_LIMIT) -> tuple[tuple[MappedFile, ...], bool]:
     """The distinct file-backed executable mappings of ``/proc/<pid>/maps`` lines, in order, and
     whether the scan stopped early (a line longer than :data:`MAPS_LINE_LIMIT`, or more than
     ``limit`` distinct files): then later mappings are missing, which the caller must report."""
-    seen: dict[bytes, Mapping] = {}
+    seen: dict[tuple[bytes, bool, int, int], MappedFile] = {}
     for line in lines:
         if len(line) >= MAPS_LINE_LIMIT and not line.endswith(b"\n"):
             return tuple(seen.values()), True
-        # address perms offset dev inode pathname: the path starts after five fields and spaces.
-        parts = line.rstrip(b"\n").split(None, 5)
-        if len(parts) < 6 or b"x" not in parts[1] or not parts[5].startswith(b"/"):
+        found = _parse_line(line)
+        if found is None:
             continue
-        path = parts[5]
-        deleted = path.endswith(_DELETED)
-        if deleted:
-            path = path[: -len(_DELETED)]
-        if path not in seen:
+        key = (found.path, found.deleted, found.dev, found.ino)
+        if key not in seen:
             if len(seen) >= limit:
                 return tuple(seen.values()), True
-            seen[path] = Mapping(path, deleted)
+            seen[key] = found
     return tuple(seen.values()), False
 
 
@@ -65,7 +101,72 @@ def _maps_lines(pid: int) -> Iterator[bytes]:
             yield line
 
 
-def _info(proc: psutil.Process) -> ProcessInfo | None:
+class _Here:
+    """(st_dev, st_ino) of the file each path names in *our* mount namespace, cached for one listing."""
+
+    def __init__(self) -> None:
+        self._ids: dict[bytes, tuple[int, int] | OSError | None] = {}
+
+    def same_file(self, path: bytes, running: tuple[int, int] | None) -> bool | None:
+        """Whether ``running`` is the file at ``path`` here: False when another file or none is
+        there (replaced, another mount namespace, a bind mount, a chroot); None when not comparable."""
+        if running is None:
+            return None
+        if path not in self._ids:
+            try:
+                st = os.stat(path)  # noqa: PTH116 - bytes path, follows symlinks as exec did
+                self._ids[path] = (st.st_dev, st.st_ino)
+            except (FileNotFoundError, NotADirectoryError):
+                self._ids[path] = None
+            except OSError as exc:
+                self._ids[path] = exc
+        here = self._ids[path]
+        if isinstance(here, OSError):
+            return None
+        return here == running
+
+
+def _stat_id(link: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(link)  # noqa: PTH116 - a /proc magic link: stat follows it to the running file
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _mapping(pid: int, m: MappedFile, here: _Here) -> Mapping:
+    """The running file of one mapping is the one ``map_files`` links to (root only:
+    ``proc_map_files_get_link`` wants CAP_SYS_ADMIN); without it, maps' own device and inode."""
+    running = _stat_id(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}") or (m.dev, m.ino)
+    return Mapping(m.path, m.deleted, None if m.deleted else here.same_file(m.path, running))
+
+
+def _error(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "gone"
+    if isinstance(exc, PermissionError):
+        return "access-denied"
+    return f"unreadable: {exc.strerror}"
+
+
+def _exe(pid: int, here: _Here) -> tuple[bytes | None, bool, bool | None, str]:
+    """(path, deleted, same_file, error) of the executable; path None for kernel threads."""
+    try:
+        # readlink of /proc/<pid>/exe: empty for kernel threads.
+        raw = os.readlink(f"/proc/{pid}/exe")  # noqa: PTH115 - str in, fsencode'd below
+    except FileNotFoundError:
+        return None, False, None, "gone" if not psutil.pid_exists(pid) else ""  # kernel threads have no exe link
+    except OSError as exc:
+        return None, False, None, _error(exc)
+    if not raw:
+        return None, False, None, ""
+    exe = os.fsencode(raw)
+    if exe.endswith(_DELETED):
+        return exe[: -len(_DELETED)], True, None, ""
+    return exe, False, here.same_file(exe, _stat_id(f"/proc/{pid}/exe")), ""
+
+
+def _info(proc: psutil.Process, here: _Here) -> ProcessInfo | None:
     pid = proc.pid
     try:
         with proc.oneshot():
@@ -75,42 +176,25 @@ def _info(proc: psutil.Process) -> ProcessInfo | None:
         return None
     except psutil.AccessDenied:
         return ProcessInfo(pid, "", None, exe_deleted=False, start_time=0.0, mappings=(), error="access-denied")
-    exe: bytes | None = None
-    deleted = False
-    error = ""
-    try:
-        # readlink of /proc/<pid>/exe: empty for kernel threads.
-        raw = os.readlink(f"/proc/{pid}/exe")  # noqa: PTH115 - str in, fsencode'd below
-        if raw:
-            exe = os.fsencode(raw)
-            if exe.endswith(_DELETED):
-                exe, deleted = exe[: -len(_DELETED)], True
-    except FileNotFoundError:
-        error = "gone" if not psutil.pid_exists(pid) else ""  # kernel threads have no exe link
-    except PermissionError:
-        error = "access-denied"
-    except OSError as exc:
-        error = f"unreadable: {exc.strerror}"
+    exe, deleted, same, error = _exe(pid, here)
     mappings: tuple[Mapping, ...] = ()
     if exe is not None:
         try:
-            mappings, truncated = parse_maps(_maps_lines(pid))
+            found, truncated = parse_maps(_maps_lines(pid))
+            mappings = tuple(_mapping(pid, m, here) for m in found)
             if truncated:
                 error = "maps-truncated"
-        except FileNotFoundError:
-            error = "gone"
-        except PermissionError:
-            error = "access-denied"
         except OSError as exc:
-            error = f"unreadable: {exc.strerror}"
-    return ProcessInfo(pid, name, exe, deleted, start, mappings, error)
+            error = _error(exc)
+    return ProcessInfo(pid, name, exe, deleted, start, mappings, error, exe_same_file=same)
 
 
 def list_processes() -> tuple[ProcessInfo, ...]:
     """Every process visible to us, by pid; processes that exit meanwhile are left out."""
     found: list[ProcessInfo] = []
+    here = _Here()
     for proc in psutil.process_iter():
-        info = _info(proc)
+        info = _info(proc, here)
         if info is not None:
             found.append(info)
     return tuple(sorted(found, key=lambda p: p.pid))

@@ -11,7 +11,8 @@ Classification (issue 7 item 3):
   ``modified``; else ``unknown``;
 - a process (and each executable mapping) takes the class of the *last* log entry for its path
   (IMA measures a file again after it changed); absent from the log it is ``not-measured`` with
-  the likely reason.
+  the likely reason. Only when the running file is the file at that path: one deleted or replaced
+  since, or another file than the path names in the reporter's namespace, is ``untraced``.
 """
 
 from __future__ import annotations
@@ -242,11 +243,20 @@ class _Tracer:
     entries: Sequence[EntryReport]
     clf: _Classifier
 
-    def mapping(self, path: bytes, deleted: bool, reason: str) -> MappingReport:
+    def mapping(self, path: bytes, deleted: bool, same_file: bool | None, reason: str) -> MappingReport:
         idx = self.last.get(path)
+        if deleted:
+            # The path now names another file (or none): its log entries may be of that one.
+            klass = ProcessClass.NOT_MEASURED if idx is None else ProcessClass.UNTRACED
+            return MappingReport(path, klass, None, "file-replaced-since-start", self.clf.owners(path), deleted)
+        if same_file is False:
+            # Another mount namespace, a bind mount, a chroot: our package index and the log's
+            # entries for this path are about the file the path names here, not the one running.
+            return MappingReport(path, ProcessClass.UNTRACED, None, "running-file-not-at-path")
+        if same_file is None:
+            return MappingReport(path, ProcessClass.UNTRACED, None, "running-file-unchecked")
         if idx is None:
-            why = "file-replaced-since-start" if deleted else reason
-            return MappingReport(path, ProcessClass.NOT_MEASURED, None, why, self.clf.owners(path), deleted)
+            return MappingReport(path, ProcessClass.NOT_MEASURED, None, reason, self.clf.owners(path), deleted)
         entry = self.entries[idx]
         return MappingReport(path, ProcessClass(str(entry.klass)), entry.index, "", entry.packages, deleted)
 
@@ -297,15 +307,15 @@ def build_report(
         if klass in (EntryClass.PACKAGE, EntryClass.MODIFIED, EntryClass.UNKNOWN):
             last[item.path] = pos
     procs = [p for p in processes if p.exe is not None]
-    measured_starts = [p.start_time for p in procs if p.exe in last]
+    measured_starts = [p.start_time for p in procs if p.exe in last and p.exe_same_file and not p.exe_deleted]
     first = min(measured_starts) if measured_starts else None
     reports: list[ProcessReport] = []
     tracer = _Tracer(last, entries, clf)
     for p in procs:
         assert p.exe is not None  # noqa: S101 - filtered above
         reason = _not_measured_reason(p.start_time, first, len(last))
-        exe = tracer.mapping(p.exe, p.exe_deleted, reason)
-        maps = tuple(tracer.mapping(m.path, m.deleted, reason) for m in p.mappings if m.path != p.exe)
+        exe = tracer.mapping(p.exe, p.exe_deleted, p.exe_same_file, reason)
+        maps = tuple(tracer.mapping(m.path, m.deleted, m.same_file, reason) for m in p.mappings if m.path != p.exe)
         reports.append(ProcessReport(p.pid, p.name, p.start_time, exe, maps, p.error))
     return Report(generator, created, nonce, host, summarize(replayed, source, byteorder), tuple(entries),
                   tuple(reports), quote)  # fmt: skip

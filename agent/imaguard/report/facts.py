@@ -17,6 +17,9 @@ class Mapping:
 
     path: bytes
     deleted: bool = False
+    # The running file has the device and inode of the file at ``path`` in the reporter's mount
+    # namespace: True; another file or none is there: False; not compared (deleted, unreadable): None.
+    same_file: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,4 +32,5 @@ class ProcessInfo:
     exe_deleted: bool
     start_time: float  # seconds since the epoch (psutil create_time)
     mappings: tuple[Mapping, ...]
-    error: str = ""  # why exe or mappings could not be read ("access-denied", "gone")
+    error: str = ""  # why exe or mappings could not be read ("access-denied", "gone", "maps-truncated")
+    exe_same_file: bool | None = None  # as Mapping.same_file, for the executable

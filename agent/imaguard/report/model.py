@@ -63,6 +63,9 @@ class ProcessClass(enum.StrEnum):
     MODIFIED = "modified"
     UNKNOWN = "unknown"
     NOT_MEASURED = "not-measured"  # running but absent from the log; ``reason`` says the likely why
+    # The running file is not the file its path names here (replaced, another mount namespace,
+    # fileless) or could not be read: the log's entries for the path say nothing about it; ``reason``.
+    UNTRACED = "untraced"
 
 
 class SignatureStatus(enum.StrEnum):
