@@ -367,3 +367,23 @@ class LogIndex:
 
     def lookup_path(self, path: bytes) -> list:
         return []
+
+
+def test_a_process_whose_executable_cannot_be_read_is_kept_untraced_and_shown(index):
+    """Regression: processes with exe None and an error (access-denied) were dropped from the
+    report; only kernel threads (no exe, no error) are left out."""
+    procs = [
+        _proc(50, b"/usr/bin/tpm2", 20.0),
+        ProcessInfo(77, "hidden", None, exe_deleted=False, start_time=0.0, mappings=(), error="access-denied"),
+        ProcessInfo(2, "kthreadd", None, exe_deleted=False, start_time=1.0, mappings=()),
+    ]
+    report = _report(index, procs)
+    assert [p.pid for p in report.processes] == [50, 77]
+    hidden = report.to_json()["processes"][1]
+    assert hidden == {"pid": 77, "name": "hidden", "start_time": 0.0, "class": "untraced", "error": "access-denied",
+                      "exe": {"path": "", "class": "untraced", "entry": None, "packages": [],
+                              "reason": "executable-unreadable"}, "mappings": []}  # fmt: skip
+    assert report.counts()["processes"]["untraced"] == 1
+    text = render_text(report).splitlines()
+    assert "processes   package 1, untraced 1" in text
+    assert "  untraced          77  hidden          ?  access-denied" in text

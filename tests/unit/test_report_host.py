@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from imaguard.host.identity import read_identity
 from imaguard.host.processes import list_processes
 
@@ -93,3 +95,21 @@ def test_an_exe_replaced_since_it_started_is_marked_deleted_not_the_file_at_its_
     finally:
         child.kill()
         child.wait()
+
+
+_AS_NOBODY = """
+from imaguard.host.processes import list_processes
+print(" ".join(f"{p.pid}:{p.exe is None}:{p.error}" for p in list_processes()))
+"""
+
+
+def test_unreadable_executables_are_listed_with_their_error_and_kernel_threads_are_not():
+    """A reporter that may not read other users' /proc/PID/exe gets access-denied for them; kernel
+    threads (PF_KTHREAD) are told apart by their stat flags and left out, as with root."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the listing as nobody")
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                          _AS_NOBODY], capture_output=True, text=True, check=True, cwd="/").stdout  # fmt: skip
+    seen = dict(item.split(":", 1) for item in out.split())
+    assert seen["1"] == "True:access-denied"
+    assert "2" not in seen  # kthreadd

@@ -166,6 +166,18 @@ def _exe(pid: int, here: _Here) -> tuple[bytes | None, bool, bool | None, str]:
     return exe, False, here.same_file(exe, _stat_id(f"/proc/{pid}/exe")), ""
 
 
+_PF_KTHREAD = 0x00200000  # include/linux/sched.h: "I am a kernel thread"
+
+
+def _kernel_thread(pid: int) -> bool:
+    """From ``/proc/<pid>/stat``'s flags (field 9), which anyone may read; comm may hold ')'."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        return bool(int(stat.rsplit(b")", 1)[1].split()[6]) & _PF_KTHREAD)
+    except (OSError, IndexError, ValueError):
+        return False
+
+
 def _info(proc: psutil.Process, here: _Here) -> ProcessInfo | None:
     pid = proc.pid
     try:
@@ -177,6 +189,8 @@ def _info(proc: psutil.Process, here: _Here) -> ProcessInfo | None:
     except psutil.AccessDenied:
         return ProcessInfo(pid, "", None, exe_deleted=False, start_time=0.0, mappings=(), error="access-denied")
     exe, deleted, same, error = _exe(pid, here)
+    if exe is None and (error == "gone" or (error and _kernel_thread(pid))):
+        return None  # exited meanwhile; or a kernel thread, whose exe link only root may find empty
     mappings: tuple[Mapping, ...] = ()
     if exe is not None:
         try:

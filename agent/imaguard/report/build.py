@@ -306,13 +306,18 @@ def build_report(
                                    item.extended, item.template_data, refs, status, key_id, detail))  # fmt: skip
         if klass in (EntryClass.PACKAGE, EntryClass.MODIFIED, EntryClass.UNKNOWN):
             last[item.path] = pos
-    procs = [p for p in processes if p.exe is not None]
+    # Kernel threads have no executable and no error; a process whose executable could not be read
+    # stays in the report (could not check is a value), untraced with its error.
+    procs = [p for p in processes if p.exe is not None or p.error]
     measured_starts = [p.start_time for p in procs if p.exe in last and p.exe_same_file and not p.exe_deleted]
     first = min(measured_starts) if measured_starts else None
     reports: list[ProcessReport] = []
     tracer = _Tracer(last, entries, clf)
     for p in procs:
-        assert p.exe is not None  # noqa: S101 - filtered above
+        if p.exe is None:
+            unread = MappingReport(b"", ProcessClass.UNTRACED, None, "executable-unreadable")
+            reports.append(ProcessReport(p.pid, p.name, p.start_time, unread, (), p.error))
+            continue
         reason = _not_measured_reason(p.start_time, first, len(last))
         exe = tracer.mapping(p.exe, p.exe_deleted, p.exe_same_file, reason)
         maps = tuple(tracer.mapping(m.path, m.deleted, m.same_file, reason) for m in p.mappings if m.path != p.exe)

@@ -63,7 +63,8 @@ def render_text(report: Report) -> str:
         lines += ["", "Processes not traced to a package (class, pid, name, file, why):"]
         for p in odd_procs:
             why = p.error or _mapping_note(p.exe)
-            lines.append(f"  {p.klass!s:12} {p.pid:>7}  {p.name:15} {path_text(p.exe.path)}  {why}".rstrip())
+            exe = path_text(p.exe.path) or "?"  # the executable could not be read: ``error`` says why
+            lines.append(f"  {p.klass!s:12} {p.pid:>7}  {p.name:15} {exe}  {why}".rstrip())
         for p, m in odd_maps:
             lines.append(f"  {m.klass!s:12} {p.pid:>7}  {p.name:15} {path_text(m.path)} (mapped)  "
                          f"{_mapping_note(m)}".rstrip())  # fmt: skip
