@@ -387,3 +387,18 @@ def test_a_process_whose_executable_cannot_be_read_is_kept_untraced_and_shown(in
     text = render_text(report).splitlines()
     assert "processes   package 1, untraced 1" in text
     assert "  untraced          77  hidden          ?  access-denied" in text
+
+
+def test_a_memfd_executable_or_mapping_is_fileless_not_a_replaced_file(tmp_path):
+    """Regression: /memfd:NAME (deleted) was reported file-replaced-since-start (and, had the log
+    an entry named like it, would have taken that entry's class)."""
+    memfd = b"/memfd:payload"
+    report = _two_files_one_path(tmp_path, memfd, [
+        _proc(20, memfd, 5.0, deleted=True),
+        _proc(21, b"/usr/bin/node", 5.0, (_m(b"/memfd:jit", deleted=True),)),
+    ])  # fmt: skip
+    exe = report.processes[0].exe
+    assert (str(exe.klass), exe.entry, exe.reason, exe.packages, exe.deleted) == ("untraced", None, "memfd", (), False)
+    (jit,) = report.processes[1].mappings
+    assert (str(jit.klass), jit.reason) == ("untraced", "memfd")
+    assert "  untraced          20  memfd:payload   /memfd:payload  memfd" in render_text(report).splitlines()

@@ -113,3 +113,31 @@ def test_unreadable_executables_are_listed_with_their_error_and_kernel_threads_a
     seen = dict(item.split(":", 1) for item in out.split())
     assert seen["1"] == "True:access-denied"
     assert "2" not in seen  # kthreadd
+
+
+_FILELESS = """
+import mmap, os, sys
+code = os.memfd_create("jit")
+os.write(code, b"\\xc3" * 4096)
+jit = mmap.mmap(code, 4096, prot=mmap.PROT_READ | mmap.PROT_EXEC, flags=mmap.MAP_PRIVATE)
+fd = os.memfd_create("payload")
+with open(sys.argv[1], "rb") as f:
+    os.write(fd, f.read())
+os.execve(fd, ["payload", "30"], {})
+"""
+
+
+def test_a_memfd_executable_is_listed_under_its_memfd_name():
+    """Fileless execution (fexecve of a memfd) shows /memfd:NAME (deleted); the report calls it memfd."""
+    child = subprocess.Popen([sys.executable, "-c", _FILELESS, "/usr/bin/sleep"])
+    try:
+        for _ in range(100):
+            if Path(f"/proc/{child.pid}/exe").readlink().name.startswith("memfd:"):
+                break
+            time.sleep(0.05)
+        me = next(p for p in list_processes() if p.pid == child.pid)
+        assert (me.exe, me.exe_deleted) == (b"/memfd:payload", True)
+        assert b"/memfd:payload" in [m.path for m in me.mappings]
+    finally:
+        child.kill()
+        child.wait()

@@ -235,6 +235,11 @@ def _not_measured_reason(proc_start: float, first_measured_start: float | None, 
     return "not-measured-by-policy"
 
 
+# How the kernel names a memfd's file (mm/memfd.c memfd_create: "memfd:" + name, d_path adds "/"
+# and " (deleted)": it was never linked).
+_MEMFD = b"/memfd:"
+
+
 @dataclass(frozen=True, slots=True)
 class _Tracer:
     """Traces a running file to the last log entry for its path."""
@@ -245,6 +250,10 @@ class _Tracer:
 
     def mapping(self, path: bytes, deleted: bool, same_file: bool | None, reason: str) -> MappingReport:
         idx = self.last.get(path)
+        if deleted and path.startswith(_MEMFD):
+            # Fileless: memfd_create()'s name, which the process chose; no path names it, so neither
+            # the log's entries for that name nor any package can be this file.
+            return MappingReport(path, ProcessClass.UNTRACED, None, "memfd")
         if deleted:
             # The path now names another file (or none): its log entries may be of that one.
             klass = ProcessClass.NOT_MEASURED if idx is None else ProcessClass.UNTRACED
