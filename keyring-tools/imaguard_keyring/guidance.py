@@ -80,19 +80,22 @@ _ROTATION = """\
 Issued successor {new_name}: key id {new_id} (replaces key id {old_id}, {old_subject})
 
 Rotation, in this order (the old key stays valid until step 4):
-  1. Install the new certificate beside the old one on every host, and load it now:
-       install -m 0644 {new_der} /etc/keys/ima/
-       evmctl import {new_der} $(keyctl search @u keyring _ima)     # Debian 12: "_ima" keyring
-     (on a restricted ".ima" keyring: keyctl padd asymmetric "" %:.ima < {new_der})
-     Both key ids are now in the kernel; files signed with either still run.
+  1. Install the new certificate beside the old one on every host, for boot and now:
+       imaguard keys install {new_der}     # /etc/keys/ima/ and its loading at boot
+       update-initramfs -u -k all          # initramfs-tools copies the keys into the initramfs
+       imaguard keys load {new_der}        # the running kernel
+     Both key ids are now in the kernel and in what the next boot loads; files signed with either
+     still run. (Without the rebuild the next boot would load only the old key, and every file
+     re-signed in step 2 would be denied: `imaguard policy install --stage enforce` refuses.)
   2. Re-sign with the new key:
        bundles: imaguard-keyring bundle --ima-key {new_key} --ima-cert {new_pem} ... ,
                 then on hosts: imaguard enroll --source bundle:URL
        local:   imaguard sign --key {new_key} --cert {new_pem} -r PATH...
   3. Verify that nothing still depends on the old key:
        imaguard verify --cert {new_pem} -r PATH...     (exit 0; any unknown-key is a file not re-signed)
-  4. Retire the old key: remove its certificate from /etc/keys/ima/ on every host and reboot
-     (or keyctl unlink it from "_ima"). If it was compromised, also revoke it:
+  4. Retire the old key: remove its certificate from /etc/keys/ima/ on every host, rebuild the
+     initramfs (update-initramfs -u -k all) and reboot (or keyctl unlink it from "_ima").
+     If it was compromised, also revoke it:
        imaguard-keyring revoke --ca {ca_dir} --key-id {old_id} --list revocations.json --reason key-compromise
      and publish the list to the hosts."""
 

@@ -8,8 +8,10 @@ refusals that write nothing, and the grub advice (printed, edited only with --ed
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from certlib import pki
+from cpiolib import newc
 
 from imaguard.cli.main import main
 from imaguard.errors import UsageError
@@ -45,10 +48,12 @@ def kernel_config(root: Path, text: str = LOG_OK_CONFIG, release: str = "6.1.0-5
 
 
 def initramfs(root: Path, name: str = "initrd.img-6.1.0-50-amd64", age: int = 0) -> Path:
-    """ROOT/boot/NAME, as update-initramfs leaves it: written after the keys (or ``age`` seconds before now)."""
+    """ROOT/boot/NAME, as update-initramfs leaves it: the certificates of ROOT/etc/keys/ima in a gzip'd
+    newc archive, written after the keys (or ``age`` seconds before now)."""
     (root / "boot").mkdir(parents=True, exist_ok=True)
     image = root / "boot" / name
-    image.write_bytes(b"initramfs")
+    keys = {f"{bootfiles.KEY_DIR}/{p.name}": p.read_bytes() for p in sorted((root / bootfiles.KEY_DIR).glob("*.der"))}
+    image.write_bytes(gzip.compress(newc(keys)))
     if age:
         when = image.stat().st_mtime - age
         os.utime(image, (when, when))
@@ -510,3 +515,41 @@ def test_dracut_reads_keys_from_the_root_so_only_its_drop_in_must_predate_the_im
     os.utime(root / bootfiles.KEY_DIR / TEST_KEY_FILE, (when + 120, when + 120))  # a key newer than the image
     code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
     assert (code, doc["boot_key_loading"]) == (0, ["dracut"]), err
+
+
+def test_an_initramfs_with_other_keys_refuses_enforce_however_new(
+    tmp_path: Path, run: Callable[..., tuple[int, dict, str]]
+) -> None:
+    # Review R6: the image was newer than the certificate, but built with the retired key only.
+    root = tmp_path / "r"
+    (root / "etc/initramfs-tools").mkdir(parents=True)
+    old = pki().write(tmp_path, "rsa_cert")
+    old_name = bootfiles.cert_file_name(pki().cert("rsa_cert").key_id)
+    assert run("keys", "install", "--root", str(root), str(old))[0] == 0
+    key = REPO / "tests/data/keys/ima-test-rsa2048.key"
+    assert run("keys", "install", "--root", str(root), str(TEST_CERT), "--sign-key", str(key))[0] == 0
+    image = initramfs(root)
+    code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
+    assert (code, doc["initramfs_checked"]) == (0, {str(image): "content"}), err
+    (root / bootfiles.POLICY_PATH).unlink()
+    key_dir = root / bootfiles.KEY_DIR
+    (key_dir / TEST_KEY_FILE).rename(tmp_path / TEST_KEY_FILE)
+    image = initramfs(root)  # holds only the old key
+    (tmp_path / TEST_KEY_FILE).rename(key_dir / TEST_KEY_FILE)
+    (key_dir / old_name).unlink()
+    when = image.stat().st_mtime + 60
+    os.utime(image, (when, when))
+    code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
+    assert (code, doc["error"]["reason"]) == (3, "gate-refused"), err
+    assert err == (f"imaguard: error: {image} holds {old_name}, not the certificates in {key_dir} (differing: "
+                   f"{TEST_KEY_FILE}, {old_name}): the next boot would load the IMA keys of the image and deny every "
+                   f"file signed with a key it lacks; rebuild: chroot {root} update-initramfs -u -k all; nothing was "
+                   "written\n")  # fmt: skip
+    assert not (root / bootfiles.POLICY_PATH).exists()
+    # same names, other bytes: refused too; an image it cannot read is judged by its age alone
+    image.write_bytes(gzip.compress(newc({f"{bootfiles.KEY_DIR}/{TEST_KEY_FILE}": b"other"})))
+    assert run("policy", "install", "--stage", "enforce", "--root", str(root))[0] == 3
+    image.write_bytes(b"\x28\xb5\x2f\xfd zstd")
+    code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
+    if shutil.which("lsinitramfs") is None:
+        assert (code, doc["initramfs_checked"]) == (0, {str(image): "mtime"}), err

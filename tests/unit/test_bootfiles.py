@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpiolib import newc
 
 from imaguard.ima import bootfiles
 from imaguard.ima.bootfiles import cmdline_advice, grub_edit
@@ -100,3 +107,34 @@ def test_grub_edit_refuses_what_it_cannot_rewrite_safely() -> None:
     assert grub_edit('GRUB_CMDLINE_LINUX="$EXTRA quiet"\n', advice) is None
     assert grub_edit("GRUB_CMDLINE_LINUX='quiet'\n", advice) is None
     assert grub_edit('GRUB_CMDLINE_LINUX="a"\nGRUB_CMDLINE_LINUX="b"\n', advice) is None
+
+
+# --- initramfs content -------------------------------------------------------------------------------
+
+KEY_A, KEY_B = b"\x30\x82certificate A", b"\x30\x82cert B"
+
+
+def _main_archive() -> bytes:
+    return newc({"etc/keys/ima/imaguard-aaaaaaaa.der": KEY_A, "etc/keys/ima/imaguard-bbbbbbbb.der": KEY_B,
+                 "bin/keyctl": b"\x7fELF", "etc/keys/imaguard.txt": b"not under the prefix"},
+                dirs=("etc", "etc/keys", "etc/keys/ima"))  # fmt: skip
+
+
+def test_initramfs_files_reads_plain_gzip_and_xz_parts_after_early_microcode() -> None:
+    # initramfs-tools: the uncompressed early archive (microcode), padding, then the compressed main one.
+    early = newc({"kernel/x86/microcode/GenuineIntel.bin": b"ucode"}, dirs=("kernel",))
+    want = {"etc/keys/ima/imaguard-aaaaaaaa.der": KEY_A, "etc/keys/ima/imaguard-bbbbbbbb.der": KEY_B}
+    for main in (_main_archive(), gzip.compress(_main_archive()), lzma.compress(_main_archive())):
+        assert bootfiles.initramfs_files(early + b"\0" * 512 + main, "etc/keys/ima/") == want
+    assert bootfiles.initramfs_files(newc({"init": b"#!/bin/sh"}), "etc/keys/ima/") == {}
+
+
+def test_initramfs_files_is_none_when_the_content_cannot_be_read() -> None:
+    main = _main_archive()
+    zstd_magic = b"\x28\xb5\x2f\xfd" + b"\0" * 64  # Debian 12's default compression: not in the stdlib
+    assert bootfiles.initramfs_files(zstd_magic, "etc/keys/ima/") is None
+    assert bootfiles.initramfs_files(main[:200], "etc/keys/ima/") is None  # truncated
+    assert bootfiles.initramfs_files(gzip.compress(main)[:-20], "etc/keys/ima/") is None
+    assert bootfiles.initramfs_files(main.replace(b"070701", b"07070X", 2), "etc/keys/ima/") is None
+    assert bootfiles.initramfs_files(gzip.compress(main), "etc/keys/ima/", limit=len(main) - 1) is None
+    assert bootfiles.initramfs_files(gzip.compress(main), "etc/keys/ima/", limit=len(main)) is not None

@@ -379,6 +379,10 @@ def test_rotate_issues_a_successor_and_prints_the_procedure(world, tmp_path, cap
     assert steps == sorted(steps)
     assert f"--key-id {old.key_id.hex()}" in out
     assert f"imaguard sign --key {pem.with_suffix('.key')} --cert {pem}" in out
+    # The initramfs holds the keys the next boot loads: rebuilt after installing, and after retiring.
+    assert f"imaguard keys install {pem.with_suffix('.der')}" in out
+    assert out.count("update-initramfs -u -k all") == 2
+    assert out.index("update-initramfs") < steps[1] < steps[3] < out.rindex("update-initramfs")
     # Rotating the successor does not pile up key ids in the name.
     code, _, _ = run_cli(capsys, ["rotate", "--ca", str(world / "ca"), "--old", str(pem), "--out", str(tmp_path)])
     assert code == 0

@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -433,14 +434,42 @@ def _mtime_ns(root: Path, path: Path) -> int | None:
         return None
 
 
-def _stale_initramfs(root: Path, loaders: list[str]) -> str:
+def _keys_in_image(image: Path) -> tuple[str, dict[str, bytes | None] | None]:
+    """The certificates in an initramfs image, and how they were read: ``content`` (names and bytes,
+    gzip, xz or uncompressed), ``names`` (lsinitramfs, for zstd and the rest), or ``mtime`` (neither
+    worked: only the image's age was checked)."""
+    prefix = f"{bootfiles.KEY_DIR}/"
+    try:
+        with image.open("rb") as f:
+            data = f.read(bootfiles.MAX_INITRAMFS_SIZE + 1)
+    except OSError:
+        return "mtime", None
+    files = bootfiles.initramfs_files(data, prefix) if len(data) <= bootfiles.MAX_INITRAMFS_SIZE else None
+    if files is not None:
+        return "content", dict(files)
+    tool = shutil.which("lsinitramfs")
+    if tool is None:
+        return "mtime", None
+    try:
+        proc = subprocess.run([tool, str(image)], capture_output=True, check=False, timeout=300)
+    except (OSError, subprocess.TimeoutExpired):
+        return "mtime", None
+    names = [n.decode("utf-8", "surrogateescape").removeprefix("./") for n in proc.stdout.splitlines()]
+    if proc.returncode != 0 or not names:
+        return "mtime", None
+    return "names", {n: None for n in names if n.startswith(prefix) and n.endswith(".der")}
+
+
+def _stale_initramfs(root: Path, loaders: list[str], checked: dict[str, str]) -> str:
     """Why the initramfs images under ROOT/boot would not load the keys of ROOT/KEY_DIR ("" if they would).
 
     The initramfs-tools hook copies the certificates into the image when update-initramfs runs: a key
     installed (or removed) afterwards is not what the next boot loads, and files re-signed with a new
     key would all be denied. dracut's module reads $NEWROOT/etc/keys/ima at boot, so for dracut only
     the drop-in that includes the module must be older than the image. Every image must be fresh:
-    the boot loader may start any of them. Equal mtimes count as fresh (timestamps are coarse).
+    the boot loader may start any of them. Equal mtimes count as fresh (timestamps are coarse). For
+    initramfs-tools the certificates in each image must also be those of ROOT/KEY_DIR, where the
+    image can be read (``checked`` says how each was).
     """
     key_dir = root / bootfiles.KEY_DIR
     inputs: dict[Path, None] = {}
@@ -462,12 +491,27 @@ def _stale_initramfs(root: Path, loaders: list[str]) -> str:
                 f"boot, so every appraised file would be denied; {how}")  # fmt: skip
     newest, newest_ns = max(((p, _mtime_ns(root, p) or 0) for p in inputs), key=lambda item: item[1])
     stale = [p for p in images if (_mtime_ns(root, p) or -1) < newest_ns]
-    if not stale:
+    if stale:
+        verb = "is" if len(stale) == 1 else "are"
+        return (f"{', '.join(map(str, stale))} {verb} older than {newest}: an initramfs loads the IMA keys (or key "
+                f"loader) of when it was built, so the next boot would not load those in {key_dir} and would deny "
+                f"every file signed with a key the image lacks; {how}")  # fmt: skip
+    if "initramfs-tools" not in loaders:
         return ""
-    verb = "is" if len(stale) == 1 else "are"
-    return (f"{', '.join(map(str, stale))} {verb} older than {newest}: an initramfs loads the IMA keys (or key "
-            f"loader) of when it was built, so the next boot would not load those in {key_dir} and would deny "
-            f"every file signed with a key the image lacks; {how}")  # fmt: skip
+    want = {f"{bootfiles.KEY_DIR}/{p.name}": p.read_bytes() for p in sorted(key_dir.glob("*.der"))}
+    for image in images:
+        how_read, held = _keys_in_image(image)
+        checked[str(image)] = how_read
+        if held is None:
+            continue
+        differ = sorted(n for n in want.keys() | held.keys()
+                        if n not in held or n not in want or held[n] not in (None, want[n]))  # fmt: skip
+        if differ:
+            names = ", ".join(n.rpartition("/")[2] for n in sorted(held)) or "no IMA certificate"
+            return (f"{image} holds {names}, not the certificates in {key_dir} (differing: "
+                    f"{', '.join(n.rpartition('/')[2] for n in differ)}): the next boot would load the IMA keys of "
+                    f"the image and deny every file signed with a key it lacks; {how}")  # fmt: skip
+    return ""
 
 
 def _check_boot_keys(
@@ -488,7 +532,9 @@ def _check_boot_keys(
         doc["boot_key_loading"] = loaders
         if loaders:
             ident = W_INITRAMFS_STALE
-            problem = _stale_initramfs(root, loaders)
+            checked: dict[str, str] = {}
+            problem = _stale_initramfs(root, loaders, checked)
+            doc["initramfs_checked"] = checked
             if not problem:
                 return
         else:

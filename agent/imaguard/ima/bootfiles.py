@@ -22,8 +22,10 @@ appraisals of the boot happen there and cache the keyring for everyone (lab note
 
 from __future__ import annotations
 
+import lzma
 import re
 import shlex
+import zlib
 from dataclasses import dataclass
 
 from imaguard.ima.hostfacts import cmdline_value
@@ -43,6 +45,7 @@ __all__ = [
     "cmdline_advice",
     "dracut_conf",
     "grub_edit",
+    "initramfs_files",
     "initramfs_hook",
     "initramfs_script",
     "parse_imakeysdir",
@@ -97,6 +100,80 @@ for cert in /{KEY_DIR}/*.der; do
 done
 exit 0
 """
+
+
+# An initramfs is bigger than this, unpacked, only by mistake; past it its content is not checked.
+MAX_INITRAMFS_SIZE = 1 << 30
+_CPIO_HEADER = 110  # newc: "070701" and 13 eight-digit hex fields (usr/gen_init_cpio.c, init/initramfs.c)
+
+
+def initramfs_files(image: bytes, prefix: str, limit: int = MAX_INITRAMFS_SIZE) -> dict[str, bytes] | None:
+    """The regular files under ``prefix`` (e.g. ``etc/keys/ima/``) in an initramfs image, with their bytes.
+
+    An image is newc cpio archives one after the other, each plain or compressed, with NUL padding
+    between them (init/initramfs.c ``unpack_to_rootfs``; initramfs-tools puts the uncompressed early
+    microcode archive before the compressed main one). gzip and xz are read here; None when a part
+    is compressed otherwise (zstd, Debian's default, lz4, lzo...), malformed or past ``limit``:
+    the content could not be checked. Names are as mkinitramfs writes them, without ``./``.
+    """
+    found: dict[str, bytes] = {}
+    budget = [limit]
+    return found if _cpio_parts(image, prefix, found, budget) else None
+
+
+def _cpio_parts(data: bytes, prefix: str, found: dict[str, bytes], budget: list[int]) -> bool:
+    pos = 0
+    while True:
+        while pos < len(data) and data[pos] == 0:
+            pos += 1
+        if pos >= len(data):
+            return True
+        if data.startswith((b"070701", b"070702"), pos):
+            end = _cpio_archive(data, pos, prefix, found)
+            if end is None:
+                return False
+            pos = end
+            continue
+        if data.startswith(b"\x1f\x8b", pos):
+            gz = zlib.decompressobj(wbits=31)
+            inner, rest = gz.decompress(data[pos:], budget[0] + 1), gz.unused_data
+            done = gz.eof
+        elif data.startswith(b"\xfd7zXZ\x00", pos):
+            xz = lzma.LZMADecompressor()
+            try:
+                inner = xz.decompress(data[pos:], budget[0] + 1)
+            except lzma.LZMAError:
+                return False
+            rest, done = xz.unused_data, xz.eof
+        else:
+            return False
+        budget[0] -= len(inner)
+        if not done or budget[0] < 0 or not _cpio_parts(inner, prefix, found, budget):
+            return False
+        data, pos = rest, 0
+
+
+def _cpio_archive(data: bytes, pos: int, prefix: str, found: dict[str, bytes]) -> int | None:
+    """Read one newc archive from ``pos`` up to its TRAILER!!!; where it ends, or None if malformed."""
+    while True:
+        header = data[pos : pos + _CPIO_HEADER]
+        if len(header) < _CPIO_HEADER or header[:5] != b"07070":
+            return None
+        try:
+            mode, size, name_size = int(header[14:22], 16), int(header[54:62], 16), int(header[94:102], 16)
+        except ValueError:
+            return None
+        name_end = pos + _CPIO_HEADER + name_size
+        body = name_end + (-name_end % 4)
+        end = body + size + (-(body + size) % 4)
+        if name_size == 0 or end > len(data):
+            return None
+        name = data[pos + _CPIO_HEADER : name_end - 1].decode("utf-8", "surrogateescape").removeprefix("./")
+        if name == "TRAILER!!!":
+            return end
+        if name.startswith(prefix) and mode & 0o170000 == 0o100000:  # S_IFREG: a later entry replaces one
+            found[name] = data[body : body + size]
+        pos = end
 
 
 def initramfs_script() -> str:
