@@ -142,7 +142,7 @@ def test_text_view_puts_what_needs_a_look_first(index):
     ]
     assert text[9:] == [
         "",
-        "Processes not traced to a package (class, pid, name, file, why):",
+        "Processes not traced to a package, or only by weak evidence (class, pid, name, file, why):",
         "  unknown           51  unsigned-echo   /opt/imaguard-lab/unsigned-echo",
         "  modified          52  signed-echo     /opt/imaguard-lab/signed-echo  "
         "path of labecho=1/amd64 (source coreutils 9.1-1), other content",
@@ -402,3 +402,34 @@ def test_a_memfd_executable_or_mapping_is_fileless_not_a_replaced_file(tmp_path)
     (jit,) = report.processes[1].mappings
     assert (str(jit.klass), jit.reason) == ("untraced", "memfd")
     assert "  untraced          20  memfd:payload   /memfd:payload  memfd" in render_text(report).splitlines()
+
+
+def test_text_view_shows_weak_evidence_and_replaced_executables(tmp_path):
+    """Regression (review repro_md5.py): a process matched only through a dpkg MD5 entry
+    (local-db) read like a repo-verified one, and a replaced exe was not among what needs a look."""
+    b = LogBuilder()
+    b.boot_aggregate()
+    b.file("/usr/bin/foo", b"whatever", algo="md5", template="ima-ng")
+    b.file("/usr/bin/bar", b"bar")
+    with DigestIndex.open(tmp_path) as idx:
+        idx.replace_package(InstalledPackage("foo", "1", "amd64", "foo", "1"), [
+            PackageFile(b"/usr/bin/foo", FileKind.REGULAR, Evidence.LOCAL_DB, hashlib.md5(b"whatever").digest(),
+                        HashAlgo.MD5, evidence_reason="dpkg-md5sums")])  # fmt: skip
+        idx.replace_package(InstalledPackage("bar", "2", "amd64", "bar", "2"), [
+            PackageFile(b"/usr/bin/bar", FileKind.REGULAR, Evidence.REPO_VERIFIED, hashlib.sha256(b"bar").digest(),
+                        HashAlgo.SHA256)])  # fmt: skip
+        procs = [_proc(9, b"/usr/bin/foo", 5.0), _proc(10, b"/usr/bin/bar", 5.0),
+                 _proc(11, b"/usr/bin/bar", 5.0, deleted=True)]  # fmt: skip
+        report = build_report(replay(iter_binary(b.binary())), source="b", lookup=idx, processes=procs, host=HOST,
+                              generator="g", created="c")  # fmt: skip
+    text = render_text(report).splitlines()
+    start = text.index("Processes not traced to a package, or only by weak evidence (class, pid, name, file, why):")
+    assert text[start + 1:start + 3] == [
+        "  package            9  foo             /usr/bin/foo  foo=1/amd64 (source foo 1), evidence local-db only",
+        "  untraced          11  bar             /usr/bin/bar  file-replaced-since-start",
+    ]
+    assert text[-3:] == [
+        "        9  foo             package      foo=1/amd64 (source foo 1)  evidence local-db",
+        "       10  bar             package      bar=2/amd64 (source bar 2)",
+        "       11  bar             untraced",
+    ]

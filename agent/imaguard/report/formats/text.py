@@ -1,8 +1,11 @@
 """The report for a person at a terminal (pure): the summary first, then what needs a look.
 
 What needs a look is everything not traced to a package: processes and measured files that are
-``modified`` or ``unknown``, processes ``not-measured``, signatures that did not verify. Then every
-process with the package and source version it runs from. The JSON report stays the record; this
+``modified`` or ``unknown``, processes ``not-measured`` or ``untraced`` (among them every one whose
+file was replaced since it started or is not the file at its path), processes whose package match
+rests only on weak evidence (``local-db``: dpkg's unsigned MD5 sums), signatures that did not
+verify. Then every process with the package and source version it runs from, and the evidence when
+it is not ``repo-verified`` or ``vendor-signed``. The JSON report stays the record; this
 view drops the digests and PCR inputs a person does not read.
 """
 
@@ -23,6 +26,10 @@ _BAD_SIGNATURES = (SignatureStatus.LOGGED_KEY, SignatureStatus.UNKNOWN_KEY, Sign
                    SignatureStatus.MALFORMED)  # fmt: skip
 
 
+# Evidence that a repository signature or the vendor's own file signature backs (DESIGN.md 1.2).
+_STRONG = ("repo-verified", "vendor-signed")
+
+
 def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none"
 
@@ -32,7 +39,16 @@ def _package(p: PackageRef) -> str:
     return f"{p.name}={p.version}/{p.arch}{source}"
 
 
+def _weak_evidence(m: MappingReport) -> str:
+    """The evidence of a package match that no repository or vendor signature backs, else ''."""
+    if m.klass is not ProcessClass.PACKAGE or not m.packages or any(p.evidence in _STRONG for p in m.packages):
+        return ""
+    return m.packages[0].evidence
+
+
 def _mapping_note(m: MappingReport) -> str:
+    if weak := _weak_evidence(m):
+        return f"{_package(m.packages[0])}, evidence {weak} only"
     if m.klass is ProcessClass.MODIFIED and m.packages:
         return f"path of {', '.join(_package(p) for p in m.packages)}, other content"
     if m.reason:
@@ -57,10 +73,12 @@ def render_text(report: Report) -> str:
         f"signatures  {_counts(counts['signatures'])}",
         f"processes   {_counts(counts['processes'])}",
     ]
-    odd_procs = [p for p in report.processes if p.klass is not ProcessClass.PACKAGE or p.error]
-    odd_maps = [(p, m) for p in report.processes for m in p.mappings if m.klass is not ProcessClass.PACKAGE]
+    odd_procs = [p for p in report.processes
+                 if p.klass is not ProcessClass.PACKAGE or p.error or _weak_evidence(p.exe)]  # fmt: skip
+    odd_maps = [(p, m) for p in report.processes for m in p.mappings
+                if m.klass is not ProcessClass.PACKAGE or _weak_evidence(m)]  # fmt: skip
     if odd_procs or odd_maps:
-        lines += ["", "Processes not traced to a package (class, pid, name, file, why):"]
+        lines += ["", "Processes not traced to a package, or only by weak evidence (class, pid, name, file, why):"]
         for p in odd_procs:
             why = p.error or _mapping_note(p.exe)
             exe = path_text(p.exe.path) or "?"  # the executable could not be read: ``error`` says why
@@ -80,5 +98,7 @@ def render_text(report: Report) -> str:
         lines += ["", "Processes (pid, name, class, package of the executable):"]
         for p in report.processes:
             pkg = _package(p.exe.packages[0]) if p.klass is ProcessClass.PACKAGE and p.exe.packages else ""
+            if weak := _weak_evidence(p.exe):
+                pkg += f"  evidence {weak}"
             lines.append(f"  {p.pid:>7}  {p.name:15} {p.klass!s:12} {pkg}".rstrip())
     return "\n".join(lines) + "\n"
