@@ -87,3 +87,37 @@ def test_enroll_resigns_what_a_revoked_key_signed_and_refuses_to_sign_with_it(ce
     assert {(s["outcome"], s["reason"]): s["files"] for s in doc["summary"]}[("signed", "")] == 1
     binary = str(world.root / "usr/bin/igt")
     assert main(["verify", "--cert", str(keys / "new.pem"), binary]) == 0
+
+
+def test_keys_install_refuses_to_keep_a_revoked_key_already_installed(ceremony, tmp_path, capsys):
+    # Regression (review R2): installing a new key kept the revoked one in etc/keys/ima silently,
+    # and with it in the keyring at every boot.
+    from imaguard.ima import bootfiles  # noqa: PLC0415
+    from imaguard.keys import load_certificate  # noqa: PLC0415
+
+    ca, keys = ceremony
+    root = tmp_path / "root"
+    root.mkdir()
+    assert main(["keys", "install", "--root", str(root), str(keys / "old.pem")]) == 0
+    rl = tmp_path / "revocations.json"
+    assert keyring_main(["revoke", "--ca", str(ca), "--list", str(rl), "--cert", str(keys / "old.pem")]) == 0
+    capsys.readouterr()
+    key_dir = root / bootfiles.KEY_DIR
+    old = key_dir / bootfiles.cert_file_name(load_certificate(keys / "old.pem").key_id)
+    new = key_dir / bootfiles.cert_file_name(load_certificate(keys / "new.pem").key_id)
+    revocation = ["--revocation-list", str(rl), "--revocation-ca", str(ca / "ca.pem")]
+    assert main(["keys", "install", "--root", str(root), str(keys / "new.pem"), *revocation]) == 3
+    assert capsys.readouterr().err == (
+        f"imaguard: refused: {old}: revoked-key: key {old.name[9:17]} is on the revocation list and already "
+        "installed: this install would keep it, loaded at every boot; remove the file (then rebuild the "
+        "initramfs) to retire the key\nimaguard: error: nothing was installed\n")
+    assert sorted(key_dir.iterdir()) == [old]
+    # a file there that cannot be checked is refused too; once the revoked key is removed, the install goes on
+    junk = key_dir / "imaguard-junk.der"
+    junk.write_bytes(b"not a certificate")
+    old.unlink()
+    assert main(["keys", "install", "--root", str(root), str(keys / "new.pem"), *revocation, "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["refused"][0]["reason"] == "unchecked-key"
+    junk.unlink()
+    assert main(["keys", "install", "--root", str(root), str(keys / "new.pem"), *revocation]) == 0
+    assert sorted(key_dir.iterdir()) == [new]

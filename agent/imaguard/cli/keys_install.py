@@ -13,9 +13,9 @@ from imaguard.digests import HashAlgo
 from imaguard.errors import ExitCode, UsageError
 from imaguard.ima import bootfiles
 from imaguard.ima.hostfacts import KernelFacts, parse_kernel_config
-from imaguard.ima.keyload import certificate_refusals
+from imaguard.ima.keyload import Refusal, certificate_refusals
 from imaguard.ima.rootfiles import Change, FileChange, install_file, read_root_file, root_dir
-from imaguard.keys import Certificate, LocalSigner, Verifier, load_certificate, load_private_key
+from imaguard.keys import Certificate, LocalSigner, Verifier, load_certificate, load_private_key, parse_certificate
 from imaguard.keys.revocation_store import load_revoked
 from imaguard.sign.files import sign_path, verify_path
 
@@ -60,11 +60,12 @@ kept); without it each is reported "unsigned" with warning W-UNSIGNED-BOOT-FILES
 `imaguard policy check --stage enforce` lists them.
 
 Refused before anything is written: CA certificates, revoked keys (--revocation-list,
---revocation-ca), EC keys when every kernel config in ROOT/boot says CONFIG_CRYPTO_ECDSA is off.
+--revocation-ca; the certificates already in ROOT/{bootfiles.KEY_DIR}, which the install keeps,
+are checked too), EC keys when every kernel config in ROOT/boot says CONFIG_CRYPTO_ECDSA is off.
 Afterwards rebuild the initramfs (update-initramfs -u, or dracut -f); install prints the command.
 
 Exit status: 0 installed (or unchanged); 2 CA or unreadable certificate, or --sign-key
-matching none of CERT; 3 revoked key; 77 EC key for a kernel without ECDSA; 1 a file could
+matching none of CERT; 3 revoked key (given or already installed); 77 EC key for a kernel without ECDSA; 1 a file could
 not be written or signed.
 """
 
@@ -102,8 +103,36 @@ def _dracut(root: Path, warnings: list[str]) -> FileChange | None:
     return install_file(root, bootfiles.DRACUT_CONF, bootfiles.dracut_conf().encode(), 0o644)
 
 
+def _kept_refusals(root: Path, certs: list[Certificate], revoked: frozenset[bytes]) -> list[Refusal]:
+    """The certificates already in ROOT/KEY_DIR that the install would keep, checked against the
+    revocation list: kept silently, a revoked key would go on being loaded at every boot. One that
+    cannot be parsed cannot be checked, so it is refused too (fail closed)."""
+    installing = {bootfiles.cert_file_name(c.key_id) for c in certs}
+    key_dir = root / bootfiles.KEY_DIR
+    refusals = []
+    for path in sorted(key_dir.glob("*.der")) if key_dir.is_dir() else []:
+        if path.name in installing:
+            continue
+        data = read_root_file(root, f"{bootfiles.KEY_DIR}/{path.name}")
+        if data is None:
+            continue
+        try:
+            kept = parse_certificate(data, str(path))
+        except UsageError as exc:
+            why = f"already installed, kept by this install, and not checkable against the revocation list ({exc})"
+            refusals.append(Refusal(str(path), "unchecked-key", f"{why}; remove or replace it"))
+            continue
+        if kept.key_id in revoked:
+            refusals.append(Refusal(str(path), "revoked-key", f"key {kept.key_id.hex()} is on the revocation list and "
+                                    "already installed: this install would keep it, loaded at every boot; remove "
+                                    "the file (then rebuild the initramfs) to retire the key"))  # fmt: skip
+    return refusals
+
+
 def _refuse(args: argparse.Namespace, certs: list[Certificate], root: Path, revoked: frozenset[bytes]) -> int | None:
     refusals = certificate_refusals(certs, KernelFacts(ecdsa=_target_ecdsa(root)), revoked)
+    if args.revocation_list is not None:
+        refusals += tuple(_kept_refusals(root, certs, revoked))
     if not refusals:
         return None
     reasons = {r.reason for r in refusals}
