@@ -48,3 +48,14 @@ def test_deep_journal_is_started_over(tmp_path: Path):
     journal = Journal.load(path, "config")
     assert journal.discarded.startswith("not JSON: maximum recursion depth exceeded")
     assert journal.done == set()
+
+
+def test_deep_report_is_refused_in_one_line(tmp_path: Path, capsys):
+    from imaguard.cli.main import main  # noqa: PLC0415
+
+    report = tmp_path / "report.json"
+    report.write_bytes(DEEP)
+    assert main(["report", "verify", str(report)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("imaguard: error: verification failed: not JSON (maximum recursion depth exceeded")
+    assert err.count("\n") == 1

@@ -24,7 +24,7 @@ def is_envelope(data: bytes) -> bool:
     """A DSSE envelope (``payloadType`` at the top) rather than a bare report document."""
     try:
         doc = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise FormatError(f"not JSON ({exc})", reason="bad-report") from exc
     return isinstance(doc, dict) and "payloadType" in doc
 

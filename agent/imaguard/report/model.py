@@ -294,7 +294,7 @@ def read_report(data: bytes, source: str) -> VerifiableReport:
     """Parse a report document; FormatError for anything not an imaguard report of a known version."""
     try:
         doc = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # nesting past the recursion limit is not a crash either
         raise FormatError(f"{source}: not JSON ({exc})", reason="bad-report") from exc
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise FormatError(f"{source}: not an imaguard report (schema {SCHEMA!r} missing)", reason="bad-report")
