@@ -89,9 +89,11 @@ on the old key id, (4) retire the old certificate, and revoke it if it was compr
 Default validity {CERT_DEFAULT_DAYS} days."""
 
 _REVOKE = """\
-Add an IMA key id to the revocation list FILE (created if missing) and sign the list with the CA
-key. The list is a DSSE envelope (payload type application/vnd.imaguard.revocation-list+json)
-signed by the CA: hosts check it against the CA certificate, so it can be published anywhere.
+Add an IMA key id to the revocation list FILE and sign the list with the CA key. A missing FILE
+is started (serial 1) only with --new, in an existing directory: a mistyped path must not start
+a list that forgets every key revoked so far. The list is a DSSE envelope (payload type
+application/vnd.imaguard.revocation-list+json) signed by the CA: hosts check it against the CA
+certificate, so it can be published anywhere.
 Each change increments the list's serial; hosts refuse a list older than one they accepted, and
 a list never drops a revoked key. An existing list that does not verify with this CA is refused,
 never re-signed. The file is replaced atomically.
@@ -192,6 +194,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     which.add_argument("--key-id", metavar="HEX", help="IMA key id, 8 hex digits")
     which.add_argument("--cert", type=Path, metavar="CERT", help="take the key id from this certificate")
     p.add_argument("--reason", default="", metavar="TEXT", help="why (one line, kept in the list)")
+    p.add_argument("--new", action="store_true", help="start the list: FILE must not exist yet")
     _add_common(p)
     p.set_defaults(handler=_cmd_revoke)
 
@@ -337,7 +340,7 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
     authority = ceremony.load_authority(args.ca, _ca_password(args))
     try:
         rl = revocations.add_revocation(args.list, authority, key_id, reason=args.reason, subject=subject,
-                                        now=_now())
+                                        now=_now(), new=args.new)
     except UsageError as exc:
         if exc.reason != "already-revoked":
             raise

@@ -97,7 +97,7 @@ Rotation, in this order (the old key stays valid until step 4):
      initramfs (update-initramfs -u -k all) and reboot (or keyctl unlink it from "_ima").
      If it was compromised, also revoke it:
        imaguard-keyring revoke --ca {ca_dir} --key-id {old_id} --list revocations.json --reason key-compromise
-     and publish the list to the hosts."""
+     (add --new if there is no list yet) and publish the list to the hosts."""
 
 
 def rotation_procedure(old: Certificate, new: Issued, new_name: str, ca_dir: Path) -> str:

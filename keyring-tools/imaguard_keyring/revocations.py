@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from imaguard.errors import UsageError
+from imaguard.errors import HostStateError, UsageError
+from imaguard.fsio import write_atomically
 from imaguard.keys.revocation import (
     MAX_REVOCATION_LIST_SIZE,
     RevocationList,
     sign_revocation_list,
     verify_revocation_list,
 )
-from imaguard.sign.journal import atomic_write
 
 if TYPE_CHECKING:
     import datetime
@@ -48,11 +48,29 @@ def add_revocation(
     reason: str,
     subject: str,
     now: datetime.datetime,
+    new: bool = False,
 ) -> RevocationList:
-    """Add ``key_id`` to the list at ``path`` (created if missing), re-sign it and replace the file."""
+    """Add ``key_id`` to the list at ``path``, re-sign it and replace the file.
+
+    A missing list is started (serial 1) only with ``new``: a mistyped or unmounted path would
+    otherwise start a fresh list that lacks every key revoked so far, which hosts that never saw
+    the real one would accept. No directory is ever created, for the same reason.
+    """
     current = read_revocation_list(path, authority.cert)
     if current is None:
+        if not new:
+            raise UsageError(f"{path}: no revocation list there; to start a new one (serial 1) give --new",
+                             reason="no-revocation-list")  # fmt: skip
+        if not path.parent.is_dir():
+            raise UsageError(f"{path.parent}: no such directory (it is not created)", reason="no-revocation-list")
         current = RevocationList.empty(authority.cert.key_id, now)
+    elif new:
+        raise UsageError(f"{path}: a revocation list (serial {current.serial}) is already there: --new only starts "
+                         "a list where there is none", reason="revocation-list-exists")  # fmt: skip
     updated = current.with_revoked(key_id, now, reason, subject)
-    atomic_write(path, sign_revocation_list(updated, authority.key).to_json())
+    try:
+        write_atomically(path, sign_revocation_list(updated, authority.key).to_json())
+    except OSError as exc:
+        raise HostStateError(f"{path}: cannot write: {exc.strerror}", reason="state-write", errno=exc.errno,
+                             path=str(path)) from exc  # fmt: skip
     return updated

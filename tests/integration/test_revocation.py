@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 
@@ -37,7 +38,7 @@ def test_verify_refuses_a_revoked_key_and_a_tampered_list(ceremony, tmp_path, ca
     capsys.readouterr()
     rl = tmp_path / "revocations.json"
     assert keyring_main(["revoke", "--ca", str(ca), "--list", str(rl), "--cert", str(keys / "old.pem"),
-                         "--reason", "key-compromise"]) == 0
+                         "--reason", "key-compromise", "--new"]) == 0
     capsys.readouterr()
     code, doc, _ = _verify(capsys, "--cert", str(keys / "old.pem"), str(target))
     assert code == 0  # without the list the signature is fine
@@ -76,7 +77,7 @@ def test_enroll_resigns_what_a_revoked_key_signed_and_refuses_to_sign_with_it(ce
     assert main(["enroll", *old, *common]) == 0
     capsys.readouterr()
     rl = tmp_path / "revocations.json"
-    assert keyring_main(["revoke", "--ca", str(ca), "--list", str(rl), "--cert", str(keys / "old.pem")]) == 0
+    assert keyring_main(["revoke", "--ca", str(ca), "--list", str(rl), "--cert", str(keys / "old.pem"), "--new"]) == 0
     capsys.readouterr()
     revocation = ["--revocation-list", str(rl), "--revocation-ca", str(ca / "ca.pem")]
     assert main(["enroll", *old, *revocation, *common]) == 3
@@ -100,7 +101,7 @@ def test_keys_install_refuses_to_keep_a_revoked_key_already_installed(ceremony, 
     root.mkdir()
     assert main(["keys", "install", "--root", str(root), str(keys / "old.pem")]) == 0
     rl = tmp_path / "revocations.json"
-    assert keyring_main(["revoke", "--ca", str(ca), "--list", str(rl), "--cert", str(keys / "old.pem")]) == 0
+    assert keyring_main(["revoke", "--ca", str(ca), "--list", str(rl), "--cert", str(keys / "old.pem"), "--new"]) == 0
     capsys.readouterr()
     key_dir = root / bootfiles.KEY_DIR
     old = key_dir / bootfiles.cert_file_name(load_certificate(keys / "old.pem").key_id)
@@ -121,3 +122,32 @@ def test_keys_install_refuses_to_keep_a_revoked_key_already_installed(ceremony, 
     junk.unlink()
     assert main(["keys", "install", "--root", str(root), str(keys / "new.pem"), *revocation]) == 0
     assert sorted(key_dir.iterdir()) == [new]
+
+
+def test_keys_install_refuses_an_older_revocation_list(ceremony, tmp_path, capsys):
+    # Regression: nothing recorded the serial accepted, so a replayed older signed list un-revoked keys.
+    from imaguard.keys.revocation import parse_ca_certificate  # noqa: PLC0415
+    from imaguard.keys.revocation_store import accepted_list_path  # noqa: PLC0415
+
+    ca, keys = ceremony
+    root = tmp_path / "root"
+    root.mkdir()
+    rl = tmp_path / "revocations.json"
+    assert keyring_main(["revoke", "--ca", str(ca), "--list", str(rl), "--key-id", "01020304", "--new"]) == 0
+    old_list = tmp_path / "serial1.json"
+    shutil.copy(rl, old_list)
+    assert keyring_main(["revoke", "--ca", str(ca), "--list", str(rl), "--cert", str(keys / "old.pem")]) == 0
+    capsys.readouterr()
+    install = ["keys", "install", "--root", str(root), str(keys / "new.pem"), "--revocation-ca", str(ca / "ca.pem")]
+    assert main([*install, "--revocation-list", str(rl)]) == 0
+    capsys.readouterr()
+    state = root / "var/lib/imaguard"
+    (record,) = state.iterdir()
+    ca_key_id = parse_ca_certificate((ca / "ca.pem").read_bytes(), "ca").key_id
+    assert record == accepted_list_path(state, ca_key_id)
+    assert record.read_bytes() == base64.b64decode(json.loads(rl.read_bytes())["payload"])
+    assert main([*install, "--revocation-list", str(old_list)]) == 3
+    assert capsys.readouterr().err == (
+        f"imaguard: error: {old_list}: revocation list serial 1 is older than the accepted serial 2 (recorded in "
+        f"{record}); refusing an older revocation list\n")
+    assert sorted(state.iterdir()) == [record]

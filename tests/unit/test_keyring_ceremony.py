@@ -512,7 +512,7 @@ def test_revoke_builds_a_signed_list(world, tmp_path, capsys):
     rl_path = tmp_path / "revocations.json"
     cert = load_certificate(world / "keys" / "ima-2026.pem")
     base = ["revoke", "--ca", str(world / "ca"), "--list", str(rl_path)]
-    code, out, _ = run_cli(capsys, [*base, "--key-id", "1a2b3c4d", "--reason", "key-compromise"])
+    code, out, _ = run_cli(capsys, [*base, "--key-id", "1a2b3c4d", "--reason", "key-compromise", "--new"])
     assert code == 0
     assert out.startswith(f"revoked key 1a2b3c4d: {rl_path} is now serial 1 with 1 key(s)")
     code, out, _ = run_cli(capsys, [*base, "--cert", str(world / "keys" / "ima-2026.pem"), "--json"])
@@ -533,10 +533,31 @@ def test_revoke_builds_a_signed_list(world, tmp_path, capsys):
     assert "1a2b3c4d" in out
 
 
+def test_revoke_starts_a_list_only_with_new_and_never_makes_directories(world, tmp_path, capsys):
+    # Regression: a missing --list path (a typo, an unmounted share) silently started a serial-1 list,
+    # directories included, that forgot every key revoked so far.
+    base = ["revoke", "--ca", str(world / "ca"), "--key-id", "1a2b3c4d"]
+    missing = tmp_path / "typo" / "revocations.json"
+    code, _, err = run_cli(capsys, [*base, "--list", str(missing)])
+    assert (code, err) == (2, f"imaguard: error: {missing}: no revocation list there; to start a new one (serial 1) "
+                              "give --new\n")  # fmt: skip
+    code, _, err = run_cli(capsys, [*base, "--list", str(missing), "--new"])
+    assert (code, err) == (2, f"imaguard: error: {missing.parent}: no such directory (it is not created)\n")
+    assert not missing.parent.exists()
+    rl_path = tmp_path / "revocations.json"
+    assert run_cli(capsys, [*base, "--list", str(rl_path), "--new"])[0] == 0
+    before = rl_path.read_bytes()
+    code, _, err = run_cli(capsys, ["revoke", "--ca", str(world / "ca"), "--key-id", "5e6f7a8b", "--list",
+                                    str(rl_path), "--new"])  # fmt: skip
+    assert (code, err) == (2, f"imaguard: error: {rl_path}: a revocation list (serial 1) is already there: --new only "
+                              "starts a list where there is none\n")  # fmt: skip
+    assert rl_path.read_bytes() == before
+
+
 def test_revoke_refuses_to_extend_a_tampered_list(world, tmp_path, capsys):
     rl_path = tmp_path / "revocations.json"
     base = ["revoke", "--ca", str(world / "ca"), "--list", str(rl_path)]
-    assert run_cli(capsys, [*base, "--key-id", "1a2b3c4d"])[0] == 0
+    assert run_cli(capsys, [*base, "--key-id", "1a2b3c4d", "--new"])[0] == 0
     env = json.loads(rl_path.read_bytes())
     payload = json.loads(base64.b64decode(env["payload"]))
     payload["revoked"] = []
@@ -561,7 +582,7 @@ def test_a_corrupt_list_is_a_format_error(world, tmp_path, capsys):
 def test_envelope_verifies_with_plain_cryptography(world, tmp_path):
     # What a host without imaguard can check: PAE over the payload, RSA PKCS#1 v1.5 SHA-256, CA key.
     rl_path = tmp_path / "r.json"
-    assert main(["revoke", "--ca", str(world / "ca"), "--list", str(rl_path), "--key-id", "1a2b3c4d"]) == 0
+    assert main(["revoke", "--ca", str(world / "ca"), "--list", str(rl_path), "--key-id", "1a2b3c4d", "--new"]) == 0
     env = json.loads(rl_path.read_bytes())
     payload = base64.b64decode(env["payload"])
     pae = b"DSSEv1 %d %s %d %s" % (len(env["payloadType"]), env["payloadType"].encode(), len(payload), payload)

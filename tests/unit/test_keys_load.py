@@ -21,6 +21,7 @@ from imaguard.ima.hostfacts import KernelFacts, KeyEntry, KeyringRef
 from imaguard.ima.keyload import KeyTarget, is_ca_certificate, plan_load
 from imaguard.keys import load_certificate
 from imaguard.keys.revocation import RevocationList, parse_ca_certificate, sign_revocation_list
+from imaguard.keys.revocation_store import accepted_list_path
 
 if TYPE_CHECKING:
     from imaguard.ima.hostfacts import KernelFacts as Facts
@@ -124,10 +125,48 @@ def test_cli_revoked_key_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     list_path = tmp_path / "revoked.dsse"
     list_path.write_bytes(sign_revocation_list(rl, pki().ca_key).to_json())
     cert_path = pki().write(tmp_path, "rsa_cert")
+    state = tmp_path / "state"
     assert main(["keys", "load", str(cert_path), "--revocation-list", str(list_path),
-                 "--revocation-ca", str(ca_path)]) == 3  # fmt: skip
+                 "--revocation-ca", str(ca_path), "--state-dir", str(state)]) == 3  # fmt: skip
     err = capsys.readouterr().err
     assert f"revoked-key: key {cert.key_id.hex()} is on the revocation list" in err
+    assert RevocationList.from_payload(accepted_list_path(state, ca.key_id).read_bytes(), "state") == rl
+
+
+@pytest.mark.usefixtures("untouchable_kernel")
+def test_cli_older_revocation_list_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: hosts were said to keep the highest serial accepted, but nothing did: an old signed
+    # list, replayed, un-revoked every key revoked since.
+    monkeypatch.setattr(keys_cli.probe, "read_kernel_facts", lambda **_: DEBIAN)
+    ca_path = ca_pem(tmp_path)
+    ca = parse_ca_certificate(ca_path.read_bytes(), str(ca_path))
+    first = RevocationList.empty(ca.key_id, NOW).with_revoked(b"\x01\x02\x03\x04", NOW)
+    second = first.with_revoked(pki().cert("rsa_cert").key_id, NOW)
+    lists = {}
+    for rl in (first, second):
+        lists[rl.serial] = tmp_path / f"rl-{rl.serial}.dsse"
+        lists[rl.serial].write_bytes(sign_revocation_list(rl, pki().ca_key).to_json())
+    state = tmp_path / "state"
+    cert_path = pki().write(tmp_path, "rsa_cert")
+
+    def load(serial: int) -> int:
+        return main(["keys", "load", str(cert_path), "--revocation-list", str(lists[serial]),
+                     "--revocation-ca", str(ca_path), "--state-dir", str(state), "--json"])  # fmt: skip
+
+    assert load(2) == 3  # revoked-key
+    assert json.loads(capsys.readouterr().out)["refused"][0]["reason"] == "revoked-key"
+    assert load(1) == 3
+    out, err = capsys.readouterr()
+    assert json.loads(out)["error"]["reason"] == "revocation-rollback"
+    assert err == (f"imaguard: error: {lists[1]}: revocation list serial 1 is older than the accepted serial 2 "
+                   f"(recorded in {accepted_list_path(state, ca.key_id)}); refusing an older revocation list\n")
+    assert RevocationList.from_payload(accepted_list_path(state, ca.key_id).read_bytes(), "state") == second
+    # a damaged record fails closed
+    accepted_list_path(state, ca.key_id).write_text("{")
+    assert load(2) == 1
+    assert json.loads(capsys.readouterr().out)["error"]["reason"] == "revocation-state"
 
 
 @pytest.mark.usefixtures("untouchable_kernel")

@@ -17,6 +17,7 @@ from imaguard.ima.hostfacts import IMA_KEYRING, SYSTEM_KEYRINGS, TRUSTED_IMA_KEY
 from imaguard.ima.keyload import KeyTarget, LoadPlan, plan_load
 from imaguard.keys import Certificate, load_certificate
 from imaguard.keys.revocation_store import load_revoked
+from imaguard.packages import DEFAULT_STATE_DIR
 
 __all__ = ["REFUSAL_EXIT", "SHOWN_KEYRINGS", "register"]
 
@@ -58,7 +59,9 @@ Load IMA signing certificates (PEM or DER) into the kernel keyring the kernel ve
 Before anything is touched, every certificate is checked and the whole load is refused if one
 fails: a CA certificate (keyCertSign, or CA:TRUE without digitalSignature: load the certificates
 it issued; a CA belongs in MOK), a key on the revocation list (--revocation-list/--revocation-ca,
-as for verify), an EC key on a kernel without ECDSA (CONFIG_CRYPTO_ECDSA; Debian 12), and, where the kernel restricts
+as for verify; a list older than the newest accepted from its CA -- lower serial, or a revoked key
+dropped -- is refused, exit 3; the newest is recorded in --state-dir), an EC key on a kernel
+without ECDSA (CONFIG_CRYPTO_ECDSA; Debian 12), and, where the kernel restricts
 '.ima', a certificate whose issuer is none of the keys in the system keyrings (the error lists
 the keys the kernel would accept a signature from). A kernel without IMA exits 77.
 
@@ -99,6 +102,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                          formatter_class=fmt)  # fmt: skip
     p.add_argument("certs", nargs="+", type=Path, metavar="CERT", help="IMA signing certificate, PEM or DER")
     add_revocation_options(p)
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+                   help=f"the newest revocation list accepted is recorded here (default {DEFAULT_STATE_DIR})")
     _common(p)
     p.set_defaults(handler=_cmd_load)
 
@@ -233,7 +238,7 @@ def _certs(paths: list[Path]) -> list[Certificate]:
 
 def _cmd_load(args: argparse.Namespace) -> int:
     certs = _certs(args.certs)
-    revoked = load_revoked(args.revocation_list, args.revocation_ca)
+    revoked = load_revoked(args.revocation_list, args.revocation_ca, args.state_dir)
     facts = probe.read_kernel_facts(with_xattrs=False)
     plan = plan_load(certs, facts, revoked)
     if not plan.accepted:

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     import argparse
     from pathlib import Path
 
-__all__ = ["INSTALL_HELP", "cmd_install"]
+__all__ = ["INSTALL_HELP", "STATE_DIR", "cmd_install"]
+
+STATE_DIR = "var/lib/imaguard"  # under --root: where the newest revocation list accepted is recorded
 
 INSTALL_HELP = f"""\
 Install IMA certificates under a root filesystem (--root DIR, default /) so that they are in the
@@ -61,12 +63,14 @@ kept); without it each is reported "unsigned" with warning W-UNSIGNED-BOOT-FILES
 
 Refused before anything is written: CA certificates, revoked keys (--revocation-list,
 --revocation-ca; the certificates already in ROOT/{bootfiles.KEY_DIR}, which the install keeps,
-are checked too), EC keys when every kernel config in ROOT/boot says CONFIG_CRYPTO_ECDSA is off.
+are checked too), a revocation list older than the newest one accepted from its CA (lower
+serial, or a revoked key dropped; recorded in ROOT/var/lib/imaguard), EC keys when every kernel
+config in ROOT/boot says CONFIG_CRYPTO_ECDSA is off.
 Afterwards rebuild the initramfs (update-initramfs -u, or dracut -f); install prints the command.
 
 Exit status: 0 installed (or unchanged); 2 CA or unreadable certificate, or --sign-key
-matching none of CERT; 3 revoked key (given or already installed); 77 EC key for a kernel without ECDSA; 1 a file could
-not be written or signed.
+matching none of CERT; 3 revoked key (given or already installed) or older revocation list;
+77 EC key for a kernel without ECDSA; 1 a file could not be written or signed.
 """
 
 
@@ -185,7 +189,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     certs = list({c.key_id: c for c in (load_certificate(p) for p in args.certs)}.values())
     if args.password_file is not None and args.sign_key is None:
         raise UsageError("--password-file is the password of --sign-key's key: give --sign-key too")
-    revoked = load_revoked(args.revocation_list, args.revocation_ca)
+    revoked = load_revoked(args.revocation_list, args.revocation_ca, root / STATE_DIR)
     refused = _refuse(args, certs, root, revoked)
     if refused is not None:
         return refused
