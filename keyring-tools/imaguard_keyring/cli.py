@@ -11,6 +11,7 @@ from imaguard.cli.main import Parser, run_guarded
 from imaguard.errors import ExitCode
 from imaguard.keys import LocalSigner, load_certificate, load_private_key
 from imaguard.packages import DEFAULT_STATE_DIR, open_source
+from imaguard.sign.sources import refuse_shared_key
 from imaguard_keyring import commands
 from imaguard_keyring.bundles import write_bundle
 
@@ -70,8 +71,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
     ima_cert = load_certificate(args.ima_cert)
-    signer = LocalSigner.from_key(load_private_key(args.ima_key, None, ima_cert), ima_cert)
     auth_cert = load_certificate(args.authority_cert)
+    refuse_shared_key([auth_cert], [ima_cert])  # before any key is read: --authority-key matches its cert
+    signer = LocalSigner.from_key(load_private_key(args.ima_key, None, ima_cert), ima_cert)
     auth_key = load_private_key(args.authority_key, None, auth_cert)
     source = open_source(args.root, args.state_dir, args.package_db)
     for name in args.packages:

@@ -116,3 +116,22 @@ def test_bundle_source_needs_the_authority_certificate(world, bundles, capsys):
     assert code == 2
     assert capsys.readouterr().err == (
         "imaguard: error: bundle sources need --authority-cert: the certificate that signs bundles\n")
+
+
+def test_one_key_for_the_authority_and_the_ima_signatures_is_refused(world, keypair, tmp_path, capsys):
+    # A bundle signature by the IMA key would also be an IMA signature (same scheme, same hash).
+    ima = keypair("rsa2048", "bundle-ima")
+    out = tmp_path / "bundles-shared"
+    out.mkdir()
+    code = keyring_main(["bundle", "igt", "--ima-key", str(ima.key), "--ima-cert", str(ima.cert_pem),
+                         "--authority-key", str(ima.key), "--authority-cert", str(ima.cert_pem),
+                         "--root", str(world.root), "--state-dir", str(world.state), "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"imaguard: error: bundle authority certificate {ima.cert_pem} has the same public key as "
+                          f"the IMA certificate {ima.cert_pem}: ")
+    assert list(out.iterdir()) == []
+    code = main(["enroll", "--source", f"bundle:{out}", "--cert", str(ima.cert_pem), "--authority-cert",
+                 str(ima.cert_pem), "--root", str(world.root), "--state-dir", str(world.state), "--no-fetch"])
+    assert code == 2
+    assert "has the same public key as the IMA certificate" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from imaguard.digests import HashAlgo
+from imaguard.errors import UsageError
 from imaguard.ima.xattr import ImaSignature
 from imaguard.keys import LocalSigner, Verifier, parse_certificate
 from imaguard.packages.model import Evidence, FileKind, InstalledPackage, PackageFile
@@ -97,3 +98,20 @@ def test_a_malformed_entry_refuses_its_file_only(tmp_path, world):
         source.signature_for(PKG, _pf(b"/digest-only"), EMPTY)
     assert (err.value.reason, err.value.refuse) == ("bundle-untrusted", True)
     assert source.signature_for(PKG, _pf(b"/good"), EMPTY) == good
+
+
+def test_an_authority_with_the_ima_key_is_refused() -> None:
+    # Regression: DSSE and IMA signatures are both RSA PKCS#1 v1.5 over SHA-256; one key for both roles
+    # makes every bundle signature a valid IMA signature for a file holding the envelope's PAE bytes.
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_cert = build_ca_certificate(ca_key, "test CA", 365, NOW)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ima, authority = _cert(ca_key, ca_cert, key, "ima"), _cert(ca_key, ca_cert, key, "authority")  # two certs, one key
+    other = _cert(ca_key, ca_cert, ec.generate_private_key(ec.SECP256R1()), "other")
+    with pytest.raises(UsageError) as caught:
+        BundleSource("/nonexistent", (other, authority), Verifier.of([ima]))
+    assert (caught.value.reason, str(caught.value)) == ("shared-key", (
+        "bundle authority certificate authority has the same public key as the IMA certificate ima: a bundle "
+        "signature would also be a valid IMA signature (both sign SHA-256 with the same scheme), for a file whose "
+        "content is the signed envelope; use a separate key for the authority"))
+    BundleSource("/nonexistent", (other,), Verifier.of([ima]))  # separate keys are fine

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from cryptography.hazmat.primitives import serialization
+
 from imaguard.digests import HashAlgo
 from imaguard.errors import FormatError, ImaguardError, TrustError, UsageError
 from imaguard.ima.xattr import ImaSignature, parse_xattr
@@ -20,11 +22,31 @@ from imaguard.keys.dsse import Envelope, verify_envelope
 from imaguard.sign.bundle import BUNDLE_PAYLOAD_TYPE, Bundle, bundle_name
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from imaguard.keys.material import Certificate
     from imaguard.keys.signer import Signer, Verifier
     from imaguard.packages.model import InstalledPackage, PackageFile
 
-__all__ = ["BundleSource", "LocalSource", "NoSignature", "SignatureSource", "VendorSource"]
+__all__ = ["BundleSource", "LocalSource", "NoSignature", "SignatureSource", "VendorSource", "refuse_shared_key"]
+
+
+def refuse_shared_key(authority: Sequence[Certificate], ima: Sequence[Certificate]) -> None:
+    """UsageError ``shared-key`` when a bundle authority certificate has the public key of an IMA one.
+
+    DSSE bundle signatures and IMA signatures are both RSA PKCS#1 v1.5 over SHA-256 (or both ECDSA):
+    with one key, every bundle signature would also be a valid IMA signature, for a file whose
+    content is the envelope's PAE bytes. The two roles need two keys.
+    """
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    ima_keys = {c.public_key.public_bytes(serialization.Encoding.DER, spki): c for c in ima}
+    for auth in authority:
+        same = ima_keys.get(auth.public_key.public_bytes(serialization.Encoding.DER, spki))
+        if same is not None:
+            raise UsageError(f"bundle authority certificate {auth.source} has the same public key as the IMA "
+                             f"certificate {same.source}: a bundle signature would also be a valid IMA signature "
+                             "(both sign SHA-256 with the same scheme), for a file whose content is the signed "
+                             "envelope; use a separate key for the authority", reason="shared-key")  # fmt: skip
 
 # A bundle lists one package version's files; anything larger is not a bundle.
 _MAX_BUNDLE = 64 << 20
@@ -102,6 +124,9 @@ class BundleSource:
     name: str = "bundle"
     _cache: dict[str, Bundle | NoSignature] = field(default_factory=dict)
     _verified: set[tuple[bytes, bytes]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        refuse_shared_key(self.authority, self.verifier.certificates)
 
     def _fetch(self, file_name: str) -> bytes | None:
         parsed = urllib.parse.urlparse(self.location)
