@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from imaguard.cli.keyfile import PASSWORD_HELP, key_password
 from imaguard.cli.main import Parser, run_guarded
 from imaguard.errors import ExitCode
 from imaguard.keys import LocalSigner, load_certificate, load_private_key
@@ -59,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ima-cert", type=Path, required=True, help="its certificate (key id from SKID)")
     p.add_argument("--authority-key", type=Path, required=True, help="key that signs the bundles")
     p.add_argument("--authority-cert", type=Path, required=True, help="its certificate")
+    p.add_argument("--ima-password-file", type=Path, metavar="FILE", help=f"for --ima-key: {PASSWORD_HELP}")
+    p.add_argument("--authority-password-file", type=Path, metavar="FILE",
+                   help=f"for --authority-key: {PASSWORD_HELP}")
     p.add_argument("--root", type=Path, default=Path("/"), help="tree whose package database is read")
     p.add_argument("--package-db", choices=("deb", "rpm"))
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
@@ -73,8 +77,10 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     ima_cert = load_certificate(args.ima_cert)
     auth_cert = load_certificate(args.authority_cert)
     refuse_shared_key([auth_cert], [ima_cert])  # before any key is read: --authority-key matches its cert
-    signer = LocalSigner.from_key(load_private_key(args.ima_key, None, ima_cert), ima_cert)
-    auth_key = load_private_key(args.authority_key, None, auth_cert)
+    ima_key = load_private_key(args.ima_key, key_password(args.ima_password_file, args.ima_key), ima_cert)
+    signer = LocalSigner.from_key(ima_key, ima_cert)
+    auth_password = key_password(args.authority_password_file, args.authority_key)
+    auth_key = load_private_key(args.authority_key, auth_password, auth_cert)
     source = open_source(args.root, args.state_dir, args.package_db)
     for name in args.packages:
         path, n = write_bundle(source=source, pkg=source.package(name), ima_signer=signer, authority_key=auth_key,

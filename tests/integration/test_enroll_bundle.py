@@ -135,3 +135,33 @@ def test_one_key_for_the_authority_and_the_ima_signatures_is_refused(world, keyp
                  str(ima.cert_pem), "--root", str(world.root), "--state-dir", str(world.state), "--no-fetch"])
     assert code == 2
     assert "has the same public key as the IMA certificate" in capsys.readouterr().err
+
+
+def test_bundle_signs_with_encrypted_keys_and_their_password_files(world, keypair, tmp_path, capsys, monkeypatch):
+    # Regression: bundle passed password=None, so an encrypted IMA or authority key could not be used.
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    monkeypatch.delenv("IMAGUARD_KEY_PASSWORD", raising=False)
+    ima, authority = keypair("rsa2048", "bundle-ima"), keypair("p256", "authority")
+    keys = {}
+    for name, pair, password in (("ima", ima, b"ima secret"), ("authority", authority, b"authority secret")):
+        plain = serialization.load_pem_private_key(pair.key.read_bytes(), None)
+        keys[name] = tmp_path / f"{name}-encrypted.key"
+        keys[name].write_bytes(plain.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.BestAvailableEncryption(password)))  # fmt: skip
+        (tmp_path / f"{name}.pw").write_bytes(password + b"\n")
+    out = tmp_path / "bundles-encrypted"
+    out.mkdir()
+    argv = ["bundle", "igt", "--ima-key", str(keys["ima"]), "--ima-cert", str(ima.cert_pem),
+            "--authority-key", str(keys["authority"]), "--authority-cert", str(authority.cert_pem),
+            "--root", str(world.root), "--state-dir", str(world.state), "--out", str(out)]  # fmt: skip
+    assert keyring_main(argv) == 2  # no password: a usage error naming the key, not a traceback
+    assert str(keys["ima"]) in capsys.readouterr().err
+    assert keyring_main([*argv, "--ima-password-file", str(tmp_path / "ima.pw")]) == 2
+    assert str(keys["authority"]) in capsys.readouterr().err
+    assert keyring_main([*argv, "--ima-password-file", str(tmp_path / "ima.pw"),
+                         "--authority-password-file", str(tmp_path / "authority.pw")]) == 0  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["igt_1.0_all.bundle"]
+    capsys.readouterr()
+    code, doc = _enroll(capsys, world, out, ima, authority)
+    assert code == 0, doc
