@@ -126,7 +126,9 @@ dracut's integrity module, that `imaguard keys install` puts in place), or an in
 older than what it must contain (ROOT/boot/initrd.img-*, or for dracut also initramfs-*.img: each
 must be newer than the certificates, their directory and the hook and script for initramfs-tools,
 than the drop-in for dracut, whose module reads the keys from the real root; none at all counts as
-stale): the next boot would load the keys of the old image. log, or enforce with
+stale; for initramfs-tools each image must also hold exactly those certificates, checked in gzip,
+xz or plain images, by name with lsinitramfs otherwise, by age alone without it): the next boot
+would load the keys of the old image. log, or enforce with
 --unsafe-enforce-with-unsigned-files, warns instead (W-NO-BOOT-KEYS, W-NO-BOOT-LOADING,
 W-INITRAMFS-STALE).
 After an enforce install, warning W-PACKAGE-CHANGES: while enforcing, packages must not be installed
