@@ -88,6 +88,16 @@ def test_enroll_resigns_what_a_revoked_key_signed_and_refuses_to_sign_with_it(ce
     assert {(s["outcome"], s["reason"]): s["files"] for s in doc["summary"]}[("signed", "")] == 1
     binary = str(world.root / "usr/bin/igt")
     assert main(["verify", "--cert", str(keys / "new.pem"), binary]) == 0
+    # The list enroll accepted is kept in its state directory: an older signed list (serial 1, which
+    # does not revoke old.pem) is refused from now on, so the old key cannot be brought back.
+    older = tmp_path / "serial1.json"
+    assert keyring_main(["revoke", "--ca", str(ca), "--list", str(older), "--key-id", "01020304", "--new"]) == 0
+    assert keyring_main(["revoke", "--ca", str(ca), "--list", str(rl), "--key-id", "05060708"]) == 0  # serial 2
+    capsys.readouterr()
+    assert main(["enroll", *new, *revocation, *common]) == 0  # serial 2 accepted and recorded
+    capsys.readouterr()
+    assert main(["enroll", *old, "--revocation-list", str(older), "--revocation-ca", str(ca / "ca.pem"), *common]) == 3
+    assert json.loads(capsys.readouterr().out)["error"]["reason"] == "revocation-rollback"
 
 
 def test_keys_install_refuses_to_keep_a_revoked_key_already_installed(ceremony, tmp_path, capsys):

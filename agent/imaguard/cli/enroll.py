@@ -91,7 +91,8 @@ def _signature_source(args: argparse.Namespace) -> SignatureSource:
     certs = [load_certificate(c) for c in args.cert]
     if not certs:
         raise UsageError("enroll needs --cert: the IMA certificate the kernel will verify signatures with")
-    revoked = load_revoked(args.revocation_list, args.revocation_ca)
+    # The state directory keeps the newest list accepted per CA: an older signed list is refused.
+    revoked = load_revoked(args.revocation_list, args.revocation_ca, args.state_dir)
     # Signatures by a revoked key are never kept (re-signed instead) nor handed out by any source.
     verifier = Verifier.of(certs, revoked)
     spec: str = args.sig_source
