@@ -135,6 +135,10 @@ def test_initramfs_files_is_none_when_the_content_cannot_be_read() -> None:
     assert bootfiles.initramfs_files(zstd_magic, "etc/keys/ima/") is None
     assert bootfiles.initramfs_files(main[:200], "etc/keys/ima/") is None  # truncated
     assert bootfiles.initramfs_files(gzip.compress(main)[:-20], "etc/keys/ima/") is None
+    corrupt = bytearray(gzip.compress(main))
+    corrupt[20:40] = b"\xff" * 20  # damaged deflate data: zlib.error, not a traceback
+    assert bootfiles.initramfs_files(bytes(corrupt), "etc/keys/ima/") is None
+    assert bootfiles.initramfs_files(lzma.compress(main)[:30] + b"\xff" * 50, "etc/keys/ima/") is None
     assert bootfiles.initramfs_files(main.replace(b"070701", b"07070X", 2), "etc/keys/ima/") is None
     assert bootfiles.initramfs_files(gzip.compress(main), "etc/keys/ima/", limit=len(main) - 1) is None
     assert bootfiles.initramfs_files(gzip.compress(main), "etc/keys/ima/", limit=len(main)) is not None

@@ -136,8 +136,11 @@ def _cpio_parts(data: bytes, prefix: str, found: dict[str, bytes], budget: list[
             continue
         if data.startswith(b"\x1f\x8b", pos):
             gz = zlib.decompressobj(wbits=31)
-            inner, rest = gz.decompress(data[pos:], budget[0] + 1), gz.unused_data
-            done = gz.eof
+            try:
+                inner = gz.decompress(data[pos:], budget[0] + 1)
+            except zlib.error:
+                return False
+            rest, done = gz.unused_data, gz.eof
         elif data.startswith(b"\xfd7zXZ\x00", pos):
             xz = lzma.LZMADecompressor()
             try:
