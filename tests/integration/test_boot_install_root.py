@@ -542,7 +542,8 @@ def test_an_initramfs_with_other_keys_refuses_enforce_however_new(
     code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
     assert (code, doc["error"]["reason"]) == (3, "gate-refused"), err
     assert err == (f"imaguard: error: {image} holds {old_name}, not the certificates in {key_dir} (differing: "
-                   f"{TEST_KEY_FILE}, {old_name}): the next boot would load the IMA keys of the image and deny every "
+                   f"{', '.join(sorted([TEST_KEY_FILE, old_name]))}): the next boot would load the IMA keys of the "
+                   "image and deny every "
                    f"file signed with a key it lacks; rebuild: chroot {root} update-initramfs -u -k all; nothing was "
                    "written\n")  # fmt: skip
     assert not (root / bootfiles.POLICY_PATH).exists()

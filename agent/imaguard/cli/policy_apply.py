@@ -441,12 +441,16 @@ def _keys_in_image(image: Path) -> tuple[str, dict[str, bytes | None] | None]:
     gzip, xz or uncompressed), ``names`` (lsinitramfs, for zstd and the rest), or ``mtime`` (neither
     worked: only the image's age was checked)."""
     prefix = f"{bootfiles.KEY_DIR}/"
+    files = None
     try:
         with image.open("rb") as f:
-            data = f.read(bootfiles.MAX_INITRAMFS_SIZE + 1)
+            # By its size: read(LIMIT + 1) would allocate the whole limit up front (a MemoryError in
+            # a 1 GiB guest), and an image past the limit is left to lsinitramfs.
+            size = os.fstat(f.fileno()).st_size
+            if size <= bootfiles.MAX_INITRAMFS_SIZE:
+                files = bootfiles.initramfs_files(f.read(size), prefix)
     except OSError:
         return "mtime", None
-    files = bootfiles.initramfs_files(data, prefix) if len(data) <= bootfiles.MAX_INITRAMFS_SIZE else None
     if files is not None:
         return "content", dict(files)
     tool = shutil.which("lsinitramfs")

@@ -102,8 +102,10 @@ exit 0
 """
 
 
-# An initramfs is bigger than this, unpacked, only by mistake; past it its content is not checked.
-MAX_INITRAMFS_SIZE = 1 << 30
+# An initramfs is bigger than this, unpacked, only by mistake; past it its content is not checked
+# here (lsinitramfs, or its age). Debian's are 30-70 MB packed, ~150 MB unpacked; hosts with 1 GiB
+# of memory must be able to hold it.
+MAX_INITRAMFS_SIZE = 256 << 20
 _CPIO_HEADER = 110  # newc: "070701" and 13 eight-digit hex fields (usr/gen_init_cpio.c, init/initramfs.c)
 
 
