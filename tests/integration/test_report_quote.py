@@ -37,28 +37,50 @@ pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.skipif((shutil.whi
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port whose successor is free too: the swtpm TCTI finds the control channel at port + 1."""
+    for _ in range(50):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = int(a.getsockname()[1])
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no two consecutive free ports")
+
+
+def _start_swtpm(state: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """swtpm on fresh ports; started again when it exits at once (a port taken since it was picked)."""
+    for _ in range(5):
+        port = _free_port()
+        proc = subprocess.Popen(
+            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}", "--server", f"type=tcp,port={port}",
+             "--ctrl", f"type=tcp,port={port + 1}", "--flags", "startup-clear,not-need-init"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        tcti = f"swtpm:host=127.0.0.1,port={port}"
+        deadline = time.monotonic() + 10
+        while subprocess.run(["tpm2_getcap", "properties-fixed"], env={"TPM2TOOLS_TCTI": tcti},
+                             capture_output=True, check=False).returncode != 0:  # fmt: skip
+            if proc.poll() is not None:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise AssertionError("swtpm did not come up")
+            time.sleep(0.1)
+        else:
+            return proc, tcti
+    raise AssertionError("swtpm exited at start five times")
 
 
 @pytest.fixture
 def tpm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    port = _free_port()
     state = tmp_path / "tpm"
     state.mkdir()
-    proc = subprocess.Popen(
-        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}", "--server", f"type=tcp,port={port}",
-         "--ctrl", f"type=tcp,port={port + 1}", "--flags", "startup-clear,not-need-init"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    tcti = f"swtpm:host=127.0.0.1,port={port}"
+    proc, tcti = _start_swtpm(state)
     try:
-        deadline = time.monotonic() + 10
-        while subprocess.run(["tpm2_getcap", "properties-fixed"], env={"TPM2TOOLS_TCTI": tcti},
-                             capture_output=True, check=False).returncode != 0:  # fmt: skip
-            assert time.monotonic() < deadline, "swtpm did not come up"
-            time.sleep(0.1)
         monkeypatch.setenv("TPM2TOOLS_TCTI", tcti)
         yield tcti
     finally:
