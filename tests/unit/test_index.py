@@ -41,12 +41,54 @@ def test_lookup_finds_every_owner(tmp_path):
         assert index.counts() == (2, 3)
 
 
+class _Source:
+    """The installed packages as a PackageSource sees them."""
+
+    def __init__(self, installed: dict[InstalledPackage, list[PackageFile]]) -> None:
+        self.installed = installed
+
+    def packages(self):
+        return iter(self.installed)
+
+    def files(self, pkg):
+        return iter(self.installed[pkg])
+
+
 def test_replacing_a_package_drops_its_old_files(tmp_path):
     with DigestIndex.open(tmp_path) as index:
+        index.replace_package(_pkg("a", "1"), [_file(b"/a", b"v1"), _file(b"/a-gone", b"gone")])
         index.replace_package(_pkg("a", "1"), [_file(b"/a", b"v1")])
-        index.replace_package(_pkg("a", "2"), [_file(b"/a", b"v2")])
+        assert index.lookup(hashlib.sha256(b"gone").digest()) == []
+        # An upgrade: the build pass indexes what is installed and drops the version that is not.
+        assert index.build(_Source({_pkg("a", "2"): [_file(b"/a", b"v2")]})) == (1, 1)
         assert index.lookup(hashlib.sha256(b"v1").digest()) == []
         assert [h.version for h in index.lookup(hashlib.sha256(b"v2").digest())] == ["2"]
+
+
+def test_versions_installed_side_by_side_are_all_indexed(tmp_path):
+    # RPM install-only packages (kernels, their modules): every installed version's files are genuine.
+    old, new = _pkg("kernel-modules", "6.1"), _pkg("kernel-modules", "6.2")
+    installed = {old: [_file(b"/lib/modules/6.1/x.ko", b"6.1")], new: [_file(b"/lib/modules/6.2/x.ko", b"6.2")]}
+    with DigestIndex.open(tmp_path) as index:
+        assert index.build(_Source(installed)) == (2, 2)
+        assert [h.version for h in index.lookup(hashlib.sha256(b"6.1").digest())] == ["6.1"]
+        assert [h.version for h in index.lookup(hashlib.sha256(b"6.2").digest())] == ["6.2"]
+        assert index.build(_Source({new: installed[new]})) == (1, 1)  # 6.1 removed
+        assert index.lookup(hashlib.sha256(b"6.1").digest()) == []
+        assert index.counts() == (1, 1)
+
+
+def test_an_index_of_another_schema_is_refused_not_misread(tmp_path):
+    import sqlite3  # noqa: PLC0415
+
+    db = sqlite3.connect(tmp_path / "index.sqlite")
+    db.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+                     "INSERT INTO meta VALUES ('schema', '1');")  # fmt: skip
+    db.commit()
+    db.close()
+    with pytest.raises(HostStateError, match=r"index schema 1, expected 2; remove it to rebuild") as err:
+        DigestIndex.open(tmp_path)
+    assert err.value.reason == "index-schema"
 
 
 def test_files_without_digest_are_not_indexed(tmp_path):
@@ -94,7 +136,6 @@ def test_sigkill_mid_update_leaves_each_package_whole(tmp_path):
                 rows = index._db.execute(  # the test inspects the raw tables
                     "SELECT p.version, count(*) FROM files f JOIN packages p ON p.id=f.package_id "
                     "WHERE p.name=? GROUP BY p.version", (f"p{p}",)).fetchall()
-                # Either absent (never written) or exactly one version with all of its files.
-                assert len(rows) <= 1
-                if rows:
-                    assert rows[0][1] == 2000 + p
+                # Each version written (one per killed writer: versions coexist until a build
+                # pass) is there with all of its files, never some of them.
+                assert all(count == 2000 + p for _version, count in rows), rows

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 __all__ = ["INDEX_NAME", "DigestIndex", "IndexEntry"]
 
 INDEX_NAME = "index.sqlite"
-_SCHEMA_VERSION = 1
+# 2: a package is (name, version, arch): RPM installs some packages side by side in several versions
+# ("install-only": kernels and their modules), and each version's files are genuine.
+_SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -33,7 +35,7 @@ CREATE TABLE IF NOT EXISTS packages (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL, version TEXT NOT NULL, arch TEXT NOT NULL,
     source_name TEXT NOT NULL, source_version TEXT NOT NULL, origin TEXT NOT NULL,
-    UNIQUE (name, arch)
+    UNIQUE (name, version, arch)
 );
 CREATE TABLE IF NOT EXISTS files (
     package_id INTEGER NOT NULL REFERENCES packages(id) ON DELETE CASCADE,
@@ -119,10 +121,12 @@ class DigestIndex:
         self._db.execute("COMMIT")
 
     def replace_package(self, pkg: InstalledPackage, files: Iterable[PackageFile]) -> int:
-        """Atomically replace everything indexed for ``pkg`` (same name and arch); returns rows written."""
+        """Atomically replace everything indexed for ``pkg`` (same name, version and arch); returns rows
+        written. Other versions stay: ``build`` drops those no longer installed."""
         n = 0
         with self._transaction() as db:
-            db.execute("DELETE FROM packages WHERE name=? AND arch=?", (pkg.name, pkg.architecture))
+            db.execute("DELETE FROM packages WHERE name=? AND version=? AND arch=?",
+                       (pkg.name, pkg.version, pkg.architecture))  # fmt: skip
             cur = db.execute(
                 "INSERT INTO packages (name, version, arch, source_name, source_version, origin) VALUES (?,?,?,?,?,?)",
                 (pkg.name, pkg.version, pkg.architecture, pkg.source_name, pkg.source_version, pkg.origin),
@@ -138,24 +142,24 @@ class DigestIndex:
                 n += 1
         return n
 
-    def remove_package(self, name: str, arch: str) -> None:
+    def remove_package(self, name: str, version: str, arch: str) -> None:
         with self._transaction() as db:
-            db.execute("DELETE FROM packages WHERE name=? AND arch=?", (name, arch))
+            db.execute("DELETE FROM packages WHERE name=? AND version=? AND arch=?", (name, version, arch))
 
     def build(
         self, source: PackageSource, progress: Callable[[InstalledPackage], None] | None = None
     ) -> tuple[int, int]:
         """One pass over every installed package; packages no longer installed are dropped."""
-        seen: set[tuple[str, str]] = set()
+        seen: set[tuple[str, str, str]] = set()
         files = 0
         for pkg in source.packages():
             files += self.replace_package(pkg, source.files(pkg))
-            seen.add((pkg.name, pkg.architecture))
+            seen.add((pkg.name, pkg.version, pkg.architecture))
             if progress is not None:
                 progress(pkg)
-        stale = [r for r in self._db.execute("SELECT name, arch FROM packages") if (r[0], r[1]) not in seen]
-        for name, arch in stale:
-            self.remove_package(name, arch)
+        stale = [r for r in self._db.execute("SELECT name, version, arch FROM packages") if tuple(r) not in seen]
+        for name, version, arch in stale:
+            self.remove_package(name, version, arch)
         return len(seen), files
 
     def lookup(self, digest: bytes) -> list[IndexEntry]:
