@@ -376,10 +376,10 @@ def test_log_stage_is_judged_as_enforce_unless_the_next_boot_surely_logs(
 
 
 def test_target_secure_boot_is_only_for_another_root() -> None:
-    from imaguard.cli.policy_apply import _next_boot_may_enforce  # noqa: PLC0415 - the one private helper tested
+    from imaguard.cli.policy_apply import _target_secure_boot  # noqa: PLC0415 - the one private helper tested
 
     with pytest.raises(UsageError, match=r"^--target-secure-boot is for another --root: "):
-        _next_boot_may_enforce(Path("/"), "off")
+        _target_secure_boot(Path("/"), "off")
 
 
 def test_keys_that_nothing_loads_at_boot_refuse_enforce(tmp_path: Path, run: Callable[..., tuple[int, dict, str]]) -> None:

@@ -1,0 +1,167 @@
+"""What the next boot of a root will load and enforce: its IMA keys, their loader, its initramfs.
+
+The checks behind `imaguard policy install` that stand between an installed policy and a host that
+does not come up (DESIGN.md §1.4): the next boot loads only the certificates in ROOT/etc/keys/ima,
+through the initramfs-tools hook (copied into each initramfs when it is built) or dracut's module,
+and honours ``ima_appraise=log`` only when every kernel that may boot allows it and secure boot is off.
+Reads the root (and runs ``lsinitramfs`` for images it cannot read itself); writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from imaguard.ima import bootfiles
+from imaguard.ima.hostfacts import AppraiseMode, SecureBootState, effective_appraise_mode, parse_kernel_config
+from imaguard.ima.rootfiles import read_root_file
+from imaguard.keys import Verifier, load_certificate
+
+__all__ = ["boot_key_loaders", "boot_keys", "next_boot_may_enforce", "stale_initramfs"]
+
+
+def boot_keys(root: Path, certs: list[Path]) -> tuple[frozenset[bytes], Verifier, list[str]]:
+    """The key ids the next boot loads (only the certificates in ROOT/KEY_DIR: what the initramfs hook
+    and dracut's integrity module load), a verifier over those and ``--cert``, and the files."""
+    key_dir = root / bootfiles.KEY_DIR
+    files = sorted(key_dir.glob("*.der")) if key_dir.is_dir() else []
+    at_boot = [load_certificate(p) for p in files]
+    extra = [load_certificate(p) for p in certs]  # checks signatures; loads nothing at boot
+    return frozenset(c.key_id for c in at_boot), Verifier.of([*at_boot, *extra]), [str(p) for p in files]
+
+
+def boot_key_loaders(root: Path) -> list[str]:
+    """What in ROOT loads KEY_DIR at boot, as `imaguard keys install` puts it in place: the initramfs-tools
+    hook and init-top script, or the dracut drop-in with dracut's integrity module and its key loader."""
+    found = []
+    if (root / bootfiles.INITRAMFS_HOOK).is_file() and (root / bootfiles.INITRAMFS_SCRIPT).is_file():
+        found.append("initramfs-tools")
+    if (root / bootfiles.DRACUT_CONF).is_file() and (root / bootfiles.DRACUT_MODULE_DIR / "ima-keys-load.sh").is_file():
+        found.append("dracut")
+    return found
+
+
+# Images the boot loader may start. Not: DKMS's backups (*.old-dkms) and kdump's image, which no
+# normal boot uses.
+_IMAGE_GLOBS = {"initramfs-tools": ("initrd.img-*",), "dracut": ("initrd.img-*", "initramfs-*.img")}
+_NOT_BOOTED = (".old-dkms", "kdump.img")
+_REBUILD = {"initramfs-tools": "update-initramfs -u -k all", "dracut": "dracut -f --regenerate-all"}
+
+
+def _mtime_ns(root: Path, path: Path) -> int | None:
+    """mtime of ``path``, following symlinks inside ROOT (an absolute link target is under ROOT)."""
+    for _ in range(16):
+        if not path.is_symlink():
+            break
+        target = path.readlink()
+        path = root / str(target).lstrip("/") if target.is_absolute() else path.parent / target
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _keys_in_image(image: Path) -> tuple[str, dict[str, bytes | None] | None]:
+    """The certificates in an initramfs image, and how they were read: ``content`` (names and bytes,
+    gzip, xz or uncompressed), ``names`` (lsinitramfs, for zstd and the rest), or ``mtime`` (neither
+    worked: only the image's age was checked)."""
+    prefix = f"{bootfiles.KEY_DIR}/"
+    files = None
+    try:
+        with image.open("rb") as f:
+            # By its size: read(LIMIT + 1) would allocate the whole limit up front (a MemoryError in
+            # a 1 GiB guest), and an image past the limit is left to lsinitramfs.
+            size = os.fstat(f.fileno()).st_size
+            if size <= bootfiles.MAX_INITRAMFS_SIZE:
+                files = bootfiles.initramfs_files(f.read(size), prefix)
+    except OSError:
+        return "mtime", None
+    if files is not None:
+        return "content", dict(files)
+    tool = shutil.which("lsinitramfs")
+    if tool is None:
+        return "mtime", None
+    try:
+        proc = subprocess.run([tool, str(image)], capture_output=True, check=False, timeout=300)
+    except (OSError, subprocess.TimeoutExpired):
+        return "mtime", None
+    names = [n.decode("utf-8", "surrogateescape").removeprefix("./") for n in proc.stdout.splitlines()]
+    if proc.returncode != 0 or not names:
+        return "mtime", None
+    return "names", {n: None for n in names if n.startswith(prefix) and n.endswith(".der")}
+
+
+def stale_initramfs(root: Path, loaders: list[str], checked: dict[str, str]) -> str:
+    """Why the initramfs images under ROOT/boot would not load the keys of ROOT/KEY_DIR ("" if they would).
+
+    The initramfs-tools hook copies the certificates into the image when update-initramfs runs: a key
+    installed (or removed) afterwards is not what the next boot loads, and files re-signed with a new
+    key would all be denied. dracut's module reads $NEWROOT/etc/keys/ima at boot, so for dracut only
+    the drop-in that includes the module must be older than the image. Every image must be fresh:
+    the boot loader may start any of them. Equal mtimes count as fresh (timestamps are coarse). For
+    initramfs-tools the certificates in each image must also be those of ROOT/KEY_DIR, where the
+    image can be read (``checked`` says how each was).
+    """
+    key_dir = root / bootfiles.KEY_DIR
+    inputs: dict[Path, None] = {}
+    images: dict[Path, None] = {}
+    for loader in loaders:
+        if loader == "initramfs-tools":
+            loader_files = [root / bootfiles.INITRAMFS_HOOK, root / bootfiles.INITRAMFS_SCRIPT]
+            inputs.update(dict.fromkeys([key_dir, *sorted(key_dir.glob("*.der")), *loader_files]))
+        else:
+            inputs[root / bootfiles.DRACUT_CONF] = None
+        for pattern in _IMAGE_GLOBS[loader]:
+            images.update(dict.fromkeys(p for p in sorted((root / "boot").glob(pattern))
+                                        if not p.name.endswith(_NOT_BOOTED)))  # fmt: skip
+    chroot = "" if root.resolve() == Path("/") else f"chroot {root} "
+    how = "rebuild: " + " ; ".join(f"{chroot}{_REBUILD[loader]}" for loader in loaders)
+    if not images:
+        names = " or ".join(dict.fromkeys(g for loader in loaders for g in _IMAGE_GLOBS[loader]))
+        return (f"no initramfs image under {root / 'boot'} ({names}): nothing would load {key_dir} at the next "
+                f"boot, so every appraised file would be denied; {how}")  # fmt: skip
+    newest, newest_ns = max(((p, _mtime_ns(root, p) or 0) for p in inputs), key=lambda item: item[1])
+    stale = [p for p in images if (_mtime_ns(root, p) or -1) < newest_ns]
+    if stale:
+        verb = "is" if len(stale) == 1 else "are"
+        return (f"{', '.join(map(str, stale))} {verb} older than {newest}: an initramfs loads the IMA keys (or key "
+                f"loader) of when it was built, so the next boot would not load those in {key_dir} and would deny "
+                f"every file signed with a key the image lacks; {how}")  # fmt: skip
+    if "initramfs-tools" not in loaders:
+        return ""
+    want = {f"{bootfiles.KEY_DIR}/{p.name}": p.read_bytes() for p in sorted(key_dir.glob("*.der"))}
+    for image in images:
+        how_read, held = _keys_in_image(image)
+        checked[str(image)] = how_read
+        if held is None:
+            continue
+        differ = sorted(n for n in want.keys() | held.keys()
+                        if n not in held or n not in want or held[n] not in (None, want[n]))  # fmt: skip
+        if differ:
+            names = ", ".join(n.rpartition("/")[2] for n in sorted(held)) or "no IMA certificate"
+            return (f"{image} holds {names}, not the certificates in {key_dir} (differing: "
+                    f"{', '.join(n.rpartition('/')[2] for n in differ)}): the next boot would load the IMA keys of "
+                    f"the image and deny every file signed with a key it lacks; {how}")  # fmt: skip
+    return ""
+
+
+def next_boot_may_enforce(root: Path, secure_boot: SecureBootState) -> str:
+    """Why the boot after a log-stage install might enforce instead of log ("" when it cannot).
+
+    The kernel ignores ima_appraise=log without CONFIG_IMA_APPRAISE_BOOTPARAM and under secure boot
+    (hostfacts.effective_appraise_mode): a log-stage boot policy would then deny every unsigned file
+    in scope from early boot on, a host that may not come up. Every kernel under ROOT/boot may be
+    the one booted; ``secure_boot`` is the state of the firmware that boots ROOT.
+    """
+    configs = sorted((root / "boot").glob("config-*"))
+    if not configs:
+        return f"no kernel config under {root / 'boot'} tells whether ima_appraise=log will be honoured"
+    for path in configs:
+        text = read_root_file(root, str(path.relative_to(root)))
+        config = parse_kernel_config(text.decode("utf-8", "replace"), str(path)) if text is not None else None
+        mode, why = effective_appraise_mode(("ima_appraise=log",), config, secure_boot)
+        if mode is not AppraiseMode.LOG:
+            return why
+    return ""
