@@ -93,8 +93,8 @@ class PolicyGateError(ImaguardError):
     reason = "gate-refused"
     exit_code = ExitCode.VERIFICATION_FAILED
 
-    def __init__(self, message: str, *, unsigned: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, unsigned: tuple[str, ...] = (), reason: str | None = None) -> None:
+        super().__init__(message, reason=reason)
         self.unsigned = unsigned
 
 

@@ -142,3 +142,13 @@ def test_initramfs_files_is_none_when_the_content_cannot_be_read() -> None:
     assert bootfiles.initramfs_files(main.replace(b"070701", b"07070X", 2), "etc/keys/ima/") is None
     assert bootfiles.initramfs_files(gzip.compress(main), "etc/keys/ima/", limit=len(main) - 1) is None
     assert bootfiles.initramfs_files(gzip.compress(main), "etc/keys/ima/", limit=len(main)) is not None
+
+
+def test_initramfs_files_refuses_deep_nesting_without_a_traceback() -> None:
+    # Review: 1,200 gzip layers (28 KB) made the recursive reader hit the recursion limit.
+    data = _main_archive()
+    for _ in range(1200):
+        data = gzip.compress(data, compresslevel=1)
+    assert bootfiles.initramfs_files(data, "etc/keys/ima/") is None
+    nested = gzip.compress(gzip.compress(_main_archive()))  # a little nesting still reads
+    assert bootfiles.initramfs_files(nested, "etc/keys/ima/") is not None

@@ -94,6 +94,7 @@ def test_signature_and_structural_class_claims_are_checked(tmp_path):
         (3, "signature", {"status": "verified", "key_id": "00000000"}, "signature key id '00000000'"),
         (3, "signature", {"status": "unsigned", "key_id": signed["signature"]["key_id"]}, "signature status 'unsigned'"),
         (4, "signature", {"status": "verified", "key_id": None}, "signature status 'verified'"),
+        (4, "signature", {"status": [], "key_id": None}, "signature status \\[\\]"),  # was a TypeError traceback
         (1, "class", "package", "class 'package', its template data says 'buffer'"),
         (2, "class", "violation", "class 'violation', its template data says 'package, modified or unknown'"),
     ]

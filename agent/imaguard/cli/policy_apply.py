@@ -423,7 +423,8 @@ def _check_boot_keys(
                        f"root, rerun {install} and rebuild the initramfs")  # fmt: skip
     if (args.stage == "enforce" or held) and not args.unsafe_enforce_with_unsigned_files:
         why = f" (--stage log is judged as enforce: {held})" if held else ""
-        raise PolicyGateError(f"{problem}{why}; nothing was written", unsigned=())
+        # The warning's own name as the reason (no-boot-keys, no-boot-loading, initramfs-stale).
+        raise PolicyGateError(f"{problem}{why}; nothing was written", reason=ident.removeprefix("W-").lower())
     _warn(ident, problem)
     _add_warning(doc, f"{ident}: {problem}")
 

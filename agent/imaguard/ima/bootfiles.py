@@ -123,7 +123,10 @@ def initramfs_files(image: bytes, prefix: str, limit: int = MAX_INITRAMFS_SIZE) 
     return found if _cpio_parts(image, prefix, found, budget) else None
 
 
-def _cpio_parts(data: bytes, prefix: str, found: dict[str, bytes], budget: list[int]) -> bool:
+_MAX_NESTING = 4
+
+
+def _cpio_parts(data: bytes, prefix: str, found: dict[str, bytes], budget: list[int], depth: int = 0) -> bool:
     pos = 0
     while True:
         while pos < len(data) and data[pos] == 0:
@@ -153,7 +156,10 @@ def _cpio_parts(data: bytes, prefix: str, found: dict[str, bytes], budget: list[
         else:
             return False
         budget[0] -= len(inner)
-        if not done or budget[0] < 0 or not _cpio_parts(inner, prefix, found, budget):
+        # Compressed archives inside compressed archives: no initramfs nests, and each level is a
+        # Python frame (a 28 KB image of 1,200 gzip layers would exhaust the stack).
+        if not done or budget[0] < 0 or depth >= _MAX_NESTING or not _cpio_parts(inner, prefix, found, budget,
+                                                                                  depth + 1):
             return False
         data, pos = rest, 0
 

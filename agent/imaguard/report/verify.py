@@ -105,7 +105,7 @@ def _check_claims(entry: dict[str, Any], item: LogItem, stated: tuple[bytes, byt
     if signature.get("key_id") != key_id:
         raise mismatch("signature key id", signature.get("key_id"), key_id)
     allowed = {str(status)} if status is not None else {str(s) for s in KEY_STATUSES}
-    if signature.get("status") not in allowed:
+    if not isinstance(signature.get("status"), str) or signature.get("status") not in allowed:
         raise mismatch("signature status", signature.get("status"), " or ".join(sorted(allowed)))
 
 
