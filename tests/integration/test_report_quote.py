@@ -125,15 +125,23 @@ def test_signed_quoted_report_verifies_and_every_change_fails(tpm, tmp_path, ind
     assert main(["report", "verify", "--cert", cert, "--nonce", "n-4712", str(out)]) == 3
     assert capsys.readouterr().err == f"imaguard: error: {out}: the report was made for nonce 'n-4711', not 'n-4712'\n"
 
-    data = bytearray(out.read_bytes())
-    data[len(data) // 2] ^= 0x01
+    # One flipped bit in the signed payload, re-encoded so the envelope itself stays well-formed
+    # (flipping a byte of the file's base64 text gave one of three errors depending on which
+    # character the report's length put in the middle).
+    envelope = json.loads(out.read_bytes())
+    payload = bytearray(base64.b64decode(envelope["payload"]))
+    payload[len(payload) // 2] ^= 0x01
+    envelope["payload"] = base64.b64encode(bytes(payload)).decode()
     changed = tmp_path / "changed.json"
-    changed.write_bytes(bytes(data))
+    changed.write_text(json.dumps(envelope))
     assert main(["report", "verify", "--cert", cert, str(changed)]) == 3
-    err = capsys.readouterr().err
-    assert err in (f"imaguard: error: {changed}: no signature verifies with a trusted authority certificate\n",
-                   f"imaguard: error: verification failed: {changed}: not a DSSE envelope "
-                   "(Incorrect padding)\n")  # fmt: skip
+    assert capsys.readouterr().err == f"imaguard: error: {changed}: no signature verifies with a trusted authority certificate\n"
+    # And a file that is not base64 where the envelope needs it is named as such, not a traceback.
+    envelope["payload"] = "!" + envelope["payload"][1:]
+    changed.write_text(json.dumps(envelope))
+    assert main(["report", "verify", "--cert", cert, str(changed)]) == 3
+    assert capsys.readouterr().err == (f"imaguard: error: verification failed: {changed}: not a DSSE envelope "
+                                       "(Only base64 data is allowed)\n")  # fmt: skip
 
 
 def test_quote_must_match_the_log_and_the_nonce(tpm, tmp_path, index_dir, capsys):
