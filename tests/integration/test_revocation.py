@@ -161,3 +161,37 @@ def test_keys_install_refuses_an_older_revocation_list(ceremony, tmp_path, capsy
         f"imaguard: error: {old_list}: revocation list serial 1 is older than the accepted serial 2 (recorded in "
         f"{record}); refusing an older revocation list\n")
     assert sorted(state.iterdir()) == [record]
+
+
+def test_verify_checks_the_recorded_list_and_writes_nothing(ceremony, tmp_path, capsys):
+    # Regression: verify took any signed list, so a replayed older one un-revoked a key for it.
+    ca, keys = ceremony
+    target = tmp_path / "tool"
+    shutil.copy("/usr/bin/true", target)
+    assert main(["sign", "--key", str(keys / "old.key"), "--cert", str(keys / "old.pem"), str(target)]) == 0
+    rl = tmp_path / "revocations.json"
+    assert keyring_main(["revoke", "--ca", str(ca), "--list", str(rl), "--key-id", "01020304", "--new"]) == 0
+    old_list = tmp_path / "serial1.json"
+    shutil.copy(rl, old_list)
+    assert keyring_main(["revoke", "--ca", str(ca), "--list", str(rl), "--cert", str(keys / "old.pem")]) == 0
+    root = tmp_path / "root"
+    root.mkdir()
+    ca_opts = ["--revocation-ca", str(ca / "ca.pem")]
+    assert main(["keys", "install", "--root", str(root), str(keys / "new.pem"), *ca_opts, "--revocation-list", str(rl)]) == 0
+    state = root / "var/lib/imaguard"
+    recorded = {p: p.read_bytes() for p in state.iterdir()}
+    capsys.readouterr()
+    verify = ["--cert", str(keys / "old.pem"), "--state-dir", str(state), *ca_opts, str(target)]
+    code, doc, err = _verify(capsys, *verify, "--revocation-list", str(old_list))
+    assert code == 3
+    assert doc["error"]["reason"] == "revocation-rollback"
+    assert "revocation list serial 1 is older than the accepted serial 2" in err
+    code, doc, _ = _verify(capsys, *verify, "--revocation-list", str(rl))
+    assert (code, doc["files"][0]["reason"]) == (3, "revoked-key")
+    assert {p: p.read_bytes() for p in state.iterdir()} == recorded
+    # A host with no record yet: the list is taken and nothing is written (verify is read-only).
+    empty = tmp_path / "empty"
+    code, doc, _ = _verify(capsys, "--cert", str(keys / "old.pem"), "--state-dir", str(empty), *ca_opts,
+                           "--revocation-list", str(old_list), str(target))  # fmt: skip
+    assert (code, doc["files"][0]["status"]) == (0, "verified")
+    assert not empty.exists()

@@ -92,6 +92,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--cert", required=True, type=Path, action="append", metavar="CERT",
                    help="trusted certificate (PEM or DER); repeat for several")
     add_revocation_options(p)
+    p.add_argument("--state-dir", type=Path, metavar="DIR",
+                   help="where enroll and keys install record the newest revocation list accepted (default "
+                        "/var/lib/imaguard): an older list is refused (revocation-rollback); verify never writes it")
     _add_common(p)
     p.set_defaults(handler=_cmd_verify)
 
@@ -182,8 +185,11 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from imaguard.keys import Verifier, load_certificate  # noqa: PLC0415 - see cli.main
     from imaguard.keys.revocation_store import load_revoked  # noqa: PLC0415
+    from imaguard.packages import DEFAULT_STATE_DIR  # noqa: PLC0415
 
-    revoked = load_revoked(args.revocation_list, args.revocation_ca)
+    # An old signed list is still signed: check it against the host's record, as enroll does.
+    state_dir = args.state_dir if args.state_dir is not None else DEFAULT_STATE_DIR
+    revoked = load_revoked(args.revocation_list, args.revocation_ca, state_dir, record=False)
     verifier = Verifier.of((load_certificate(p) for p in args.cert), revoked)
     job = functools.partial(verify_path, verifier=verifier, limits=Limits())
     return _finish(args, "verify", _run(args, job, "verifying"))

@@ -33,12 +33,14 @@ def accepted_list_path(state_dir: Path, issuer_key_id: bytes) -> Path:
     return state_dir / f"revocation-accepted-{issuer_key_id.hex()}.json"
 
 
-def load_revoked(list_path: Path | None, ca_path: Path | None, state_dir: Path | None = None) -> frozenset[bytes]:
+def load_revoked(
+    list_path: Path | None, ca_path: Path | None, state_dir: Path | None = None, *, record: bool = True
+) -> frozenset[bytes]:
     """Revoked key ids from a CA-signed list; a list that does not verify is an error, never "none".
 
     With ``state_dir``: a list older than the one accepted before from the same CA (lower serial,
     or a revoked key dropped) is refused (TrustError ``revocation-rollback``), and a newer one is
-    recorded as accepted.
+    recorded as accepted unless ``record`` is false (read-only commands check, never write).
     """
     if list_path is None:
         return frozenset()
@@ -50,11 +52,11 @@ def load_revoked(list_path: Path | None, ca_path: Path | None, state_dir: Path |
     except FormatError as exc:
         raise TrustError(str(exc), reason="bad-revocation-list") from exc
     if state_dir is not None:
-        _check_and_record(rl, state_dir, str(list_path))
+        _check_and_record(rl, state_dir, str(list_path), record=record)
     return rl.key_ids
 
 
-def _check_and_record(rl: RevocationList, state_dir: Path, source: str) -> None:
+def _check_and_record(rl: RevocationList, state_dir: Path, source: str, *, record: bool) -> None:
     path = accepted_list_path(state_dir, rl.issuer_key_id)
     try:
         kept = path.read_bytes()
@@ -78,6 +80,8 @@ def _check_and_record(rl: RevocationList, state_dir: Path, source: str) -> None:
                              reason=exc.reason) from exc  # fmt: skip
         if rl.serial == previous.serial:
             return
+    if not record:
+        return
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomically(path, rl.to_payload(), 0o644)
