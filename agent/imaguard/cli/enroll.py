@@ -72,7 +72,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_revocation_options(p)
     p.add_argument("--scope", type=Scope, choices=list(Scope), default=Scope.EXECUTABLES,
                    help="executables (exec bit, shared objects, kernel modules; default) or all")
-    p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan; writes no security.ima and no journal (verification caches: yes)")
     p.add_argument("--unsafe-trust-dpkg-md5sums", action="store_true",
                    help="DANGEROUS: sign files whose only evidence is dpkg's unsigned MD5 list")
     p.add_argument("--restart", action="store_true", help="ignore the journal of an interrupted run")
