@@ -62,15 +62,35 @@ def index(tmp_path):
         yield idx
 
 
+def _fid(path: bytes) -> tuple[int, int]:
+    """A stand-in (st_dev, st_ino) for the file at ``path``."""
+    return 8, int.from_bytes(hashlib.sha256(path).digest()[:4], "big")
+
+
 def _proc(pid: int, exe: bytes, start: float, maps: tuple[Mapping, ...] = (), *, deleted: bool = False,
           same_file: bool | None = True) -> ProcessInfo:  # fmt: skip
+    same = None if deleted else same_file
     return ProcessInfo(pid, exe.rsplit(b"/", 1)[-1].decode(), exe, exe_deleted=deleted, start_time=start,
-                       mappings=maps, exe_same_file=None if deleted else same_file)  # fmt: skip
+                       mappings=maps, exe_same_file=same, exe_file_id=_fid(exe) if same else None)  # fmt: skip
 
 
 def _m(path: bytes, *, deleted: bool = False, same_file: bool | None = True) -> Mapping:
     """A mapping as the host adapter gives it: by default the file at its path here."""
-    return Mapping(path, deleted, None if deleted else same_file)
+    same = None if deleted else same_file
+    return Mapping(path, deleted, same, _fid(path) if same else None)
+
+
+class Disk:
+    """``digest_here`` over contents by path, recording each call (path, file id, algorithm)."""
+
+    def __init__(self, contents: dict[bytes, bytes]) -> None:
+        self.contents = contents
+        self.calls: list[tuple[bytes, tuple[int, int], str]] = []
+
+    def __call__(self, path: bytes, file_id: tuple[int, int], algo: str) -> bytes | None:
+        self.calls.append((path, file_id, algo))
+        content = self.contents.get(path)
+        return None if content is None or file_id != _fid(path) else hashlib.new(algo, content).digest()
 
 
 def _report(index, processes=(), **kw):
@@ -275,13 +295,14 @@ def test_builder_log_violations_templates_and_the_last_measurement_wins(tmp_path
             PackageFile(b"/usr/bin/tool", FileKind.REGULAR, Evidence.REPO_VERIFIED, hashlib.sha256(b"v1").digest(),
                         HashAlgo.SHA256)])  # fmt: skip
         report = build_report(replay(iter_binary(b.binary())), source="b", lookup=idx, host=HOST, generator="g",
-                              created="c", processes=[_proc(9, b"/usr/bin/tool", 5.0)])  # fmt: skip
+                              created="c", processes=[_proc(9, b"/usr/bin/tool", 5.0)],
+                              digest_here=Disk({b"/usr/bin/tool": b"v2-changed"}))  # fmt: skip
     got = [(str(e.klass), str(e.signature)) for e in report.entries]
     assert got == [("boot-aggregate", "not-recorded"), ("package", "not-recorded"), ("violation", "unsigned"),
                    ("modified", "not-recorded"), ("unknown", "unknown-key"), ("unknown", "unsupported-form")]  # fmt: skip
     assert report.entries[2].extended == (b"\xff" * 20, b"\xff" * 32)
     assert report.entries[5].signature_detail == "signed over sha512, the log has sha256 digest"
-    # The running tool is the changed file: the last entry for its path decides.
+    # The running tool is the changed file: the entry with its content (here the last) decides.
     (proc,) = report.processes
     assert (str(proc.klass), proc.exe.entry) == ("modified", 3)
     assert verify_report(report.to_bytes(), certs=(), nonce=None, source="b").checks == ("schema-version", "entries",
@@ -314,7 +335,7 @@ def test_a_certificate_only_the_log_shows_does_not_make_a_signature_verified(tmp
         assert statuses([cert])[0] == ("verified", cert.subject)
 
 
-def _two_files_one_path(tmp_path, path: bytes, procs):
+def _two_files_one_path(tmp_path, path: bytes, procs, digest_here=None):
     """The log measured another file at ``path`` first, then the package's file: the last entry
     for the path is ``package`` (what a path-only match gave every process running from it)."""
     b = LogBuilder()
@@ -326,7 +347,7 @@ def _two_files_one_path(tmp_path, path: bytes, procs):
             PackageFile(path, FileKind.REGULAR, Evidence.REPO_VERIFIED, hashlib.sha256(b"genuine").digest(),
                         HashAlgo.SHA256)])  # fmt: skip
         return build_report(replay(iter_binary(b.binary())), source="b", lookup=idx, host=HOST, generator="g",
-                            created="c", processes=procs)  # fmt: skip
+                            created="c", processes=procs, digest_here=digest_here)  # fmt: skip
 
 
 def test_a_running_file_that_is_not_the_file_at_its_path_does_not_take_the_path_class(tmp_path):
@@ -339,7 +360,7 @@ def test_a_running_file_that_is_not_the_file_at_its_path_does_not_take_the_path_
         _proc(12, sleep, 5.0, same_file=False),  # another file (another mount namespace)
         _proc(13, sleep, 5.0, same_file=None),  # could not compare
         _proc(14, b"/usr/bin/tool", 5.0, (_m(sleep, deleted=True), _m(b"/usr/lib/x.so", same_file=False))),
-    ])  # fmt: skip
+    ], Disk({sleep: b"genuine"}))  # fmt: skip
     got = {p.pid: (str(p.klass), p.exe.entry, p.exe.reason, [r.name for r in p.exe.packages], p.exe.deleted)
            for p in report.processes}  # fmt: skip
     assert got == {
@@ -357,6 +378,33 @@ def test_a_running_file_that_is_not_the_file_at_its_path_does_not_take_the_path_
     # A replaced file whose path the log never shows stays not-measured, as documented.
     (lone,) = _report(LogIndex(), [_proc(9, b"/opt/x", 5.0, deleted=True)]).processes
     assert (str(lone.klass), lone.exe.reason) == ("not-measured", "file-replaced-since-start")
+
+
+def test_a_path_logged_with_several_contents_is_traced_by_the_running_file_digest(tmp_path):
+    """Regression: the log names files by path in the measuring process's mount namespace, so a
+    container's own /usr/bin/sleep ("genuine" here, logged last) and the host's tampered one
+    ("evil", logged first) share a path; the host's process running "evil" took the path's last
+    entry and was reported as the package. The running file is hashed and traced by content."""
+    sleep, lib = b"/usr/bin/sleep", b"/usr/lib/libc.so.6"
+    procs = [_proc(10, sleep, 5.0), _proc(11, b"/usr/bin/tool", 5.0, (_m(sleep),)), _proc(12, sleep, 5.0, (_m(lib),))]
+
+    def classes(report):
+        return [(p.pid, str(p.klass), p.exe.entry, p.exe.reason) for p in report.processes]
+
+    disk = Disk({sleep: b"evil"})
+    report = _two_files_one_path(tmp_path / "a", sleep, procs, disk)
+    assert classes(report)[0] == (10, "modified", 1, "")  # the evil entry: coreutils owns the path
+    assert [(str(m.klass), m.entry) for m in report.processes[1].mappings] == [("modified", 1)]
+    # Asked for each running file at such a path (RunningDigests hashes each file once); lib,
+    # logged with one content or none, is never hashed.
+    assert disk.calls == [(sleep, _fid(sleep), "sha256")] * 3
+    genuine = _two_files_one_path(tmp_path / "b", sleep, procs, Disk({sleep: b"genuine"}))
+    assert classes(genuine)[0] == (10, "package", 2, "")
+    # Content in no entry (changed in place since), a file no longer the running one (another
+    # inode by now: Disk gives None), or no way to hash: no entry is the running file's evidence.
+    for n, digest_here in enumerate((Disk({sleep: b"third"}), Disk({}), None)):
+        report = _two_files_one_path(tmp_path / f"c{n}", sleep, procs[:1], digest_here)
+        assert classes(report) == [(10, "untraced", None, "running-digest-not-logged")]
 
 
 class LogIndex:

@@ -24,17 +24,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import psutil
 
-from imaguard.report.facts import Mapping, ProcessInfo
+from imaguard.config import Limits
+from imaguard.digests import HashAlgo, hash_fd
+from imaguard.errors import ImaguardError
+from imaguard.ima.xattr_store import open_regular
+from imaguard.report.facts import FileId, Mapping, ProcessInfo
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-__all__ = ["MAPS_DISTINCT_LIMIT", "MAPS_LINE_LIMIT", "MappedFile", "Mapping", "ProcessInfo", "list_processes",
-           "parse_maps"]  # fmt: skip
+__all__ = ["MAPS_DISTINCT_LIMIT", "MAPS_LINE_LIMIT", "MappedFile", "Mapping", "ProcessInfo", "RunningDigests",
+           "list_processes", "parse_maps"]  # fmt: skip
 
 _DELETED = b" (deleted)"
 # A process maps ld.so and a few hundred libraries executable; more distinct files than this is not
@@ -138,7 +142,8 @@ def _mapping(pid: int, m: MappedFile, here: _Here) -> Mapping:
     """The running file of one mapping is the one ``map_files`` links to (root only:
     ``proc_map_files_get_link`` wants CAP_SYS_ADMIN); without it, maps' own device and inode."""
     running = _stat_id(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}") or (m.dev, m.ino)
-    return Mapping(m.path, m.deleted, None if m.deleted else here.same_file(m.path, running))
+    same = None if m.deleted else here.same_file(m.path, running)
+    return Mapping(m.path, m.deleted, same, running if same else None)
 
 
 def _error(exc: OSError) -> str:
@@ -149,21 +154,31 @@ def _error(exc: OSError) -> str:
     return f"unreadable: {exc.strerror}"
 
 
-def _exe(pid: int, here: _Here) -> tuple[bytes | None, bool, bool | None, str]:
-    """(path, deleted, same_file, error) of the executable; path None for kernel threads."""
+class _Exe(NamedTuple):
+    path: bytes | None  # None for kernel threads
+    deleted: bool = False
+    same_file: bool | None = None
+    file_id: FileId | None = None
+    error: str = ""
+
+
+def _exe(pid: int, here: _Here) -> _Exe:
+    """The executable as the kernel names it, and whether it is the file at that path here."""
     try:
         # readlink of /proc/<pid>/exe: empty for kernel threads.
         raw = os.readlink(f"/proc/{pid}/exe")  # noqa: PTH115 - str in, fsencode'd below
     except FileNotFoundError:
-        return None, False, None, "gone" if not psutil.pid_exists(pid) else ""  # kernel threads have no exe link
+        return _Exe(None, error="gone" if not psutil.pid_exists(pid) else "")  # kernel threads have no exe link
     except OSError as exc:
-        return None, False, None, _error(exc)
+        return _Exe(None, error=_error(exc))
     if not raw:
-        return None, False, None, ""
+        return _Exe(None)
     exe = os.fsencode(raw)
     if exe.endswith(_DELETED):
-        return exe[: -len(_DELETED)], True, None, ""
-    return exe, False, here.same_file(exe, _stat_id(f"/proc/{pid}/exe")), ""
+        return _Exe(exe[: -len(_DELETED)], deleted=True)
+    running = _stat_id(f"/proc/{pid}/exe")
+    same = here.same_file(exe, running)
+    return _Exe(exe, same_file=same, file_id=running if same else None)
 
 
 _PF_KTHREAD = 0x00200000  # include/linux/sched.h: "I am a kernel thread"
@@ -188,7 +203,8 @@ def _info(proc: psutil.Process, here: _Here) -> ProcessInfo | None:
         return None
     except psutil.AccessDenied:
         return ProcessInfo(pid, "", None, exe_deleted=False, start_time=0.0, mappings=(), error="access-denied")
-    exe, deleted, same, error = _exe(pid, here)
+    ex = _exe(pid, here)
+    exe, error = ex.path, ex.error
     if exe is None and (error == "gone" or (error and _kernel_thread(pid))):
         return None  # exited meanwhile; or a kernel thread, whose exe link only root may find empty
     mappings: tuple[Mapping, ...] = ()
@@ -200,7 +216,34 @@ def _info(proc: psutil.Process, here: _Here) -> ProcessInfo | None:
                 error = "maps-truncated"
         except OSError as exc:
             error = _error(exc)
-    return ProcessInfo(pid, name, exe, deleted, start, mappings, error, exe_same_file=same)
+    return ProcessInfo(pid, name, exe, ex.deleted, start, mappings, error, exe_same_file=ex.same_file,
+                       exe_file_id=ex.file_id)  # fmt: skip
+
+
+class RunningDigests:
+    """``DigestHere`` for the report: hashes the file at a path only while it is still the running
+    file (same device and inode through the descriptor it reads), once per file and algorithm."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self._limits = limits or Limits()
+        self._done: dict[tuple[bytes, FileId, str], bytes | None] = {}
+
+    def __call__(self, path: bytes, file_id: FileId, algo: str) -> bytes | None:
+        key = (path, file_id, algo)
+        if key not in self._done:
+            self._done[key] = self._hash(path, file_id, algo)
+        return self._done[key]
+
+    def _hash(self, path: bytes, file_id: FileId, algo: str) -> bytes | None:
+        try:
+            hash_algo = HashAlgo.from_name(algo)
+            with open_regular(path) as (fd, st):
+                if (st.st_dev, st.st_ino) != file_id:
+                    return None
+                return hash_fd(fd, hash_algo, max_size=self._limits.max_file_size, path=os.fsdecode(path),
+                               size_hint=st.st_size)  # fmt: skip
+        except ImaguardError:
+            return None
 
 
 def list_processes() -> tuple[ProcessInfo, ...]:

@@ -13,6 +13,10 @@ Classification (issue 7 item 3):
   (IMA measures a file again after it changed); absent from the log it is ``not-measured`` with
   the likely reason. Only when the running file is the file at that path: one deleted or replaced
   since, or another file than the path names in the reporter's namespace, is ``untraced``.
+- The log names files by path in the measuring process's mount namespace, so one path may be
+  logged with several contents (an upgrade, a container's own ``/usr/bin/python3``). Then the
+  last entry is not evidence for the running file: it is hashed (``digest_here``, the I/O side's)
+  and traced to the last entry with its digest, or ``untraced`` (``running-digest-not-logged``).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ if TYPE_CHECKING:
 
     from imaguard.ima.logstream import Entry
     from imaguard.packages.index import IndexEntry
-    from imaguard.report.facts import ProcessInfo
+    from imaguard.report.facts import DigestHere, FileId, ProcessInfo
 
 __all__ = [
     "KEY_STATUSES",
@@ -240,15 +244,26 @@ def _not_measured_reason(proc_start: float, first_measured_start: float | None, 
 _MEMFD = b"/memfd:"
 
 
+def _file_algo(item: LogItem) -> str:
+    """The algorithm that gives the entry's file digest ("ima" names none: SHA-1, or MD5 if 16 bytes)."""
+    return item.algo or ("md5" if len(item.digest) == 16 else "sha1")
+
+
 @dataclass(frozen=True, slots=True)
 class _Tracer:
-    """Traces a running file to the last log entry for its path."""
+    """Traces a running file to the last log entry for its path — or, where the log holds several
+    contents for that path (an upgrade; another mount namespace's file logged under the same path),
+    to the last entry whose digest is the running file's, which only hashing it can tell."""
 
     last: dict[bytes, int]
     entries: Sequence[EntryReport]
     clf: _Classifier
+    by_digest: dict[bytes, dict[tuple[str, bytes], int]]  # for paths logged with several contents
+    digest_here: DigestHere | None
 
-    def mapping(self, path: bytes, deleted: bool, same_file: bool | None, reason: str) -> MappingReport:
+    def mapping(
+        self, path: bytes, deleted: bool, same_file: bool | None, reason: str, file_id: FileId | None = None
+    ) -> MappingReport:
         idx = self.last.get(path)
         if deleted and path.startswith(_MEMFD):
             # Fileless: memfd_create()'s name, which the process chose; no path names it, so neither
@@ -266,8 +281,27 @@ class _Tracer:
             return MappingReport(path, ProcessClass.UNTRACED, None, "running-file-unchecked")
         if idx is None:
             return MappingReport(path, ProcessClass.NOT_MEASURED, None, reason, self.clf.owners(path), deleted)
+        contents = self.by_digest.get(path)
+        if contents is not None:
+            found = self._by_content(path, file_id, contents)
+            if found is None:
+                # Logged under this path, but not with what runs (or not hashable now): the last
+                # entry may be another file's, so no entry is this file's evidence.
+                return MappingReport(path, ProcessClass.UNTRACED, None, "running-digest-not-logged")
+            idx = found
         entry = self.entries[idx]
         return MappingReport(path, ProcessClass(str(entry.klass)), entry.index, "", entry.packages, deleted)
+
+    def _by_content(self, path: bytes, file_id: FileId | None, contents: dict[tuple[str, bytes], int]) -> int | None:
+        if file_id is None or self.digest_here is None:
+            return None
+        best: int | None = None
+        for algo in {a for a, _ in contents}:
+            digest = self.digest_here(path, file_id, algo)
+            pos = contents.get((algo, digest)) if digest is not None else None
+            if pos is not None and (best is None or pos > best):
+                best = pos
+        return best
 
 
 def summarize(replayed: ReplayedLog, source: str, byteorder: ByteOrder = "little") -> LogSummary:
@@ -295,6 +329,7 @@ def build_report(
     nonce: str | None = None,
     quote: QuoteReport | None = None,
     byteorder: ByteOrder = "little",
+    digest_here: DigestHere | None = None,
 ) -> Report:
     """The report of ``replayed`` (read from ``source``, whose length fields are ``byteorder``) on this host.
 
@@ -308,6 +343,7 @@ def build_report(
     clf = _Classifier(lookup)
     entries: list[EntryReport] = []
     last: dict[bytes, int] = {}
+    contents: dict[bytes, dict[tuple[str, bytes], int]] = {}
     for pos, item in enumerate(items):
         klass, refs = clf.classify(item)
         status, key_id, detail = _signature(item, trusted, logged)
@@ -315,21 +351,24 @@ def build_report(
                                    item.extended, item.template_data, refs, status, key_id, detail))  # fmt: skip
         if klass in (EntryClass.PACKAGE, EntryClass.MODIFIED, EntryClass.UNKNOWN):
             last[item.path] = pos
+            contents.setdefault(item.path, {})[(_file_algo(item), item.digest)] = pos
+    several = {path: found for path, found in contents.items() if len({d for _, d in found}) > 1}
     # Kernel threads have no executable and no error; a process whose executable could not be read
     # stays in the report (could not check is a value), untraced with its error.
     procs = [p for p in processes if p.exe is not None or p.error]
     measured_starts = [p.start_time for p in procs if p.exe in last and p.exe_same_file and not p.exe_deleted]
     first = min(measured_starts) if measured_starts else None
     reports: list[ProcessReport] = []
-    tracer = _Tracer(last, entries, clf)
+    tracer = _Tracer(last, entries, clf, several, digest_here)
     for p in procs:
         if p.exe is None:
             unread = MappingReport(b"", ProcessClass.UNTRACED, None, "executable-unreadable")
             reports.append(ProcessReport(p.pid, p.name, p.start_time, unread, (), p.error))
             continue
         reason = _not_measured_reason(p.start_time, first, len(last))
-        exe = tracer.mapping(p.exe, p.exe_deleted, p.exe_same_file, reason)
-        maps = tuple(tracer.mapping(m.path, m.deleted, m.same_file, reason) for m in p.mappings if m.path != p.exe)
+        exe = tracer.mapping(p.exe, p.exe_deleted, p.exe_same_file, reason, p.exe_file_id)
+        maps = tuple(tracer.mapping(m.path, m.deleted, m.same_file, reason, m.file_id)
+                     for m in p.mappings if m.path != p.exe)  # fmt: skip
         reports.append(ProcessReport(p.pid, p.name, p.start_time, exe, maps, p.error))
     return Report(generator, created, nonce, host, summarize(replayed, source, byteorder), tuple(entries),
                   tuple(reports), quote)  # fmt: skip

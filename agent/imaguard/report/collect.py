@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from imaguard import __version__
 from imaguard.errors import HostStateError, TrustError, UsageError
 from imaguard.host.identity import read_identity
-from imaguard.host.processes import list_processes
+from imaguard.host.processes import RunningDigests, list_processes
 from imaguard.ima.logsource import locate
 from imaguard.ima.measurements import detect_byteorder, iter_binary
 from imaguard.ima.replay import ReplayedLog, replay
@@ -119,7 +119,7 @@ def collect(
         report = build_report(
             replayed, source=source, lookup=index, processes=procs, host=_host(),
             generator=f"imaguard {__version__}", certificates=certificates, nonce=nonce, quote=quote,
-            byteorder=byteorder,
+            byteorder=byteorder, digest_here=RunningDigests(),
             created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )  # fmt: skip
     if quote is not None:
