@@ -13,11 +13,14 @@ from pathlib import Path
 __all__ = ["write_atomically"]
 
 
-def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` (file mode ``mode``); the directory must exist. Raises OSError."""
+def write_atomically(path: Path, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
+    """Replace ``path`` with ``data`` (file mode ``mode``, ``owner`` (uid, gid) or ours); the
+    directory must exist. Raises OSError."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            if owner is not None:
+                os.fchown(f.fileno(), *owner)
             os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()

@@ -276,6 +276,55 @@ def test_policy_install_measure_then_log_with_grub_advice(root: Path, run: Calla
     assert bootfiles.stage_of_policy_file(installed.read_text()) == "log"
 
 
+def _log_stage_root(root: Path, run: Callable[..., tuple[int, dict, str]]) -> list[str]:
+    """``root`` ready for a log-stage install whose advice adds ima_appraise=log; the argv for it."""
+    assert run("keys", "install", "--root", str(root), str(TEST_CERT))[0] == 0
+    kernel_config(root)
+    (root / "etc/default").mkdir(parents=True, exist_ok=True)
+    return ["policy", "install", "--stage", "log", "--root", str(root), "--target-secure-boot", "off", "--edit-grub"]
+
+
+def test_edit_grub_keeps_every_other_byte_and_the_owner(root: Path, run: Callable[..., tuple[int, dict, str]]) -> None:
+    """Regression: the grub file was decoded with errors="replace", so a Latin-1 comment came back as
+    U+FFFD, and it was recreated owned by root:root."""
+    argv = _log_stage_root(root, run)
+    grub = root / bootfiles.GRUB_DEFAULT
+    grub.write_bytes(b'# caf\xe9 \xff\r\nGRUB_CMDLINE_LINUX="quiet \xe9"\n')
+    os.chown(grub, 0, 4)  # group adm
+    grub.chmod(0o640)
+    code, doc, _ = run(*argv)
+    assert code == 0, doc
+    assert grub.read_bytes() == b'# caf\xe9 \xff\r\nGRUB_CMDLINE_LINUX="quiet \xe9 ima_appraise=log"\n'
+    st = grub.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 4, 0o640)
+    assert doc["files"][1] == {"path": str(grub), "change": "updated", "mode": "0640"}
+
+
+def test_edit_grub_that_cannot_be_done_writes_nothing(tmp_path: Path, run: Callable[..., tuple[int, dict, str]]) -> None:
+    """Regression: a grub file that could not be read (a directory) failed the command after the
+    policy had been written, and a binary one was rewritten."""
+    for n, content in enumerate((None, b"\x1f\x8b\x08\x00\0\0garbage", b"GRUB_CMDLINE_LINUX=quiet\n")):
+        root = tmp_path / f"r{n}"
+        (root / "etc/initramfs-tools").mkdir(parents=True)
+        argv = _log_stage_root(root, run)
+        initramfs(root)
+        grub = root / bootfiles.GRUB_DEFAULT
+        if content is None:
+            grub.mkdir()
+        else:
+            grub.write_bytes(content)
+        code, doc, _ = run(*argv)
+        assert code == 1
+        assert not (root / bootfiles.POLICY_PATH).exists()
+        if content is None:
+            assert doc["error"] == {"reason": "unreadable", "message": f"cannot read {grub}: Is a directory"}
+        else:
+            assert grub.read_bytes() == content
+            assert doc["error"] == {"reason": "grub-not-editable", "message": (
+                f"{grub}: not a file --edit-grub can rewrite safely (binary, or GRUB_CMDLINE_LINUX lines that are "
+                "not one plain double-quoted value); nothing was written: edit it by hand or leave out --edit-grub")}
+
+
 def test_policy_install_enforce_warns_that_package_changes_must_wait(
     tmp_path: Path, run: Callable[..., tuple[int, dict, str]]
 ) -> None:

@@ -26,7 +26,7 @@ from imaguard.ima.hostfacts import (
     parse_cmdline,
 )
 from imaguard.ima.policy import Policy, render, render_rule
-from imaguard.ima.rootfiles import Change, install_file, read_root_file, root_dir
+from imaguard.ima.rootfiles import Change, FileChange, install_file, read_root_file, root_dir
 from imaguard.sign.parallel import default_jobs
 
 __all__ = [
@@ -468,10 +468,13 @@ def _cmd_install(args: argparse.Namespace) -> int:
     else:
         result = GateResult(Decision.ALLOW, 0, (), 0)
     text = bootfiles.policy_file(render(policy), stage=args.stage, source=Path(source).name)
+    # The boot loader file is read and its edit made before anything is written: a grub file that
+    # cannot be read or edited must not leave a policy installed behind an error.
+    advice, grub_edit = _advice(args, root)
     change = install_file(root, bootfiles.POLICY_PATH, text.encode("ascii"), 0o644)
     doc["files"] = [{"path": change.path, "change": change.change.value, "mode": f"{change.mode:04o}"}]
-    advice, grub = _advice(args, root)
     doc.update(advice)
+    grub = _write_grub(root, grub_edit, change) if grub_edit is not None else None
     if grub is not None:
         doc["files"].append(grub)  # type: ignore[attr-defined]
     _warn_package_changes(args, policy, doc)
@@ -489,9 +492,23 @@ def _cmd_install(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _advice(args: argparse.Namespace, root: Path) -> tuple[dict[str, object], dict[str, str] | None]:
+def _write_grub(root: Path, edit: tuple[bytes, int], policy: FileChange) -> dict[str, str] | None:
+    data, mode = edit
+    try:
+        change = install_file(root, bootfiles.GRUB_DEFAULT, data, mode)
+    except HostStateError as exc:
+        raise HostStateError(f"{exc}; the policy was already written ({policy.change.value} {policy.path}), "
+                             "the kernel command line was not changed", reason=exc.reason, path=exc.path) from exc
+    if change.change is Change.UNCHANGED:
+        return None
+    return {"path": change.path, "change": change.change.value, "mode": f"{mode:04o}"}
+
+
+def _advice(args: argparse.Namespace, root: Path) -> tuple[dict[str, object], tuple[bytes, int] | None]:
+    """The command-line advice, and with --edit-grub the new grub file (content, mode) to write."""
     grub_bytes = read_root_file(root, bootfiles.GRUB_DEFAULT)
-    grub_text = grub_bytes.decode("utf-8", "replace") if grub_bytes is not None else None
+    # surrogateescape: every byte of lines the edit does not touch is written back as it was.
+    grub_text = grub_bytes.decode("utf-8", "surrogateescape") if grub_bytes is not None else None
     if grub_text is not None:
         words = tuple(w for line in grub_text.splitlines() if line.startswith("GRUB_CMDLINE_LINUX")
                       for w in line.partition("=")[2].strip().strip("\"'").split())  # fmt: skip
@@ -507,16 +524,20 @@ def _advice(args: argparse.Namespace, root: Path) -> tuple[dict[str, object], di
     if not advice.needs_change:
         lines.append("  nothing to change")
     lines += [f"  note: {n}" for n in advice.notes]
-    grub_change: dict[str, str] | None = None
+    grub_change: tuple[bytes, int] | None = None
     if grub_text is not None and advice.needs_change:
-        edit = bootfiles.grub_edit(grub_text, advice)
+        edit = bootfiles.grub_edit(grub_text, advice) if "\0" not in grub_text else None
         if edit is None:
             lines.append(f"  {root / bootfiles.GRUB_DEFAULT}: not plain double-quoted GRUB_CMDLINE_LINUX lines; "
                          "edit it by hand as above, then run update-grub")  # fmt: skip
+            if args.edit_grub:
+                raise HostStateError(f"{root / bootfiles.GRUB_DEFAULT}: not a file --edit-grub can rewrite safely "
+                                     "(binary, or GRUB_CMDLINE_LINUX lines that are not one plain double-quoted "
+                                     "value); nothing was written: edit it by hand or leave out --edit-grub",
+                                     reason="grub-not-editable", path=str(root / bootfiles.GRUB_DEFAULT))  # fmt: skip
         elif args.edit_grub:
             mode = (root / bootfiles.GRUB_DEFAULT).stat().st_mode & 0o7777
-            change = install_file(root, bootfiles.GRUB_DEFAULT, edit.new_text.encode(), mode)
-            grub_change = {"path": change.path, "change": change.change.value, "mode": f"{mode:04o}"}
+            grub_change = edit.new_text.encode("utf-8", "surrogateescape"), mode
         else:
             lines.append(f"  in {root / bootfiles.GRUB_DEFAULT} (not edited; --edit-grub does it), then run "
                          "update-grub:")
@@ -524,6 +545,4 @@ def _advice(args: argparse.Namespace, root: Path) -> tuple[dict[str, object], di
                 lines += ([f"    - {old}"] if old is not None else []) + [f"    + {new}"]
     doc: dict[str, object] = {"cmdline": {"from": words_from, "add": list(advice.add), "remove": list(advice.remove),
                                           "notes": list(advice.notes)}, "cmdline_text": lines}  # fmt: skip
-    if grub_change is not None and grub_change["change"] == Change.UNCHANGED.value:
-        grub_change = None
     return doc, grub_change

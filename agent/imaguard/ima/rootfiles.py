@@ -61,16 +61,21 @@ def _target(root: Path, relpath: str) -> Path:
 
 
 def read_root_file(root: Path, relpath: str) -> bytes | None:
-    """The content of ``ROOT/relpath`` (at most 1 MiB), None if it does not exist."""
+    """The content of ``ROOT/relpath``, None if it does not exist; larger than 1 MiB is an error
+    (a prefix would be rewritten as the whole file)."""
     target = _target(root, relpath)
     try:
         with target.open("rb") as f:
-            return f.read(_MAX_READ)
+            data = f.read(_MAX_READ + 1)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise HostStateError(f"cannot read {target}: {exc.strerror}", reason="unreadable", errno=exc.errno,
                              path=str(target)) from exc  # fmt: skip
+    if len(data) > _MAX_READ:
+        raise HostStateError(f"{target}: larger than {_MAX_READ} bytes, not a configuration file",
+                             reason="unreadable", path=str(target))  # fmt: skip
+    return data
 
 
 def _mkdirs(root: Path, relpath: str) -> None:
@@ -82,7 +87,8 @@ def _mkdirs(root: Path, relpath: str) -> None:
 
 
 def install_file(root: Path, relpath: str, data: bytes, mode: int) -> FileChange:
-    """Make ``ROOT/relpath`` hold ``data`` with ``mode``; created, updated or unchanged."""
+    """Make ``ROOT/relpath`` hold ``data`` with ``mode`` (and its owner, if it exists); created,
+    updated or unchanged."""
     target = _target(root, relpath)
     try:
         try:
@@ -95,7 +101,8 @@ def install_file(root: Path, relpath: str, data: bytes, mode: int) -> FileChange
         if st is not None and stat.S_IMODE(st.st_mode) == mode and read_root_file(root, relpath) == data:
             return FileChange(str(target), Change.UNCHANGED, mode)
         _mkdirs(root, relpath)
-        write_atomically(target, data, mode)
+        # An updated file keeps its owner (a configuration file may belong to its admin group).
+        write_atomically(target, data, mode, None if st is None else (st.st_uid, st.st_gid))
     except OSError as exc:
         raise HostStateError(f"{target}: cannot write: {exc.strerror}", reason="install-write", errno=exc.errno,
                              path=str(target)) from exc  # fmt: skip
