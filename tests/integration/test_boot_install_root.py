@@ -605,6 +605,10 @@ def test_an_initramfs_with_other_keys_refuses_enforce_however_new(
     monkeypatch.setenv("PATH", str(bin_dir))
     code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
     assert (code, doc["initramfs_checked"]) == (0, {str(image): "mtime"}), err
+    unchecked = (f"W-INITRAMFS-UNCHECKED: {image}: neither its content nor its file list could be read here (install "
+                 "lsinitramfs, from initramfs-tools-core), so only its age was checked against the keys")
+    assert unchecked in doc["warnings"]
+    assert f"imaguard: warning [{unchecked.replace(': ', ']: ', 1)}\n" in err
     (root / bootfiles.POLICY_PATH).unlink()
     lsinitramfs = bin_dir / "lsinitramfs"
     lsinitramfs.write_text(f"#!/bin/sh\necho .\necho {bootfiles.KEY_DIR}\necho {bootfiles.KEY_DIR}/{TEST_KEY_FILE}\n")
@@ -616,3 +620,33 @@ def test_an_initramfs_with_other_keys_refuses_enforce_however_new(
     code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
     assert (code, doc["error"]["reason"]) == (3, "initramfs-stale"), err
     assert "holds imaguard-00000000.der, not the certificates in" in err
+
+
+def test_a_damaged_initramfs_refuses_enforce(tmp_path: Path, run: Callable[..., tuple[int, dict, str]],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Regression (review): a corrupt or truncated image counted as "could not be read here" and
+    passed on its age; the kernel cannot unpack it and would boot without the keys."""
+    root = tmp_path / "r"
+    (root / "etc/initramfs-tools").mkdir(parents=True)
+    assert run("keys", "install", "--root", str(root), str(TEST_CERT))[0] == 0
+    image = initramfs(root)
+    rebuild = f"rebuild: chroot {root} update-initramfs -u -k all; nothing was written\n"
+    for data in (b"\x1f\x8b\x08\x00garbage", image.read_bytes()[:-40]):
+        image.write_bytes(data)
+        code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
+        assert (code, doc["error"]["reason"]) == (3, "initramfs-stale"), err
+        assert err == (f"imaguard: error: {image} cannot be unpacked: compressed data ends before its end marker "
+                       "(truncated); the kernel would boot without the IMA keys it should hold and deny every "
+                       f"appraised file; {rebuild}")  # fmt: skip
+        assert not (root / bootfiles.POLICY_PATH).exists()
+    # Not readable here (zstd), and lsinitramfs fails on it: refused with its words.
+    image.write_bytes(b"\x28\xb5\x2f\xfd zstd")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "lsinitramfs").write_text("#!/bin/sh\necho 'zstd: corrupted block' >&2\nexit 1\n")
+    (bin_dir / "lsinitramfs").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    code, doc, err = run("policy", "install", "--stage", "enforce", "--root", str(root))
+    assert (code, doc["error"]["reason"]) == (3, "initramfs-stale"), err
+    assert err.startswith(f"imaguard: error: {image} cannot be unpacked: lsinitramfs cannot list it (exit 1: zstd: "
+                          "corrupted block); the kernel would boot")  # fmt: skip

@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpiolib import newc
 
+from imaguard.errors import FormatError
 from imaguard.ima import bootfiles
 from imaguard.ima.bootfiles import cmdline_advice, grub_edit
 
@@ -129,19 +130,36 @@ def test_initramfs_files_reads_plain_gzip_and_xz_parts_after_early_microcode() -
     assert bootfiles.initramfs_files(newc({"init": b"#!/bin/sh"}), "etc/keys/ima/") == {}
 
 
-def test_initramfs_files_is_none_when_the_content_cannot_be_read() -> None:
+def test_initramfs_files_is_none_when_the_content_cannot_be_read_here() -> None:
     main = _main_archive()
-    zstd_magic = b"\x28\xb5\x2f\xfd" + b"\0" * 64  # Debian 12's default compression: not in the stdlib
-    assert bootfiles.initramfs_files(zstd_magic, "etc/keys/ima/") is None
-    assert bootfiles.initramfs_files(main[:200], "etc/keys/ima/") is None  # truncated
-    assert bootfiles.initramfs_files(gzip.compress(main)[:-20], "etc/keys/ima/") is None
-    corrupt = bytearray(gzip.compress(main))
-    corrupt[20:40] = b"\xff" * 20  # damaged deflate data: zlib.error, not a traceback
-    assert bootfiles.initramfs_files(bytes(corrupt), "etc/keys/ima/") is None
-    assert bootfiles.initramfs_files(lzma.compress(main)[:30] + b"\xff" * 50, "etc/keys/ima/") is None
-    assert bootfiles.initramfs_files(main.replace(b"070701", b"07070X", 2), "etc/keys/ima/") is None
+    for magic in (b"\x28\xb5\x2f\xfd", b"\x02\x21\x4c\x18", b"\x89LZO", b"BZh9", b"\x5d\x00\x00"):
+        # zstd (Debian 12's default), lz4, lzo, bzip2, lzma: the kernel may read them, the stdlib not.
+        assert bootfiles.initramfs_files(main + magic + b"\0" * 64, "etc/keys/ima/") is None
     assert bootfiles.initramfs_files(gzip.compress(main), "etc/keys/ima/", limit=len(main) - 1) is None
     assert bootfiles.initramfs_files(gzip.compress(main), "etc/keys/ima/", limit=len(main)) is not None
+
+
+def test_a_damaged_initramfs_is_a_format_error() -> None:
+    """Regression (review): a truncated or corrupt gzip/xz/cpio image read as "could not be checked",
+    so only its age was checked and enforce was allowed; the kernel cannot unpack it either."""
+    main = _main_archive()
+    corrupt = bytearray(gzip.compress(main))
+    corrupt[20:40] = b"\xff" * 20
+    cases = {
+        main[:200]: "a damaged or truncated cpio archive",
+        gzip.compress(main)[:-20]: "compressed data ends before its end marker (truncated)",
+        bytes(corrupt): "damaged gzip data (Error -3 while decompressing data: ",
+        lzma.compress(main)[:30] + b"\xff" * 50: "damaged xz data (Corrupt input data)",
+        main.replace(b"070701", b"07070X", 2): "neither a cpio archive nor a compressed one where a part should begin",
+        main[:54] + b"ZZZZZZZZ" + main[62:]: "a damaged or truncated cpio archive",  # size not hex
+        b"\x1f\x8b\x08\x00garbage": "compressed data ends before its end marker (truncated)",  # the review's case
+        main + b"junk after the archive": "neither a cpio archive nor a compressed one where a part should begin",
+    }
+    for data, message in cases.items():
+        with pytest.raises(FormatError) as caught:
+            bootfiles.initramfs_files(data, "etc/keys/ima/")
+        # zlib's own words after "data: " depend on where the damage is.
+        assert str(caught.value) == message or (message.endswith(": ") and str(caught.value).startswith(message))
 
 
 def test_initramfs_files_refuses_deep_nesting_without_a_traceback() -> None:

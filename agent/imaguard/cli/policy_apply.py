@@ -52,6 +52,7 @@ W_NO_BOOT_KEYS = "W-NO-BOOT-KEYS"
 W_LOG_MAY_ENFORCE = "W-LOG-MAY-ENFORCE"
 W_NO_BOOT_LOADING = "W-NO-BOOT-LOADING"  # the id `keys install` warns with for the same gap
 W_INITRAMFS_STALE = "W-INITRAMFS-STALE"
+W_INITRAMFS_UNCHECKED = "W-INITRAMFS-UNCHECKED"
 # No package hook yet labels what dpkg writes: under enforce an install or upgrade is refused half-way
 # (a new .deb's preinst runs from /var/lib/dpkg/tmp.ci unlabelled) or leaves unlabelled programs and
 # libraries the kernel denies. The way through today is the log stage (docs/adr/0003).
@@ -413,6 +414,13 @@ def _check_boot_keys(
             checked: dict[str, str] = {}
             problem = nextboot.stale_initramfs(root, loaders, checked)
             doc["initramfs_checked"] = checked
+            unread = [image for image, how in checked.items() if how == "mtime"]
+            if not problem and unread:
+                # Neither read here (zstd, lz4...) nor listed (no lsinitramfs): only its age vouches.
+                message = (f"{', '.join(unread)}: neither its content nor its file list could be read here (install "
+                           "lsinitramfs, from initramfs-tools-core), so only its age was checked against the keys")
+                _warn(W_INITRAMFS_UNCHECKED, message)
+                _add_warning(doc, f"{W_INITRAMFS_UNCHECKED}: {message}")
             if not problem:
                 return
         else:

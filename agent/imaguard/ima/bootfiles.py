@@ -28,6 +28,7 @@ import shlex
 import zlib
 from dataclasses import dataclass
 
+from imaguard.errors import FormatError
 from imaguard.ima.hostfacts import cmdline_value
 
 __all__ = [
@@ -115,8 +116,11 @@ def initramfs_files(image: bytes, prefix: str, limit: int = MAX_INITRAMFS_SIZE) 
     An image is newc cpio archives one after the other, each plain or compressed, with NUL padding
     between them (init/initramfs.c ``unpack_to_rootfs``; initramfs-tools puts the uncompressed early
     microcode archive before the compressed main one). gzip and xz are read here; None when a part
-    is compressed otherwise (zstd, Debian's default, lz4, lzo...), malformed or past ``limit``:
-    the content could not be checked. Names are as mkinitramfs writes them, without ``./``.
+    is compressed otherwise (zstd, Debian's default, lz4, lzo, bzip2, lzma), nested deeper than any
+    initramfs or past ``limit``: the content could not be checked here. FormatError when the image
+    is damaged where it can be read (truncated, corrupt, no known format): the kernel could not
+    unpack it either ("Initramfs unpacking failed") and would boot without what it holds. Names are
+    as mkinitramfs writes them, without ``./``.
     """
     found: dict[str, bytes] = {}
     budget = [limit]
@@ -124,9 +128,12 @@ def initramfs_files(image: bytes, prefix: str, limit: int = MAX_INITRAMFS_SIZE) 
 
 
 _MAX_NESTING = 4
+# Compressions the kernel may unpack (lib/decompress.c compressed_formats) that are not read here.
+_OTHER_COMPRESSIONS = (b"\x28\xb5\x2f\xfd", b"\x02\x21", b"\x89\x4c", b"BZh", b"\x5d\x00")
 
 
 def _cpio_parts(data: bytes, prefix: str, found: dict[str, bytes], budget: list[int], depth: int = 0) -> bool:
+    """True when every part was read; False when one cannot be read here; FormatError when damaged."""
     pos = 0
     while True:
         while pos < len(data) and data[pos] == 0:
@@ -136,32 +143,43 @@ def _cpio_parts(data: bytes, prefix: str, found: dict[str, bytes], budget: list[
         if data.startswith((b"070701", b"070702"), pos):
             end = _cpio_archive(data, pos, prefix, found)
             if end is None:
-                return False
+                raise FormatError("a damaged or truncated cpio archive")
             pos = end
             continue
-        if data.startswith(b"\x1f\x8b", pos):
-            gz = zlib.decompressobj(wbits=31)
-            try:
-                inner = gz.decompress(data[pos:], budget[0] + 1)
-            except zlib.error:
-                return False
-            rest, done = gz.unused_data, gz.eof
-        elif data.startswith(b"\xfd7zXZ\x00", pos):
-            xz = lzma.LZMADecompressor()
-            try:
-                inner = xz.decompress(data[pos:], budget[0] + 1)
-            except lzma.LZMAError:
-                return False
-            rest, done = xz.unused_data, xz.eof
-        else:
+        part = _decompress(data[pos:], budget[0] + 1)
+        if part is None:
             return False
+        inner, rest, done = part
         budget[0] -= len(inner)
+        if budget[0] < 0:
+            return False
+        if not done:
+            raise FormatError("compressed data ends before its end marker (truncated)")
         # Compressed archives inside compressed archives: no initramfs nests, and each level is a
         # Python frame (a 28 KB image of 1,200 gzip layers would exhaust the stack).
-        if not done or budget[0] < 0 or depth >= _MAX_NESTING or not _cpio_parts(inner, prefix, found, budget,
-                                                                                  depth + 1):
+        if depth >= _MAX_NESTING or not _cpio_parts(inner, prefix, found, budget, depth + 1):
             return False
         data, pos = rest, 0
+
+
+def _decompress(data: bytes, max_length: int) -> tuple[bytes, bytes, bool] | None:
+    """(output, the bytes after this stream, whether it ended) of the gzip or xz stream ``data``
+    starts with; None for a compression not read here; FormatError for anything else."""
+    if data.startswith(b"\x1f\x8b"):
+        gz = zlib.decompressobj(wbits=31)
+        try:
+            return gz.decompress(data, max_length), gz.unused_data, gz.eof
+        except zlib.error as exc:
+            raise FormatError(f"damaged gzip data ({exc})") from exc
+    if data.startswith(b"\xfd7zXZ\x00"):
+        xz = lzma.LZMADecompressor()
+        try:
+            return xz.decompress(data, max_length), xz.unused_data, xz.eof
+        except lzma.LZMAError as exc:
+            raise FormatError(f"damaged xz data ({exc})") from exc
+    if data.startswith(_OTHER_COMPRESSIONS):
+        return None
+    raise FormatError("neither a cpio archive nor a compressed one where a part should begin")
 
 
 def _cpio_archive(data: bytes, pos: int, prefix: str, found: dict[str, bytes]) -> int | None:

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from imaguard.errors import FormatError
 from imaguard.ima import bootfiles
 from imaguard.ima.hostfacts import AppraiseMode, SecureBootState, effective_appraise_mode, parse_kernel_config
 from imaguard.ima.rootfiles import read_root_file
@@ -63,10 +64,15 @@ def _mtime_ns(root: Path, path: Path) -> int | None:
         return None
 
 
+class DamagedImageError(Exception):
+    """The initramfs cannot be unpacked: the kernel would boot without the keys it should hold."""
+
+
 def _keys_in_image(image: Path) -> tuple[str, dict[str, bytes | None] | None]:
     """The certificates in an initramfs image, and how they were read: ``content`` (names and bytes,
     gzip, xz or uncompressed), ``names`` (lsinitramfs, for zstd and the rest), or ``mtime`` (neither
-    worked: only the image's age was checked)."""
+    could read it: only the image's age was checked). DamagedImageError when the image is damaged where
+    it can be read, or lsinitramfs fails on it."""
     prefix = f"{bootfiles.KEY_DIR}/"
     files = None
     try:
@@ -78,6 +84,8 @@ def _keys_in_image(image: Path) -> tuple[str, dict[str, bytes | None] | None]:
                 files = bootfiles.initramfs_files(f.read(size), prefix)
     except OSError:
         return "mtime", None
+    except FormatError as exc:
+        raise DamagedImageError(str(exc)) from exc
     if files is not None:
         return "content", dict(files)
     tool = shutil.which("lsinitramfs")
@@ -89,7 +97,8 @@ def _keys_in_image(image: Path) -> tuple[str, dict[str, bytes | None] | None]:
         return "mtime", None
     names = [n.decode("utf-8", "surrogateescape").removeprefix("./") for n in proc.stdout.splitlines()]
     if proc.returncode != 0 or not names:
-        return "mtime", None
+        said = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise DamagedImageError(f"lsinitramfs cannot list it (exit {proc.returncode}{': ' + said[0] if said else ''})")
     return "names", {n: None for n in names if n.startswith(prefix) and n.endswith(".der")}
 
 
@@ -133,7 +142,12 @@ def stale_initramfs(root: Path, loaders: list[str], checked: dict[str, str]) -> 
         return ""
     want = {f"{bootfiles.KEY_DIR}/{p.name}": p.read_bytes() for p in sorted(key_dir.glob("*.der"))}
     for image in images:
-        how_read, held = _keys_in_image(image)
+        try:
+            how_read, held = _keys_in_image(image)
+        except DamagedImageError as exc:
+            checked[str(image)] = "damaged"
+            return (f"{image} cannot be unpacked: {exc}; the kernel would boot without the IMA keys it should "
+                    f"hold and deny every appraised file; {how}")  # fmt: skip
         checked[str(image)] = how_read
         if held is None:
             continue
