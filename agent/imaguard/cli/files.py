@@ -16,6 +16,7 @@ from imaguard.config import Limits
 from imaguard.digests import HashAlgo
 from imaguard.errors import ExitCode, HostStateError, UsageError
 from imaguard.ima import xattr_store
+from imaguard.shown import one_line, shown_path
 from imaguard.sign.files import VERIFY_FAILURES, FileResult, Target, iter_targets, opened, sign_path, verify_path
 from imaguard.sign.memo import MemoSigner
 from imaguard.sign.parallel import default_jobs, run_jobs
@@ -140,7 +141,7 @@ def _line(res: FileResult) -> str:
     if res.detail and res.status == "failed":
         detail = ": " + res.detail.removeprefix(f"{res.path}: ")
     key = f" key={res.key_id}" if res.key_id and res.status != "failed" else ""
-    return f"{res.status:8} {res.path}{extra}{key}{detail}"
+    return f"{res.status:8} {shown_path(res.path)}{extra}{key}{one_line(detail)}"
 
 
 def _finish(args: argparse.Namespace, command: str, results: list[FileResult]) -> int:
@@ -220,7 +221,10 @@ def _cmd_hash(args: argparse.Namespace) -> int:
         if args.json:
             continue
         if res.status == "hashed":
-            print(f"{res.detail}  {res.path}")
+            # As sha256sum: a name that needs escaping is shown escaped, its line marked with "\\".
+            name = shown_path(res.path)
+            mark = "\\" if name != res.path else ""
+            print(f"{mark}{res.detail}  {name}")
         else:
             print(_line(res), file=sys.stderr)
     return _finish(args, "hash", done)

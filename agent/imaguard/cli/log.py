@@ -18,6 +18,7 @@ from imaguard.ima.measurements import (
     iter_binary,
 )
 from imaguard.ima.replay import ReplayedLog, compare, replay, replay_binary
+from imaguard.shown import shown_path
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -150,7 +151,7 @@ def _entry_line(i: int, e: Entry) -> str:
     sig = "-"
     if e.sig:
         sig = f"sig:{e.sig[3:7].hex()}" if len(e.sig) >= 7 and e.sig[0] == 3 else "sig"  # v2 header: keyid at 3..7
-    return f"{i:>6} {e.pcr:>3} {e.template.name:<10} {digest} {sig} {_text(e.path)}"
+    return f"{i:>6} {e.pcr:>3} {e.template.name:<10} {digest} {sig} {shown_path(e.path)}"
 
 
 def _listed(stream: LogStream, out: IO[str], as_json: bool) -> Iterator[Entry]:

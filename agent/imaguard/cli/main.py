@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from imaguard import __version__
 from imaguard.errors import ExitCode, ImaguardError
+from imaguard.shown import one_line
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -103,7 +104,7 @@ def run_guarded(parser: argparse.ArgumentParser, args_list: list[str]) -> int:
 def _report(message: str, reason: str, want_json: bool) -> None:
     if want_json:
         print(json.dumps({"error": {"reason": reason, "message": message}}))
-    print(f"imaguard: error: {message}", file=sys.stderr)
+    print(f"imaguard: error: {one_line(message)}", file=sys.stderr)
 
 
 def entry() -> None:

@@ -27,6 +27,7 @@ from imaguard.ima.hostfacts import (
 )
 from imaguard.ima.policy import Policy, render, render_rule
 from imaguard.ima.rootfiles import Change, FileChange, install_file, read_root_file, root_dir
+from imaguard.shown import one_line, shown_path
 from imaguard.sign.parallel import default_jobs
 
 __all__ = [
@@ -204,7 +205,7 @@ def _emit(doc: dict[str, object]) -> None:
 
 
 def _warn(ident: str, message: str) -> None:
-    print(f"imaguard: warning [{ident}]: {message}", file=sys.stderr)
+    print(f"imaguard: warning [{ident}]: {one_line(message)}", file=sys.stderr)
 
 
 def _warn_package_changes(args: argparse.Namespace, policy: Policy, doc: dict[str, object]) -> None:
@@ -242,7 +243,7 @@ def _judge(args: argparse.Namespace, result: GateResult, doc: dict[str, object],
     if result.allowed:
         return None
     paths = tuple(u.path for u in result.uncovered)
-    listing = "; ".join(f"{u.path} ({u.reason})" for u in result.uncovered[:20])
+    listing = "; ".join(f"{shown_path(u.path)} ({u.reason})" for u in result.uncovered[:20])
     more = f"; and {len(paths) - 20} more" if len(paths) > 20 else ""
     if args.stage == "log" and not held:
         _warn("W-LOG-GAPS", f"{len(paths)} file(s) would fail appraisal; in the log stage they are logged, not "
@@ -253,7 +254,7 @@ def _judge(args: argparse.Namespace, result: GateResult, doc: dict[str, object],
         _warn(W_UNSAFE_ENFORCE, f"--unsafe-enforce-with-unsigned-files: enforcing although {len(paths)} file(s) "
               f"will be DENIED until the next reboot: {listing}{more}")  # fmt: skip
         return None
-    named = ", ".join(f"{u.path} ({u.reason})" for u in result.uncovered[:3])
+    named = ", ".join(f"{shown_path(u.path)} ({u.reason})" for u in result.uncovered[:3])
     named += f" and {len(paths) - 3} more" if len(paths) > 3 else ""
     why = f" (--stage log is judged as enforce: {held})" if held else ""
     err = PolicyGateError(f"the gate refused{why}: {len(paths)} of {result.in_scope} file(s) in scope would be denied: "
@@ -270,8 +271,9 @@ def _fail(args: argparse.Namespace, doc: dict[str, object], err: ImaguardError) 
     gate = doc.get("gate")
     if isinstance(gate, dict) and not args.json:
         for u in gate["uncovered"]:
-            print(f"  {u['reason']:20} {u['path']}  (rule line {u['rule_line']}: {u['detail']})", file=sys.stderr)
-    print(f"imaguard: error: {err}", file=sys.stderr)
+            print(f"  {u['reason']:20} {shown_path(u['path'])}  (rule line {u['rule_line']}: {one_line(u['detail'])})",
+                  file=sys.stderr)  # fmt: skip
+    print(f"imaguard: error: {one_line(str(err))}", file=sys.stderr)
     return err.exit_code
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from imaguard.report.model import EntryClass, ProcessClass, SignatureStatus, path_text
+from imaguard.report.model import EntryClass, ProcessClass, SignatureStatus
+from imaguard.shown import shown_path
 
 if TYPE_CHECKING:
     from imaguard.report.model import MappingReport, PackageRef, Report
@@ -81,10 +82,10 @@ def render_text(report: Report) -> str:
         lines += ["", "Processes not traced to a package, or only by weak evidence (class, pid, name, file, why):"]
         for p in odd_procs:
             why = p.error or _mapping_note(p.exe)
-            exe = path_text(p.exe.path) or "?"  # the executable could not be read: ``error`` says why
+            exe = shown_path(p.exe.path) or "?"  # the executable could not be read: ``error`` says why
             lines.append(f"  {p.klass!s:12} {p.pid:>7}  {p.name:15} {exe}  {why}".rstrip())
         for p, m in odd_maps:
-            lines.append(f"  {m.klass!s:12} {p.pid:>7}  {p.name:15} {path_text(m.path)} (mapped)  "
+            lines.append(f"  {m.klass!s:12} {p.pid:>7}  {p.name:15} {shown_path(m.path)} (mapped)  "
                          f"{_mapping_note(m)}".rstrip())  # fmt: skip
     odd_entries = [e for e in report.entries if e.klass in (EntryClass.MODIFIED, EntryClass.UNKNOWN)
                    or e.signature in _BAD_SIGNATURES]  # fmt: skip
@@ -93,7 +94,7 @@ def render_text(report: Report) -> str:
         for e in odd_entries:
             sig = f"  signature {e.signature}" if e.signature in _BAD_SIGNATURES else ""
             owner = f"  path of {', '.join(_package(p) for p in e.packages)}" if e.klass is EntryClass.MODIFIED else ""
-            lines.append(f"  {e.klass!s:12} #{e.index:<6} {path_text(e.path)}{owner}{sig}")
+            lines.append(f"  {e.klass!s:12} #{e.index:<6} {shown_path(e.path)}{owner}{sig}")
     if report.processes:
         lines += ["", "Processes (pid, name, class, package of the executable):"]
         for p in report.processes:
