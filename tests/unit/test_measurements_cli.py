@@ -100,7 +100,13 @@ def test_usage_errors(tmp_path, capsys):
     assert main(["log", "--file", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err == f"imaguard: error: {tmp_path / 'missing'}: cannot read: No such file or directory\n"
     assert main(["log", "--file", str(BINARY), "--pcr", "sha256:abcd"]) == 2
-    assert capsys.readouterr().err == "imaguard: error: --pcr 'sha256:abcd': expected BANK:HEX with a sha256 digest\n"
+    assert capsys.readouterr().err == "imaguard: error: --pcr 'sha256:abcd': expected 64 hex digits for sha256\n"
+    # Regression: a bank the replay does not compute was accepted and never compared (exit 0 with
+    # "every compared PCR equals the replay" beside a correct sha1 value).
+    for bank in ("sha384:" + "00" * 48, "md5:" + "00" * 16, "nocolon"):
+        assert main(["log", "--file", str(BINARY), "--summary", "--pcr", bank]) == 2
+        assert capsys.readouterr().err == (f"imaguard: error: --pcr {bank!r}: expected BANK:HEX, BANK sha1 or sha256 "
+                                           "(the banks replayed)\n")  # fmt: skip
 
 
 def test_a_list_that_grew_after_the_pcr_read_is_vouched_for_up_to_the_pcr(capsys):

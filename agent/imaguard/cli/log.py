@@ -18,7 +18,7 @@ from imaguard.ima.measurements import (
     iter_binary,
 )
 from imaguard.ima.replay import ReplayedLog, compare, replay, replay_binary
-from imaguard.shown import shown_path
+from imaguard.shown import one_line, shown_path
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -43,8 +43,8 @@ tpm2_pcrread first, then the list, and compares; --pcr BANK:HEX compares with va
 command line. A list that grew after the PCR was read is not a mismatch when the replay reached the
 TPM's value on the way in every bank: the output says for how many leading entries the TPM vouches.
 
-Exit status: 0 ok, 1 unreadable or malformed list, 3 the replay differs from the TPM's PCRs,
-77 no IMA, no TPM or no tpm2-tools here.
+Exit status: 0 ok, 1 malformed list, 2 usage error (a --file that cannot be read included), 3 the
+replay differs from the TPM's PCRs, 77 no IMA, no TPM or no tpm2-tools here.
 """
 
 _BANKS = ("sha1", "sha256")
@@ -93,8 +93,11 @@ def _expected(values: list[str]) -> dict[str, dict[int, bytes]]:
             raw = bytes.fromhex(value)
         except ValueError:
             raw = b""
-        if not sep or bank not in BANK_DIGEST_SIZES or len(raw) != BANK_DIGEST_SIZES[bank]:
-            raise UsageError(f"--pcr {item!r}: expected BANK:HEX with a {bank} digest")
+        if not sep or bank not in _BANKS:
+            # Another bank would never be compared: the replay computes only these.
+            raise UsageError(f"--pcr {item!r}: expected BANK:HEX, BANK sha1 or sha256 (the banks replayed)")
+        if len(raw) != BANK_DIGEST_SIZES[bank]:
+            raise UsageError(f"--pcr {item!r}: expected {BANK_DIGEST_SIZES[bank] * 2} hex digits for {bank}")
         out.setdefault(bank, {})[10] = raw
     return out
 
@@ -202,7 +205,7 @@ def _cmd_log(args: argparse.Namespace) -> int:
         # Entries were already streamed: close the one document with the error instead of adding a second.
         out.write("], " + json.dumps({"error": {"reason": exc.reason, "message": message, "offset": exc.offset}})[1:]
                   + "\n")
-        print(f"imaguard: error: {message}", file=sys.stderr)
+        print(f"imaguard: error: {one_line(message)}", file=sys.stderr)
         return exc.exit_code
     finally:
         if f is not sys.stdin.buffer:
