@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from imaguard.digests import HashAlgo
-from imaguard.errors import HostStateError
+from imaguard.errors import HostStateError, UsageError
 from imaguard.packages.index import DigestIndex
 from imaguard.packages.model import Evidence, FileKind, InstalledPackage, PackageFile
 
@@ -79,8 +80,6 @@ def test_versions_installed_side_by_side_are_all_indexed(tmp_path):
 
 
 def test_an_index_of_another_schema_is_refused_not_misread(tmp_path):
-    import sqlite3  # noqa: PLC0415
-
     db = sqlite3.connect(tmp_path / "index.sqlite")
     db.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
                      "INSERT INTO meta VALUES ('schema', '1');")  # fmt: skip
@@ -102,6 +101,56 @@ def test_unusable_state_dir_is_a_clear_error(tmp_path):
     with pytest.raises(HostStateError, match="cannot open the digest index") as err:
         DigestIndex.open(blocker / "state")
     assert err.value.reason == "index-error"
+
+
+def test_a_reader_never_creates_an_index(tmp_path):
+    state = tmp_path / "state"
+    with pytest.raises(UsageError, match=r"state/index.sqlite: no digest index; build it with") as err:
+        DigestIndex.open(state, read_only=True)
+    assert err.value.reason == "no-index"
+    assert not state.exists()
+
+
+def test_a_reader_cannot_write(tmp_path):
+    with DigestIndex.open(tmp_path) as index:
+        index.replace_package(_pkg("a"), [_file(b"/a", b"a")])
+    with DigestIndex.open(tmp_path, read_only=True) as index, pytest.raises(sqlite3.OperationalError, match="readonly"):
+        index.replace_package(_pkg("b"), [_file(b"/b", b"b")])
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    (None, "no schema marker"),  # another program's SQLite database
+    (b"", "an empty database"),
+    (b"just text\n" * 100, "not an SQLite database"),
+])  # fmt: skip
+@pytest.mark.parametrize("read_only", [True, False])
+def test_a_file_that_is_not_an_imaguard_index_is_refused_untouched(tmp_path, content, why, read_only):
+    # Not even the builder adds its tables to someone else's database.
+    path = tmp_path / "index.sqlite"
+    if content is None:
+        db = sqlite3.connect(path)
+        db.execute("create table x(a)")
+        db.commit()
+        db.close()
+    else:
+        path.write_bytes(content)
+    before = path.read_bytes()
+    with pytest.raises(UsageError) as err:
+        DigestIndex.open(tmp_path, read_only=read_only)
+    assert str(err.value) == (f"{path}: not an imaguard digest index ({why}); move it away and build one with "
+                              "`imaguard packages index`")  # fmt: skip
+    assert err.value.reason == "not-an-index"
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["index.sqlite"]
+
+
+def test_a_new_index_appears_whole(tmp_path):
+    # Built under a temporary name and linked into place: no leftovers, and readers accept it at once.
+    DigestIndex.open(tmp_path / "state").close()
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["index.sqlite"]
+    with DigestIndex.open(tmp_path / "state", read_only=True) as index:
+        assert index.counts() == (0, 0)
+        assert index._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # the test inspects the db
 
 
 _WRITER = """

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -90,17 +92,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = psub.add_parser("owner", help="which package file has this content (digest index lookup)",
                         description="Hash each file with SHA-256 and look the digest up in the digest index "
-                        "(build it first with `imaguard packages index`).", formatter_class=fmt)
+                        "(build it first with `imaguard packages index`). With --root DIR, each PATH is "
+                        "absolute inside DIR and opened without leaving it.", formatter_class=fmt)
     p.add_argument("paths", nargs="+", metavar="PATH")
     _add_common(p)
     p.set_defaults(handler=_cmd_owner)
 
 
-def _open(args: argparse.Namespace) -> tuple[PackageSource, Root]:
+def _root(args: argparse.Namespace) -> Root:
     try:
-        root = Root.at(args.root)
+        return Root.at(args.root)
     except OSError as exc:
         raise UsageError(f"{args.root}: cannot use as root: {exc.strerror}") from exc
+
+
+def _open(args: argparse.Namespace) -> tuple[PackageSource, Root]:
+    root = _root(args)
     return open_source(args.root, args.state_dir, args.source, fetch=not args.no_fetch), root
 
 
@@ -292,11 +299,17 @@ def _cmd_owner(args: argparse.Namespace) -> int:
     limits = Limits()
     results = []
     code = ExitCode.OK
-    with DigestIndex.open(args.state_dir) as index:
+    root = _root(args)
+    if not root.is_host and (rel := next((p for p in args.paths if not p.startswith("/")), None)) is not None:
+        root.close()
+        raise UsageError(f"{rel}: with --root, give each PATH as an absolute path inside {args.root}")
+    with contextlib.closing(root), DigestIndex.open(args.state_dir, read_only=True) as index:
         for p in args.paths:
             try:
-                with xattr_store.open_regular(p) as (fd, _st):
-                    digest = xattr_store.hash_file(fd, HashAlgo.SHA256, limits, p)
+                # Inside --root, the file is resolved there (openat2): symlinks never reach the host.
+                with xattr_store.open_regular(p, None if root.is_host else root) as (fd, _st):
+                    name = os.fsdecode(root.display(os.fsencode(p)))
+                    digest = xattr_store.hash_file(fd, HashAlgo.SHA256, limits, name)
             except HostStateError as exc:
                 results.append({"path": p, "error": exc.reason, "detail": str(exc)})
                 code = ExitCode.FAILURE
@@ -313,7 +326,7 @@ def _cmd_owner(args: argparse.Namespace) -> int:
     else:
         for r in results:
             if "error" in r:
-                print(f"{r['path']}: {r['detail']}", file=sys.stderr)
+                print(r["detail"], file=sys.stderr)  # the message names the file already
             elif not r["owners"]:
                 print(f"{r['path']}: not-in-package (sha256 {r['sha256']})")
             else:

@@ -8,17 +8,19 @@ either at its old or its new state, never half of each.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imaguard.digests import HashAlgo
-from imaguard.errors import HostStateError
+from imaguard.errors import HostStateError, UsageError
 from imaguard.packages.model import Evidence
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
-    from pathlib import Path
 
     from imaguard.packages.model import InstalledPackage, PackageFile, PackageSource
 
@@ -30,23 +32,23 @@ INDEX_NAME = "index.sqlite"
 _SCHEMA_VERSION = 2
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS packages (
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE packages (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL, version TEXT NOT NULL, arch TEXT NOT NULL,
     source_name TEXT NOT NULL, source_version TEXT NOT NULL, origin TEXT NOT NULL,
     UNIQUE (name, version, arch)
 );
-CREATE TABLE IF NOT EXISTS files (
+CREATE TABLE files (
     package_id INTEGER NOT NULL REFERENCES packages(id) ON DELETE CASCADE,
     path BLOB NOT NULL,
     digest BLOB NOT NULL,
     algo INTEGER NOT NULL,
     evidence TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS files_digest ON files (digest);
-CREATE INDEX IF NOT EXISTS files_package ON files (package_id);
-CREATE INDEX IF NOT EXISTS files_path ON files (path);
+CREATE INDEX files_digest ON files (digest);
+CREATE INDEX files_package ON files (package_id);
+CREATE INDEX files_path ON files (path);
 """
 
 
@@ -73,6 +75,65 @@ def _entry(r: tuple[str, str, str, bytes, int, str, str, str, bytes]) -> IndexEn
     return IndexEntry(r[0], r[1], r[2], bytes(r[3]), HashAlgo(r[4]), Evidence(r[5]), r[6], r[7], bytes(r[8]))
 
 
+def _create(state_dir: Path, path: Path) -> None:
+    """Make an empty index at ``path``: built under a temporary name and linked into place, so that
+    ``path`` is an imaguard index from its first byte (a file there that is not one is someone
+    else's) and a concurrent builder's index is never replaced."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{INDEX_NAME}.", dir=state_dir)
+    try:
+        os.fchmod(fd, 0o644)  # as SQLite creates files: package digests are no secret
+        db = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
+            db.executescript("BEGIN IMMEDIATE;" + _SCHEMA)  # one transaction: tables and marker, or nothing
+            db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(_SCHEMA_VERSION),))
+            db.execute("COMMIT")
+        finally:
+            db.close()  # the last connection checkpoints into the file and removes the -wal file
+        os.fsync(fd)
+        with contextlib.suppress(FileExistsError):  # another builder was first: use its index
+            os.link(tmp, path)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink()
+    dfd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _foreign(path: Path, why: str) -> UsageError:
+    return UsageError(f"{path}: not an imaguard digest index ({why}); move it away and build one with "
+                      "`imaguard packages index`", reason="not-an-index")
+
+
+def _check(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse, before anything is written, a file that is not an imaguard index of this schema."""
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        if exc.sqlite_errorcode == sqlite3.SQLITE_NOTADB:
+            raise _foreign(path, "not an SQLite database") from exc
+        raise
+    if not tables:
+        raise _foreign(path, "an empty database")
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+    except sqlite3.OperationalError:  # no meta table, or one of another layout
+        row = None
+    if row is None:
+        raise _foreign(path, "no schema marker")
+    if row[0] != str(_SCHEMA_VERSION):
+        raise HostStateError(f"{path}: index schema {row[0]}, expected {_SCHEMA_VERSION}; remove it to rebuild",
+                             reason="index-schema", path=str(path))
+    missing = sorted({"packages", "files"} - tables)
+    if missing:
+        raise _foreign(path, f"no {missing[0]} table")
+
+
 class DigestIndex:
     """An open index; use as a context manager. Only files with a digest are indexed."""
 
@@ -81,21 +142,33 @@ class DigestIndex:
         self.path = path
 
     @classmethod
-    def open(cls, state_dir: Path) -> DigestIndex:
+    def open(cls, state_dir: Path, *, read_only: bool = False) -> DigestIndex:
+        """Open the index in ``state_dir``.
+
+        ``read_only`` (every reader: reports, ``packages owner``): the index must exist and is never
+        written; without it (the builder) a missing index is created, whole or not at all. Either
+        way an existing file is used only if it is an imaguard index: another program's database,
+        or an empty one, is refused and left as it is.
+        """
         path = state_dir / INDEX_NAME
         try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            db = sqlite3.connect(path, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(_SCHEMA_VERSION),))
-            elif row[0] != str(_SCHEMA_VERSION):
-                raise HostStateError(f"{path}: index schema {row[0]}, expected {_SCHEMA_VERSION}; remove it to rebuild",
-                                     reason="index-schema", path=str(path))
+            if read_only:
+                if not path.is_file():
+                    raise UsageError(f"{path}: no digest index; build it with `imaguard packages index`",
+                                     reason="no-index")
+                db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+            else:
+                if not path.exists():
+                    _create(state_dir, path)
+                db = sqlite3.connect(path, isolation_level=None)
+            try:
+                _check(db, path)
+                db.execute("PRAGMA foreign_keys=ON")
+                if not read_only:
+                    db.execute("PRAGMA synchronous=NORMAL")
+            except BaseException:
+                db.close()
+                raise
         except (OSError, sqlite3.Error) as exc:
             raise HostStateError(f"{path}: cannot open the digest index: {exc}", reason="index-error",
                                  path=str(path)) from exc
