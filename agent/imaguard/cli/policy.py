@@ -19,6 +19,7 @@ from imaguard.ima import coverage
 from imaguard.ima.gate import Decision, GateResult, run_gate
 from imaguard.ima.policy import Policy, PolicySyntaxError, parse_policy, render, render_rule
 from imaguard.keys import Verifier, load_certificate
+from imaguard.keys.material import read_small_file
 from imaguard.sign.parallel import default_jobs
 
 __all__ = ["STAGE_NOTES", "STAGE_TEMPLATES", "TEMPLATE_DIRS", "gate_keys", "load_policy", "register"]
@@ -27,6 +28,8 @@ __all__ = ["STAGE_NOTES", "STAGE_TEMPLATES", "TEMPLATE_DIRS", "gate_keys", "load
 TEMPLATE_DIRS = (Path(__file__).resolve().parents[3] / "policies", Path("/usr/share/imaguard/policies"))
 # The same appraise rules serve "log" and "enforce"; the boot parameter ima_appraise=log differs.
 STAGE_TEMPLATES = {"measure": "measure", "log": "appraise-exec", "enforce": "appraise-exec"}
+# A policy is some hundred rules; a limit keeps a wrong path (a disk image, /dev/zero) from being slurped.
+_MAX_POLICY_FILE_SIZE = 1 << 20
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 STAGE_NOTES = {
     "measure": "measure only: nothing is denied",
@@ -142,10 +145,12 @@ def load_policy(args: argparse.Namespace) -> tuple[str, Policy]:
     if args.file is None and args.template is None and args.stage is None:
         raise UsageError("name a policy: --template NAME, --stage STAGE or --file FILE")
     path: Path = args.file if args.file is not None else _template_path(args.template or STAGE_TEMPLATES[args.stage])
+    # Reason codes as before the limit: "usage" for a file that cannot be read or is not text.
+    data = read_small_file(path, "policy", _MAX_POLICY_FILE_SIZE, "usage", unreadable="usage")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read policy: {exc}") from exc
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not a policy: not UTF-8 (at byte offset {exc.start})") from exc
     try:
         return str(path), parse_policy(text, source=path.name)
     except PolicySyntaxError as exc:

@@ -168,6 +168,9 @@ def parse_private_key(data: bytes, source: str, password: bytes | None = None) -
         # cryptography raises TypeError for "password given but not encrypted" and the reverse.
         if password is None:
             raise UsageError(f"{source}: the key is encrypted; give its password", reason="key-password") from exc
+        if _is_encrypted(loader, data):  # cryptography takes an empty password for none at all
+            what = "wrong password for the key" if password else "the key is encrypted and the password given is empty"
+            raise UsageError(f"{source}: {what}", reason="key-password") from exc
         raise UsageError(f"{source}: the key is not encrypted but a password was given", reason="key-password") from exc
     except ValueError as exc:
         if password is not None and _is_encrypted(loader, data):
@@ -180,13 +183,18 @@ def parse_private_key(data: bytes, source: str, password: bytes | None = None) -
     return checked
 
 
-def read_small_file(path: Path, what: str, limit: int = MAX_KEY_FILE_SIZE, reason: str = "bad-key") -> bytes:
-    """Read a key, certificate or list, refusing anything over ``limit`` (a wrong path to a disk image)."""
+def read_small_file(
+    path: Path, what: str, limit: int = MAX_KEY_FILE_SIZE, reason: str = "bad-key", *, unreadable: str = "unreadable"
+) -> bytes:
+    """Read a key, certificate or list, refusing anything over ``limit`` (a wrong path to a disk image).
+
+    ``reason`` is the reason code of a file too large, ``unreadable`` of one that cannot be read.
+    """
     try:
         with path.open("rb") as f:
             data = f.read(limit + 1)
     except OSError as exc:
-        raise UsageError(f"{path}: cannot read {what}: {exc.strerror}", reason="unreadable") from exc
+        raise UsageError(f"{path}: cannot read {what}: {exc.strerror}", reason=unreadable) from exc
     if len(data) > limit:
         raise UsageError(f"{path}: larger than {limit} bytes, not a {what}", reason=reason)
     return data
