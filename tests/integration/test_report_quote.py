@@ -141,7 +141,7 @@ def test_signed_quoted_report_verifies_and_every_change_fails(tpm, tmp_path, ind
     changed.write_text(json.dumps(envelope))
     assert main(["report", "verify", "--cert", cert, str(changed)]) == 3
     assert capsys.readouterr().err == (f"imaguard: error: verification failed: {changed}: not a DSSE envelope "
-                                       "(Only base64 data is allowed)\n")  # fmt: skip
+                                       "(payload is not base64: Only base64 data is allowed)\n")  # fmt: skip
 
 
 def test_quote_must_match_the_log_and_the_nonce(tpm, tmp_path, index_dir, capsys):
@@ -158,7 +158,7 @@ def test_quote_must_match_the_log_and_the_nonce(tpm, tmp_path, index_dir, capsys
     forged.write_text(json.dumps(doc))
     capsys.readouterr()
     assert main(["report", "verify", "--nonce", "other", str(forged)]) == 3
-    assert capsys.readouterr().err == ("imaguard: error: the TPM quote was made for another nonce "
+    assert capsys.readouterr().err == (f"imaguard: error: {forged}: the TPM quote was made for another nonce "
                                        "(qualifying data differs)\n")  # fmt: skip
     # The quote's signature covers the attestation: one flipped bit there fails the signature check.
     doc = json.loads(out.read_bytes())

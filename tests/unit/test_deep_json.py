@@ -57,5 +57,5 @@ def test_deep_report_is_refused_in_one_line(tmp_path: Path, capsys):
     report.write_bytes(DEEP)
     assert main(["report", "verify", str(report)]) == 3
     err = capsys.readouterr().err
-    assert err.startswith("imaguard: error: verification failed: not JSON (maximum recursion depth exceeded")
+    assert err.startswith(f"imaguard: error: verification failed: {report}: not JSON (maximum recursion depth exceeded")
     assert err.count("\n") == 1

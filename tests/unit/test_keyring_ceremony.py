@@ -449,7 +449,9 @@ def test_revocation_list_tampering_is_detected(authority, world, tmp_path):
 
 
 @pytest.mark.parametrize(("mutate", "message"), [
-    (lambda d: d.update(extra=1), "must have exactly the fields"),
+    (lambda d: d.update(extra=1), "rl: revocation list has unknown fields 'extra'"),
+    (lambda d: d.pop("serial"), "rl: revocation list lacks serial"),
+    (lambda d: d.update(format=True), "not an imaguard revocation list of format 1"),
     (lambda d: d.update(format=2), "not an imaguard revocation list of format 1"),
     (lambda d: d.update(serial=-1), "serial must be a non-negative integer"),
     (lambda d: d.update(serial=True), "serial must be a non-negative integer"),

@@ -127,3 +127,23 @@ def test_entries_of_other_pcrs_are_refused_and_big_endian_logs_verify(tmp_path):
     with pytest.raises(TrustError, match="entry 4 extends PCR 11: the report attests PCR 10 only") as err:
         verify_report(report.to_bytes(), certs=(), nonce=None, source="b")
     assert err.value.reason == "unattested-pcr"
+
+
+def test_nonce_asked_of_a_report_made_without_one_says_so(tmp_path, capsys):
+    """Regression: it said "the report was made for nonce None, not 'abc'"."""
+    doc = _report_doc(tmp_path, LAB / "ima-ng" / "binary_runtime_measurements")
+    assert doc["nonce"] is None
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(doc))
+    assert main(["report", "verify", str(path), "--nonce", "abc"]) == 3
+    assert capsys.readouterr().err == (
+        f"imaguard: error: {path}: the report was made without a nonce, not for 'abc'\n")
+
+
+@pytest.mark.parametrize(("text", "why"), [("", "Expecting value: line 1 column 1 (char 0)"),
+                                           ("{", "Expecting property name enclosed in double quotes: line 1 "
+                                                 "column 2 (char 1)")])  # fmt: skip
+def test_a_report_that_is_not_json_is_named(tmp_path, capsys, text, why):
+    """Regression: "verification failed: not JSON (…)" did not say which file."""
+    code, err = _verify_cli(tmp_path, text, capsys)
+    assert (code, err) == (3, f"imaguard: error: verification failed: {tmp_path}/r.json: not JSON ({why})\n")

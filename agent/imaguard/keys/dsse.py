@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -20,6 +21,8 @@ from imaguard.errors import FormatError, TrustError
 from imaguard.keys.material import Certificate, PrivateKey
 
 __all__ = ["Envelope", "pae", "sign_envelope", "verify_envelope"]
+
+_T = TypeVar("_T")
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -44,15 +47,69 @@ class Envelope:
 
     @classmethod
     def from_json(cls, data: bytes, source: str) -> Envelope:
+        """Parse an envelope; FormatError naming the field that is missing or of the wrong kind."""
         try:
             doc = json.loads(data)
-            sigs = tuple((str(s["keyid"]), base64.b64decode(s["sig"], validate=True)) for s in doc["signatures"])
-            env = cls(str(doc["payloadType"]), base64.b64decode(doc["payload"], validate=True), sigs)
-        except (ValueError, KeyError, TypeError, binascii.Error, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise FormatError(f"{source}: not a DSSE envelope (not JSON: {exc})") from exc
+        try:
+            env = cls._from_doc(doc)
+        except _NotEnvelopeError as exc:
             raise FormatError(f"{source}: not a DSSE envelope ({exc})") from exc
         if not env.signatures:
             raise FormatError(f"{source}: DSSE envelope without signatures")
         return env
+
+    @classmethod
+    def _from_doc(cls, doc: object) -> Envelope:
+        if not isinstance(doc, dict):
+            raise _NotEnvelopeError(f"expected an object with payloadType, payload and signatures, got {_kind(doc)}")
+        payload_type = _field(doc, "payloadType", str, "a string")
+        payload = _base64(_field(doc, "payload", str, "a base64 string"), "payload")
+        sigs = []
+        for i, item in enumerate(_field(doc, "signatures", list, "a list")):
+            where = f"signatures[{i}]"
+            if not isinstance(item, dict):
+                raise _NotEnvelopeError(f"{where} must be an object with keyid and sig, got {_kind(item)}")
+            keyid = _field(item, "keyid", str, "a string", where)
+            sigs.append((keyid, _base64(_field(item, "sig", str, "a base64 string", where), f"{where}.sig")))
+        return cls(payload_type, payload, tuple(sigs))
+
+
+class _NotEnvelopeError(Exception):
+    """What is missing or of the wrong kind; ``from_json`` adds the source."""
+
+
+def _kind(value: object) -> str:
+    """How a JSON value is named in errors: by its JSON type, never a Python one."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return "null"
+
+
+def _field(doc: dict[str, object], name: str, kind: type[_T], what: str, where: str = "") -> _T:
+    path = f"{where}.{name}" if where else name
+    if name not in doc:
+        raise _NotEnvelopeError(f"{path} is missing")
+    value = doc[name]
+    if not isinstance(value, kind):
+        raise _NotEnvelopeError(f"{path} must be {what}, got {_kind(value)}")
+    return value
+
+
+def _base64(text: str, path: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error) as exc:  # a str with non-ASCII characters is a ValueError
+        raise _NotEnvelopeError(f"{path} is not base64: {exc}") from exc
 
 
 def _sign(key: PrivateKey, data: bytes) -> bytes:

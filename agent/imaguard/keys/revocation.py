@@ -213,9 +213,17 @@ class RevocationList:
             doc = json.loads(data)
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise FormatError(f"{source}: revocation list is not JSON ({exc})") from exc
-        if not isinstance(doc, dict) or set(doc) != _TOP_KEYS:
-            raise FormatError(f"{source}: revocation list must have exactly the fields {sorted(_TOP_KEYS)}")
-        if doc["type"] != _TYPE or doc["format"] != FORMAT_VERSION:
+        if not isinstance(doc, dict):
+            raise FormatError(f"{source}: revocation list must be a JSON object with the fields "
+                              f"{', '.join(sorted(_TOP_KEYS))}")  # fmt: skip
+        if set(doc) != _TOP_KEYS:
+            problems = []
+            if missing := sorted(_TOP_KEYS - set(doc)):
+                problems.append(f"lacks {', '.join(missing)}")
+            if extra := sorted(set(doc) - _TOP_KEYS):
+                problems.append(f"has unknown fields {', '.join(map(repr, extra))}")
+            raise FormatError(f"{source}: revocation list {' and '.join(problems)}")
+        if doc["type"] != _TYPE or type(doc["format"]) is not int or doc["format"] != FORMAT_VERSION:
             raise FormatError(f"{source}: not an imaguard revocation list of format {FORMAT_VERSION}",
                               reason="unsupported-format")
         serial = doc["serial"]

@@ -27,7 +27,7 @@ from imaguard.ima.templates import ByteOrder, split_template_data, template_for
 from imaguard.keys.material import Certificate
 from imaguard.report.build import KEY_STATUSES, LogItem, log_item, signature_form, structural_class
 from imaguard.report.envelope import is_envelope, open_envelope
-from imaguard.report.model import EntryClass, path_text, read_report
+from imaguard.report.model import EntryClass, VerifiableReport, path_text, read_report
 from imaguard.report.tpmquote import Quote, verify_quote
 
 __all__ = ["Verified", "check_entries", "verify_report"]
@@ -147,10 +147,42 @@ def _byteorder(document: dict[str, Any], source: str) -> ByteOrder:
     raise FormatError(f"{source}: log.byteorder must be 'little' or 'big', not {value!r}", reason="bad-report")
 
 
+def _check_nonce(report: VerifiableReport, nonce: str, source: str) -> None:
+    if report.nonce is None:
+        raise TrustError(f"{source}: the report was made without a nonce, not for {nonce!r}",
+                         reason="wrong-nonce")  # fmt: skip
+    if report.nonce != nonce:
+        raise TrustError(f"{source}: the report was made for nonce {report.nonce!r}, not {nonce!r}",
+                         reason="wrong-nonce")  # fmt: skip
+    if report.quote is None:
+        raise TrustError(f"{source}: the report has no TPM quote, so the nonce proves nothing", reason="no-quote")
+
+
+def _check_quote(report: VerifiableReport, replayed: dict[str, bytes], source: str) -> None:
+    quote = report.quote
+    assert quote is not None  # noqa: S101 - the caller checked
+    if quote.nonce != report.nonce:
+        raise TrustError(f"{source}: the quote was made for nonce {quote.nonce!r}, "
+                         f"the report says {report.nonce!r}", reason="wrong-nonce")  # fmt: skip
+    expected = replayed.get(quote.bank)
+    if expected is None:
+        raise TrustError(f"{source}: the quote is over bank {quote.bank}, which the report does not replay",
+                         reason="quote-selection")  # fmt: skip
+    try:
+        verify_quote(Quote(quote.attest, quote.signature, quote.ak_public_pem, quote.bank, quote.pcr10),
+                     nonce=quote.nonce, expected_pcr10=expected)  # fmt: skip
+    except (FormatError, TrustError) as exc:  # its messages do not know the file's name
+        raise type(exc)(f"{source}: {exc}", reason=exc.reason) from exc
+
+
 def verify_report(data: bytes, *, certs: tuple[Certificate, ...], nonce: str | None, source: str) -> Verified:
     checks: list[str] = []
     signed_by: str | None = None
-    if is_envelope(data):
+    try:
+        signed = is_envelope(data)
+    except FormatError as exc:  # it does not know the file's name
+        raise FormatError(f"{source}: {exc}", reason=exc.reason) from exc
+    if signed:
         if not certs:
             raise UsageError(f"{source}: the report is signed; give the signer's certificate with --cert",
                              reason="cert-required")  # fmt: skip
@@ -173,23 +205,10 @@ def verify_report(data: bytes, *, certs: tuple[Certificate, ...], nonce: str | N
                              reason="replay-mismatch")  # fmt: skip
     checks.append("replay")
     if nonce is not None:
-        if report.nonce != nonce:
-            raise TrustError(f"{source}: the report was made for nonce {report.nonce!r}, not {nonce!r}",
-                             reason="wrong-nonce")  # fmt: skip
-        if report.quote is None:
-            raise TrustError(f"{source}: the report has no TPM quote, so the nonce proves nothing", reason="no-quote")
+        _check_nonce(report, nonce, source)
         checks.append("nonce")
     if report.quote is not None:
-        quote = report.quote
-        if quote.nonce != report.nonce:
-            raise TrustError(f"{source}: the quote was made for nonce {quote.nonce!r}, "
-                             f"the report says {report.nonce!r}", reason="wrong-nonce")  # fmt: skip
-        expected = replayed.get(quote.bank)
-        if expected is None:
-            raise TrustError(f"{source}: the quote is over bank {quote.bank}, which the report does not replay",
-                             reason="quote-selection")  # fmt: skip
-        verify_quote(Quote(quote.attest, quote.signature, quote.ak_public_pem, quote.bank, quote.pcr10),
-                     nonce=quote.nonce, expected_pcr10=expected)  # fmt: skip
+        _check_quote(report, replayed, source)
         checks.append("quote")
     return Verified(signed_by, report.nonce, report.quote is not None, {b: v.hex() for b, v in replayed.items()},
                     len(entries), tuple(checks))  # fmt: skip
