@@ -67,10 +67,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--cert", type=Path, action="append", default=[], metavar="CERT",
                    help="IMA certificate the kernel trusts (repeat for several)")
     p.add_argument("--authority-cert", type=Path, action="append", default=[], metavar="CERT",
-                   help="signing authority certificate for bundles")
-    p.add_argument("--password-file", type=Path, metavar="FILE", help="password of the local key: " + PASSWORD_HELP)
+                   help="signing authority certificate for bundles (bundle: sources only)")
+    p.add_argument("--password-file", type=Path, metavar="FILE",
+                   help="password of the key of a local: source: " + PASSWORD_HELP)
     add_revocation_options(p)
-    p.add_argument("--scope", type=Scope, choices=list(Scope), default=Scope.EXECUTABLES,
+    # Strings, not type=Scope: argparse then names the choices when a value is wrong.
+    p.add_argument("--scope", choices=[str(s) for s in Scope], default=str(Scope.EXECUTABLES),
                    help="executables (exec bit, shared objects, kernel modules; default) or all")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan; writes no security.ima and no journal (verification caches: yes)")
@@ -88,7 +90,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=_cmd_enroll)
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """A source without its argument, and options that only another source uses, are usage errors
+    (never silently ignored)."""
+    spec: str = args.sig_source
+    kind = spec.split(":", 1)[0]
+    if spec != "vendor" and kind not in ("local", "bundle"):
+        raise UsageError(f"--source {spec!r}: use vendor, bundle:PATH_OR_URL or local:KEY")
+    if spec == "local:":
+        raise UsageError("--source local: needs the path of the key: local:KEY")
+    if spec == "bundle:":
+        raise UsageError("--source bundle: needs the directory or URL of the bundles: bundle:PATH_OR_URL")
+    if args.authority_cert and kind != "bundle":
+        raise UsageError(f"--authority-cert applies to bundle sources only, not to --source {kind}")
+    if args.password_file is not None and kind != "local":
+        raise UsageError(f"--password-file is the password of a local key, not of --source {kind}")
+    if args.revocation_ca is not None and args.revocation_list is None:
+        raise UsageError("--revocation-ca is the CA that signs --revocation-list: give --revocation-list too")
+
+
 def _signature_source(args: argparse.Namespace) -> SignatureSource:
+    _check_options(args)
     certs = [load_certificate(c) for c in args.cert]
     if not certs:
         raise UsageError("enroll needs --cert: the IMA certificate the kernel will verify signatures with")
@@ -154,7 +176,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     pkgs = [psrc.package(n) for n in args.packages] if args.packages else list(psrc.packages())
     journal = None if args.dry_run else _open_journal(args, source)
     todo = [p for p in pkgs if journal is None or p.ident not in journal.done]
-    ctx = Context(root, source, Options(args.scope, args.unsafe_trust_dpkg_md5sums), Limits(), args.dry_run)
+    ctx = Context(root, source, Options(Scope(args.scope), args.unsafe_trust_dpkg_md5sums), Limits(), args.dry_run)
 
     items = _read_metadata(psrc, todo, journal, args.json)
 
