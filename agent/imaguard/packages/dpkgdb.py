@@ -1,7 +1,9 @@
-"""The dpkg database under a root: status (through python-apt), file lists, md5sums, diversions.
+"""The dpkg database under a root: status, file lists, md5sums, diversions.
 
-``apt_pkg`` is imported here and in ``aptrepo.py`` only, lazily, so ``import imaguard`` works
-without python-apt. Paths read from the database stay bytes: dpkg stores them undecoded.
+The status file is parsed here, in Python: python-apt's ``TagFile`` dereferences a NULL (SIGSEGV)
+for a field name that is not UTF-8 and cuts names at a NUL, and ``--root`` trees are not trusted
+input. ``apt_pkg`` is imported here and in ``aptrepo.py`` only, lazily, so ``import imaguard``
+works without python-apt. Paths read from the database stay bytes: dpkg stores them undecoded.
 """
 
 from __future__ import annotations
@@ -25,14 +27,23 @@ __all__ = [
     "parse_diversions",
     "parse_list",
     "parse_md5sums",
+    "parse_status",
     "read_diversions",
     "read_info",
     "read_status",
 ]
 
 DPKG_DIR = "var/lib/dpkg"
-# dpkg-query's "installed enough to own files" states (dpkg(1) "Package states").
-_FILE_STATES = frozenset({"installed", "unpacked", "half-configured", "triggers-awaited", "triggers-pending"})
+# dpkg-query's "installed enough to own files" states (dpkg(1) "Package states"), and the others.
+_FILE_STATES = frozenset({b"installed", b"unpacked", b"half-configured", b"triggers-awaited", b"triggers-pending"})
+_STATES = _FILE_STATES | {b"not-installed", b"config-files", b"half-installed"}
+# dpkg's pkg_name_is_illegal and dpkg_arch_name_is_illegal (lib/dpkg/parsehelp.c, arch.c). Names,
+# architectures and versions become file names (info/<pkg>:<arch>.list, <pkg>_<ver>_<arch>.deb):
+# no '/', NUL or whitespace gets through.
+_PKG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9+._-]*")
+_ARCH = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9-]*)?")
+# parseversion's character set (epoch ':', upstream, '-' revision); dpkg only warns past it, we refuse.
+_VERSION = re.compile(r"[A-Za-z0-9.+~:-]+")
 
 
 def apt_pkg_module() -> Any:
@@ -59,6 +70,14 @@ class DpkgPackage:
     source_version: str
     conffiles: Mapping[bytes, bytes | None] = field(default_factory=dict)  # path → md5 (None: newconffile)
 
+    def __post_init__(self) -> None:
+        if _PKG_NAME.fullmatch(self.name) is None or _PKG_NAME.fullmatch(self.source_name) is None:
+            raise FormatError(f"bad package name {self.name!r} (source {self.source_name!r})")
+        if _VERSION.fullmatch(self.version) is None or _VERSION.fullmatch(self.source_version) is None:
+            raise FormatError(f"bad version {self.version!r} (source {self.source_version!r})")
+        if _ARCH.fullmatch(self.architecture) is None:
+            raise FormatError(f"bad architecture {self.architecture!r}")
+
 
 @dataclass(frozen=True, slots=True)
 class Diversion:
@@ -83,8 +102,10 @@ def _read(path: Path, *, missing_ok: bool = False) -> bytes | None:
         ) from exc
 
 
-def _conffiles(value: bytes, where: str) -> dict[bytes, bytes | None]:
+def _conffiles(value: bytes) -> dict[bytes, bytes | None]:
     out: dict[bytes, bytes | None] = {}
+    if not value:
+        return out
     for line in value.split(b"\n"):
         words = line.strip().split(b" ")
         if not line.strip():
@@ -92,10 +113,10 @@ def _conffiles(value: bytes, where: str) -> dict[bytes, bytes | None]:
         # " /etc/foo md5 [obsolete|remove-on-upgrade]": a path with spaces keeps them, so parse from the right.
         while len(words) > 2 and words[-1] in (b"obsolete", b"remove-on-upgrade"):
             words.pop()
-        if len(words) < 2:
-            raise FormatError(f"{where}: bad Conffiles line {line!r}")
         md5 = words[-1]
         path = b" ".join(words[:-1])
+        if len(words) < 2 or not path.startswith(b"/") or b"\0" in path:
+            raise FormatError(f"bad Conffiles line {line[:80]!r}")
         out[path] = bytes.fromhex(md5.decode()) if len(md5) == 32 and _is_hex(md5) else None
     return out
 
@@ -107,38 +128,125 @@ def _is_hex(b: bytes) -> bool:
     return _HEX.fullmatch(b) is not None
 
 
-def read_status(root: Path) -> list[DpkgPackage]:
-    """Packages that own files, from ``var/lib/dpkg/status``, sorted by name then architecture."""
-    apt_pkg = apt_pkg_module()
-    path = root / DPKG_DIR / "status"
+# The status file as dpkg reads it (lib/dpkg/parse.c, deb822(5)): "Name: value" lines, continuation
+# lines starting with a space or tab, paragraphs separated by empty lines. dpkg refuses a
+# whitespace-only line ("blank line in value of field") and a paragraph opening with a
+# continuation ("empty field name"); so do we. A name is printable US-ASCII without ':', not
+# starting with '#' or '-' (dpkg writes none of those and none with a space before the ':').
+_NAME = rb"[!-\"$-,.-9;-~][!-9;-~]*"
+# After a newline, a bad line: none of field, continuation, empty line; whitespace only; a
+# continuation after an empty line. The text is scanned with "\n\n" prepended, so the first line
+# is checked like any other.
+_BAD = rb"(?![ \t]|%s:)[^\n]|[ \t]+(?:\n|\Z)|\n[ \t]" % _NAME
+_BAD_LINE = re.compile(rb"\n(?:%s)" % _BAD)
+# One pass yields (name, value, b"") for the fields read here, (b"", b"", b"") where a paragraph
+# starts and (b"", b"", bad) for a bad line; the other fields' lines are stepped over. Searching
+# for a literal "\n" is what keeps this about as fast as python-apt's C parser. Names are matched
+# as dpkg writes them: dpkg would also read "version:" as Version, but a paragraph holding only
+# that is refused here ("no Version field") and one holding both is refused by dpkg.
+_VALUE = rb"[^\n]*(?:\n[ \t]+[^ \t\n][^\n]*)*"
+_USED = rb"Package|S(?:tatus|ource)|Version|Architecture|Conffiles"  # a trie: sre tries branches in turn
+_SCAN = re.compile(rb"\n(?:(%s):[ \t]*(%s)|(?=\n[^ \t\n])|(%s))" % (_USED, _VALUE, _BAD))
+_PARAGRAPH_START = re.compile(rb"\n\n(?=[^ \t\n])")
+_SOURCE = re.compile(rb"([^ \t()]+)(?:[ \t]+\(([^()]*)\))?")
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def _paragraphs(data: bytes, name: str) -> list[dict[bytes, bytes]]:
+    """The fields of ``_USED`` of each paragraph (value: from the first non-blank after ':', continuations raw).
+
+    Every line is checked to be a field, a continuation or an empty line: a field regex alone
+    would skip garbage between fields instead of refusing it.
+    """
+    text = b"\n\n" + data
+    out: list[dict[bytes, bytes]] = []
+    fields: dict[bytes, bytes] = {}
+    for key, value, bad in _SCAN.findall(text):
+        if key:
+            if key in fields:
+                raise FormatError(f"{_where(data, name, len(out) - 1)}: field {key.decode()} appears twice")
+            fields[key] = value
+        elif not bad:
+            fields = {}
+            out.append(fields)
+        else:
+            m = _BAD_LINE.search(text)
+            at = max(m.start() - 1, 0) if m else 0  # the offending line, in ``data``
+            line = data[at : at + 100].split(b"\n", 1)[0][:40]
+            raise FormatError(f"{name}:{_line_of(data, at)}: not a field, continuation or empty line: {line!r}")
+    return out
+
+
+def _where(data: bytes, name: str, index: int) -> str:
+    """``name:line`` of the first line of paragraph ``index`` (found again: errors only)."""
+    for i, m in enumerate(_PARAGRAPH_START.finditer(b"\n\n" + data)):
+        if i == index:
+            return f"{name}:{_line_of(data, m.end() - 2)}"
+    return name
+
+
+def _ascii(value: bytes, what: str) -> str:
     try:
-        with path.open("rb") as fh:
-            sections = [dict(s) for s in apt_pkg.TagFile(fh, bytes=True)]
-    except OSError as exc:
-        raise HostStateError(f"{path}: cannot read: {exc.strerror}", errno=exc.errno, path=str(path)) from exc
-    except apt_pkg.Error as exc:
-        raise FormatError(f"{path}: {exc}") from exc
+        return value.strip().decode("ascii")
+    except UnicodeDecodeError:
+        raise FormatError(f"{what} is not ASCII: {value[:80]!r}") from None
+
+
+def _package(fields: Mapping[bytes, bytes]) -> DpkgPackage | None:
+    """The package a paragraph describes, if it owns files; FormatError (without location) if malformed."""
+    raw_name = fields.get(b"Package")
+    if raw_name is None:
+        raise FormatError("paragraph without a Package field")
+    raw_status = fields.get(b"Status")
+    if raw_status is None:
+        return None
+    status = raw_status.split()
+    if len(status) != 3 or status[2] not in _STATES:
+        raise FormatError(f"bad Status {b' '.join(status)[:80]!r}")
+    if status[2] not in _FILE_STATES:
+        return None
+    name = _ascii(raw_name, "Package")
+    raw_version = fields.get(b"Version")
+    if raw_version is None:
+        raise FormatError(f"package {name!r} has no Version field")
+    version = _ascii(raw_version, "Version")
+    arch = _ascii(fields.get(b"Architecture", b""), "Architecture")
+    src, src_ver = name, version
+    raw_source = fields.get(b"Source", b"").strip()
+    if raw_source:
+        m = _SOURCE.fullmatch(raw_source)
+        if m is None:
+            raise FormatError(f"bad Source {raw_source[:80]!r}")
+        src = _ascii(m[1], "Source")
+        src_ver = _ascii(m[2], "Source version") if m[2] is not None else version
+    return DpkgPackage(name, version, arch, src, src_ver, _conffiles(fields.get(b"Conffiles", b"")))
+
+
+def parse_status(data: bytes, *, name: str) -> list[DpkgPackage]:
+    """dpkg's status file: the packages that own files, sorted by name then architecture."""
     out = []
-    for s in sections:
-        status = s.get("Status", b"").split()
-        if len(status) != 3 or status[2].decode() not in _FILE_STATES:
-            continue
-        name = s["Package"].decode()
-        version = s["Version"].decode()
-        arch = s.get("Architecture", b"").decode()
-        src, _, src_ver = s.get("Source", b"").decode().partition(" ")
-        out.append(
-            DpkgPackage(
-                name,
-                version,
-                arch,
-                src or name,
-                src_ver.strip("()") or version,
-                _conffiles(s.get("Conffiles", b""), f"{path}: {name}"),
-            )
-        )
+    for i, fields in enumerate(_paragraphs(data, name)):
+        try:
+            pkg = _package(fields)
+        except FormatError as exc:
+            raise FormatError(f"{_where(data, name, i)}: {exc}") from exc
+        if pkg is not None:
+            out.append(pkg)
     out.sort(key=lambda p: (p.name, p.architecture))
     return out
+
+
+def read_status(root: Path) -> list[DpkgPackage]:
+    """Packages that own files, from ``var/lib/dpkg/status``, sorted by name then architecture."""
+    path = root / DPKG_DIR / "status"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise HostStateError(f"{path}: cannot read: {exc.strerror}", errno=exc.errno, path=str(path)) from exc
+    return parse_status(data, name=str(path))
 
 
 def read_info(root: Path, pkg: DpkgPackage, suffix: str) -> bytes | None:
@@ -162,9 +270,13 @@ def info_file(root: Path, pkg: DpkgPackage, suffix: str) -> bytes:
     return f"/{DPKG_DIR}/info/{stem}.{suffix}".encode()
 
 
-def parse_list(data: bytes) -> list[bytes]:
+def parse_list(data: bytes, *, name: str = "dpkg .list file") -> list[bytes]:
     """A ``.list`` file: one absolute path per line (dpkg refuses newlines in names); ``/.`` dropped."""
-    return [p for p in data.split(b"\n") if p and p != b"/."]
+    out = [p for p in data.split(b"\n") if p and p != b"/."]
+    if b"\0" in data or any(p[:1] != b"/" for p in out):
+        bad = next(i for i, p in enumerate(data.split(b"\n"), 1) if p and (p[:1] != b"/" or b"\0" in p))
+        raise FormatError(f"{name}:{bad}: not an absolute, NUL-free path")
+    return out
 
 
 def _md5sum_name(raw: bytes) -> bytes:
@@ -208,8 +320,8 @@ def parse_diversions(data: bytes, *, name: str) -> dict[bytes, Diversion]:
     out = {}
     for i in range(0, len(lines), 3):
         src, to, by = lines[i : i + 3]
-        if not src.startswith(b"/") or not to.startswith(b"/"):
-            raise FormatError(f"{name}:{i + 1}: diversion paths must be absolute")
+        if not src.startswith(b"/") or not to.startswith(b"/") or b"\0" in src + to:
+            raise FormatError(f"{name}:{i + 1}: diversion paths must be absolute and NUL-free")
         out[src] = Diversion(src, to, by.decode("utf-8", "replace"))
     return out
 
