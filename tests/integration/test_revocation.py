@@ -195,3 +195,11 @@ def test_verify_checks_the_recorded_list_and_writes_nothing(ceremony, tmp_path, 
                            "--revocation-list", str(old_list), str(target))  # fmt: skip
     assert (code, doc["files"][0]["status"]) == (0, "verified")
     assert not empty.exists()
+
+
+def test_a_revocation_ca_without_a_list_is_a_usage_error(ceremony, capsys):
+    _ca, keys = ceremony
+    code = main(["verify", "--cert", str(keys / "old.pem"), "--revocation-ca", str(keys / "old.pem"), "/usr/bin/true"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "imaguard: error: --revocation-ca is the CA of a --revocation-list: give the list, or leave it out\n")

@@ -38,3 +38,22 @@ def test_verify_of_a_non_report_fails_verification(tmp_path, capsys):
                                        "(schema 'imaguard.report' missing)\n")  # fmt: skip
     assert main(["report", "verify", "--json", str(junk)]) == 3
     assert capsys.readouterr().out.startswith('{"error": {"reason": "bad-report", "message": "verification failed')
+
+
+def test_password_file_needs_sign(tmp_path, capsys):
+    assert main(["report", "--password-file", str(tmp_path / "pw"), "--index", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == ("imaguard: error: --password-file is the password of --sign's key: give "
+                                       "--sign, or leave it out\n")  # fmt: skip
+
+
+def test_a_list_that_is_not_one_is_named(tmp_path, capsys):
+    # Regression: only "first PCR index ... is not a PCR" was said, not of which file.
+    from imaguard.packages.index import DigestIndex  # noqa: PLC0415
+
+    with DigestIndex.open(tmp_path):
+        pass
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"garbage garbage garbage garbage")
+    assert main(["report", "--file", str(garbage), "--index", str(tmp_path), "--no-processes"]) == 1
+    assert capsys.readouterr().err == (f"imaguard: error: {garbage}: first PCR index 67617262 is not a PCR in either "
+                                       "byte order (at byte offset 0)\n")  # fmt: skip

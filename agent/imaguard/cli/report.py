@@ -129,6 +129,8 @@ def _dumps(doc: object) -> bytes:
 def _cmd_report(args: argparse.Namespace) -> int:
     if args.sign is not None and args.cert is None:
         raise UsageError("--sign needs --cert (the certificate of the signing key)")
+    if args.password_file is not None and args.sign is None:
+        raise UsageError("--password-file is the password of --sign's key: give --sign, or leave it out")
     if args.format != "json" and args.sign is not None:
         raise UsageError(f"--sign applies to the json report, not to --format {args.format}")
     if args.format not in ("json", "text") and args.nonce is not None:

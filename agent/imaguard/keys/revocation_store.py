@@ -43,6 +43,8 @@ def load_revoked(
     recorded as accepted unless ``record`` is false (read-only commands check, never write).
     """
     if list_path is None:
+        if ca_path is not None:  # silently checking nothing would look like "nothing revoked"
+            raise UsageError("--revocation-ca is the CA of a --revocation-list: give the list, or leave it out")
         return frozenset()
     if ca_path is None:
         raise UsageError("--revocation-list needs --revocation-ca: the CA certificate that signs it")

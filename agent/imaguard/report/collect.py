@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imaguard import __version__
-from imaguard.errors import HostStateError, TrustError, UsageError
+from imaguard.errors import FormatError, HostStateError, TrustError, UsageError
 from imaguard.host.identity import read_identity
 from imaguard.host.processes import RunningDigests, list_processes
 from imaguard.ima.logsource import locate
@@ -69,8 +69,15 @@ def read_log(log_file: Path | None) -> tuple[bytes, str]:
     return _read_bytes(path), path
 
 
-def replay_bytes(data: bytes) -> ReplayedLog:
-    return replay(iter_binary(data, byteorder=detect_byteorder(data)))
+def replay_bytes(data: bytes, source: str = "") -> ReplayedLog:
+    """The replayed binary list ``data``; a FormatError names ``source`` (the list's path)."""
+    try:
+        return replay(iter_binary(data, byteorder=detect_byteorder(data)))
+    except FormatError as exc:
+        if not source:
+            raise
+        message = str(exc).removesuffix(f" (at byte offset {exc.offset})")
+        raise FormatError(f"{source}: {message}", offset=exc.offset, reason=exc.reason) from exc
 
 
 def _host() -> HostFacts:
@@ -113,9 +120,9 @@ def collect(
         source = _log_path(log_file)
     else:
         data, source = read_log(log_file)
-    replayed = replay_bytes(data)
+    replayed = replay_bytes(data, source)
     byteorder = detect_byteorder(data)
-    with DigestIndex.open(state_dir) as index:
+    with DigestIndex.open(state_dir, read_only=True) as index:
         report = build_report(
             replayed, source=source, lookup=index, processes=procs, host=_host(),
             generator=f"imaguard {__version__}", certificates=certificates, nonce=nonce, quote=quote,

@@ -46,7 +46,7 @@ def keylime_policy_here(
     """The Keylime runtime policy of the installed packages, excludes for candidate directories that
     exist here and hold no package file (under either merged-/usr name)."""
     boot = _boot_aggregate(log_file)
-    with DigestIndex.open(state_dir) as index:
+    with DigestIndex.open(state_dir, read_only=True) as index:
         unowned = [c for c in candidates if Path(c).is_dir()
                    and not any(index.has_files_under(a) for a in usr_aliases(c.encode()))]  # fmt: skip
         _, total = index.counts()
