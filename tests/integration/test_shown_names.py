@@ -47,3 +47,15 @@ def test_an_error_naming_such_a_file_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "a\\nimaguard: error: forged" in err
+
+
+def test_the_enforce_gate_lists_each_file_on_one_line(tmp_path, capsys):
+    root = tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin" / EVIL).write_bytes(b"x")
+    (root / "usr/bin" / EVIL).chmod(0o755)
+    assert main(["policy", "check", "--stage", "enforce", "--root", str(root),
+                 "--cert", str(KEYS / "ima-test-rsa2048.pem")]) == 3  # fmt: skip
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert listed == [f"  no-signature         {root}/usr/bin/evil\\n  unknown-key          sshd  (injected)  "
+                      "(rule line 79: no security.ima)"]  # fmt: skip

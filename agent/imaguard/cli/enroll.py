@@ -20,6 +20,7 @@ from imaguard.keys import CheckedSigner, LocalSigner, Verifier, load_certificate
 from imaguard.keys.revocation_store import load_revoked
 from imaguard.packages import DEFAULT_STATE_DIR, open_source
 from imaguard.rootfs import Root
+from imaguard.shown import one_line, shown_path
 from imaguard.sign.apply import Context, Outcome, enroll_file
 from imaguard.sign.journal import Journal
 from imaguard.sign.memo import MemoSigner
@@ -285,13 +286,13 @@ def _record(
 
 def _line(o: Outcome, dry_run: bool) -> str:
     verb = "would-sign" if dry_run and o.action is Action.WRITE else str(o.action)
-    line = f"{verb:14} {o.package} {o.path.decode('utf-8', 'surrogateescape')}"
+    line = f"{verb:14} {o.package} {shown_path(o.path)}"
     if o.reason:
         line += f" [{o.reason}]"
     if o.expected is not None and o.actual is not None:
         line += f" expected {o.algo}:{o.expected.hex()} actual {o.actual.hex()}"
     elif o.detail and o.action is Action.REFUSE:
-        line += f" {o.detail}"
+        line += f" {one_line(o.detail)}"
     return line
 
 

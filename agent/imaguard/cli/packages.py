@@ -21,6 +21,7 @@ from imaguard.packages import DEFAULT_STATE_DIR, open_source
 from imaguard.packages.index import DigestIndex
 from imaguard.packages.verify import FAILED_STATUSES, FileCheck, check_file
 from imaguard.rootfs import Root
+from imaguard.shown import one_line, shown_path
 from imaguard.sign.parallel import default_jobs, run_jobs
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ def _cmd_files(args: argparse.Namespace) -> int:
         digest = f"{f.digest_algo.kernel_name}:{f.digest.hex()}" if f.digest and f.digest_algo else "-"
         flags = ",".join(n for n in ("config", "ghost", "doc") if getattr(f, n))
         why = f" ({f.evidence_reason})" if f.evidence_reason else ""
-        print(f"{f.evidence:14} {_text(f.path)} {digest} {flags}{why}".rstrip())
+        print(f"{f.evidence:14} {shown_path(f.path)} {digest} {flags}{one_line(why)}".rstrip())
     return ExitCode.OK
 
 
@@ -273,11 +274,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _check_line(c: FileCheck) -> str:
     f = c.file
-    line = f"{c.status:16} {c.package.name}: {_text(f.path)} [{f.evidence}]"
+    line = f"{c.status:16} {c.package.name}: {shown_path(f.path)} [{f.evidence}]"
     if c.status == "digest-mismatch" and f.digest is not None and f.digest_algo and c.actual is not None:
         line += f" expected {f.digest_algo.kernel_name}:{f.digest.hex()} actual {c.actual.hex()}"
     if c.detail:
-        line += f" {c.detail}"
+        line += f" {one_line(c.detail)}"
     return line
 
 
@@ -326,10 +327,11 @@ def _cmd_owner(args: argparse.Namespace) -> int:
     else:
         for r in results:
             if "error" in r:
-                print(r["detail"], file=sys.stderr)  # the message names the file already
+                print(one_line(str(r["detail"])), file=sys.stderr)  # the message names the file already
             elif not r["owners"]:
-                print(f"{r['path']}: not-in-package (sha256 {r['sha256']})")
+                print(f"{shown_path(str(r['path']))}: not-in-package (sha256 {r['sha256']})")
             else:
+                shown = shown_path(str(r["path"]))
                 for o in r["owners"]:
-                    print(f"{r['path']}: {o['package']} {o['path']} [{o['evidence']}]")
+                    print(f"{shown}: {o['package']} {shown_path(str(o['path']))} [{o['evidence']}]")
     return code

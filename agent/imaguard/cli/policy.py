@@ -20,6 +20,7 @@ from imaguard.ima.gate import Decision, GateResult, run_gate
 from imaguard.ima.policy import Policy, PolicySyntaxError, parse_policy, render, render_rule
 from imaguard.keys import Verifier, load_certificate
 from imaguard.keys.material import read_small_file
+from imaguard.shown import one_line, shown_path
 from imaguard.sign.parallel import default_jobs
 
 __all__ = ["STAGE_NOTES", "STAGE_TEMPLATES", "TEMPLATE_DIRS", "gate_keys", "load_policy", "register"]
@@ -228,13 +229,13 @@ def _print_text(args: argparse.Namespace, check: _Check) -> None:
     why = (f" (keyring '{check.keyring}', the one the kernel verifies against)" if check.keys_from == "kernel" else
            " (the kernel has no _ima or .ima keyring here; --cert stands in)")  # fmt: skip
     print(f"keys-from: {check.keys_from}{why}: {', '.join(sorted(k.hex() for k in check.loaded)) or 'no keys'}")
-    print(f"root: {args.root}")
+    print(f"root: {shown_path(args.root)}")
     if result.allowed:
         print(f"allow: every file in scope would pass appraisal ({result.in_scope} files)")
         return
     print(f"refuse: {len(result.uncovered)} of {result.in_scope} files in scope would be denied")
     for item in result.uncovered:
-        print(f"  {item.reason:20} {item.path}  (rule line {item.rule_line}: {item.detail})")
+        print(f"  {item.reason:20} {shown_path(item.path)}  (rule line {item.rule_line}: {one_line(item.detail)})")
 
 
 def _print_json(args: argparse.Namespace, check: _Check, code: int) -> None:

@@ -278,7 +278,7 @@ class DebSource:
             reason = ""
         except ChainError as exc:
             deb, members, reason = VerifiedDeb(()), {}, exc.evidence_reason
-        for path in dpkgdb.parse_list(listed or b""):
+        for path in dpkgdb.parse_list(listed or b"", name=f"{where}.list"):
             div = self._diversions.get(path)
             config = path in dp.conffiles
             diverted_to = div.to if div is not None and div.applies_to(dp.name) else None
