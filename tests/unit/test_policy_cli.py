@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from imaguard.cli import policy as policy_cli
-from imaguard.cli.main import Parser, run_guarded
+from imaguard.cli.main import Parser, main, run_guarded
 from imaguard.ima import coverage
 from imaguard.ima.policy import parse_policy, render
 
@@ -161,3 +161,10 @@ def test_stage_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert imaguard(["policy", "check", "--stage", "log", "--cert", str(CERT), "--root", str(tmp_path), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert (doc["stage"], doc["decision"], doc["policy"].endswith("appraise-exec.policy")) == ("log", "allow", True)
+
+
+def test_check_names_a_root_that_is_not_a_directory_before_asking_for_keys(tmp_path, capsys):
+    # Review: without --cert, a mistyped root got "the kernel has no IMA keyring" instead.
+    missing = tmp_path / "nonexistent"
+    assert main(["policy", "check", "--stage", "enforce", "--root", str(missing)]) == 2
+    assert capsys.readouterr().err == f"imaguard: error: --root {missing}: not a directory\n"

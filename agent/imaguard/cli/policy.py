@@ -202,6 +202,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     source, policy = load_policy(args)
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    if not Path(args.root).is_dir():  # before the keys: a mistyped root is the mistake to name
+        raise UsageError(f"--root {args.root}: not a directory")
     if policy.appraise_rules:
         keys_from, ring, loaded, verifier = gate_keys(args.cert)
         facts = coverage.collect(policy, args.root, verifier, loaded, Limits(), jobs=args.jobs)
