@@ -147,3 +147,21 @@ def test_a_report_that_is_not_json_is_named(tmp_path, capsys, text, why):
     """Regression: "verification failed: not JSON (…)" did not say which file."""
     code, err = _verify_cli(tmp_path, text, capsys)
     assert (code, err) == (3, f"imaguard: error: verification failed: {tmp_path}/r.json: not JSON ({why})\n")
+
+
+def test_a_report_without_its_replay_or_nonce_says_which_field(tmp_path, capsys):
+    # Review: the message carried Python's KeyError text, e.g. "report without a replayed PCR 10 ('pcr10')".
+    doc = _report_doc(tmp_path, LAB / "ima-ng" / "binary_runtime_measurements")
+    path = f"{tmp_path}/r.json"
+    cases = [
+        (lambda d: d["log"]["replay"].pop("pcr10"),
+         "report without a replayed PCR 10 (log.replay.pcr10: an object of bank: hex)"),
+        (lambda d: d.__setitem__("log", 7), "report without a replayed PCR 10 (log.replay.pcr10: an object of bank: hex)"),
+        (lambda d: d["log"]["replay"]["pcr10"].__setitem__("sha1", "zz"), "log.replay.pcr10 holds a value that is not hex"),
+        (lambda d: d.pop("nonce"), "report without its nonce field (null when none was given)"),
+    ]
+    for change, message in cases:
+        changed = json.loads(json.dumps(doc))
+        change(changed)
+        code, err = _verify_cli(tmp_path, changed, capsys)
+        assert (code, err) == (3, f"imaguard: error: verification failed: {path}: {message}\n")

@@ -302,11 +302,19 @@ def read_report(data: bytes, source: str) -> VerifiableReport:
     if version != SCHEMA_VERSION:
         raise FormatError(f"{source}: report schema version {version!r}, this imaguard reads {SCHEMA_VERSION}",
                           reason="report-version")  # fmt: skip
+    log = doc.get("log")
+    replayed = log.get("replay") if isinstance(log, dict) else None
+    values = replayed.get("pcr10") if isinstance(replayed, dict) else None
+    if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
+        raise FormatError(f"{source}: report without a replayed PCR 10 (log.replay.pcr10: an object of bank: hex)",
+                          reason="bad-report")  # fmt: skip
     try:
-        pcr10 = {str(k): bytes.fromhex(v) for k, v in doc["log"]["replay"]["pcr10"].items()}
-        nonce = doc["nonce"]
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise FormatError(f"{source}: report without a replayed PCR 10 ({exc})", reason="bad-report") from exc
+        pcr10 = {str(k): bytes.fromhex(v) for k, v in values.items()}
+    except ValueError as exc:
+        raise FormatError(f"{source}: log.replay.pcr10 holds a value that is not hex", reason="bad-report") from exc
+    if "nonce" not in doc:
+        raise FormatError(f"{source}: report without its nonce field (null when none was given)", reason="bad-report")
+    nonce = doc["nonce"]
     if nonce is not None and not isinstance(nonce, str):
         raise FormatError(f"{source}: nonce must be a string", reason="bad-report")
     return VerifiableReport(int(version), nonce, pcr10, _quote(doc.get("quote"), source), doc)
