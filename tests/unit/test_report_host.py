@@ -18,7 +18,12 @@ from imaguard.host.processes import list_processes
 def test_a_running_child_is_listed_with_its_exe_and_libc():
     child = subprocess.Popen(["sleep", "30"])
     try:
-        time.sleep(0.2)
+        # Popen returns once the child has exec'd, but the dynamic loader maps libc after that:
+        # wait for it instead of sleeping a fixed time (0.2 s was not enough on a loaded machine).
+        deadline = time.monotonic() + 30
+        while b"/libc.so" not in Path(f"/proc/{child.pid}/maps").read_bytes():
+            assert time.monotonic() < deadline, "sleep did not map libc within 30 s"
+            time.sleep(0.01)
         procs = {p.pid: p for p in list_processes()}
         me = procs[child.pid]
         assert me.exe == os.fsencode(os.path.realpath(f"/proc/{child.pid}/exe"))
@@ -131,9 +136,9 @@ def test_a_memfd_executable_is_listed_under_its_memfd_name():
     """Fileless execution (fexecve of a memfd) shows /memfd:NAME (deleted); the report calls it memfd."""
     child = subprocess.Popen([sys.executable, "-c", _FILELESS, "/usr/bin/sleep"])
     try:
-        for _ in range(100):
-            if Path(f"/proc/{child.pid}/exe").readlink().name.startswith("memfd:"):
-                break
+        deadline = time.monotonic() + 30  # python's start-up alone can take seconds on a loaded machine
+        while not Path(f"/proc/{child.pid}/exe").readlink().name.startswith("memfd:"):
+            assert time.monotonic() < deadline, "the child did not exec its memfd within 30 s"
             time.sleep(0.05)
         me = next(p for p in list_processes() if p.pid == child.pid)
         assert (me.exe, me.exe_deleted) == (b"/memfd:payload", True)
