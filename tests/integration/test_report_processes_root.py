@@ -25,9 +25,12 @@ def test_a_process_whose_path_names_another_file_in_its_mount_namespace_is_not_t
     child = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
                               f"mount --bind {evil} /usr/bin/sleep && exec /usr/bin/sleep 30"])  # fmt: skip
     try:
-        for _ in range(100):
-            if Path(f"/proc/{child.pid}/exe").readlink() == Path("/usr/bin/sleep"):
-                break
+        # Wait for the exec *and* for the dynamic loader to map libc (asserted on below): a fixed
+        # number of polls of the exe alone could list the child before libc was mapped.
+        deadline = time.monotonic() + 30
+        while not (Path(f"/proc/{child.pid}/exe").readlink() == Path("/usr/bin/sleep")
+                   and b"/libc.so" in Path(f"/proc/{child.pid}/maps").read_bytes()):  # fmt: skip
+            assert time.monotonic() < deadline, "the namespaced sleep did not start within 30 s"
             time.sleep(0.05)
         me = next(p for p in list_processes() if p.pid == child.pid)
         assert (me.exe, me.exe_deleted, me.exe_same_file) == (b"/usr/bin/sleep", False, False)
@@ -67,9 +70,9 @@ def test_running_digests_hash_the_running_file_and_nothing_else(tmp_path):
     content = tool.read_bytes()
     child = subprocess.Popen([str(tool), "30"])
     try:
-        for _ in range(100):
-            if Path(f"/proc/{child.pid}/exe").readlink() == tool:
-                break
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{child.pid}/exe").readlink() != tool:
+            assert time.monotonic() < deadline, "the tool did not start within 30 s"
             time.sleep(0.05)
         me = next(p for p in list_processes() if p.pid == child.pid)
         st = tool.stat()
