@@ -45,20 +45,36 @@ def _free_ports() -> tuple[int, int]:
     raise AssertionError("no two consecutive free ports")
 
 
+def _start_swtpm(state: Path, monkeypatch) -> tuple[subprocess.Popen[bytes], str]:
+    """swtpm on free ports; started again on new ones when it exits at once: the ports were free
+    when picked, but they are released before swtpm binds them and can be taken in between."""
+    for _ in range(5):
+        port, ctrl = _free_ports()
+        proc = subprocess.Popen(
+            ["swtpm", "socket", "--tpm2", "--server", f"type=tcp,port={port}", "--ctrl", f"type=tcp,port={ctrl}",
+             "--tpmstate", f"dir={state}", "--flags", "not-need-init,startup-clear"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        tcti = f"swtpm:host=127.0.0.1,port={port}"
+        monkeypatch.setenv("TPM2TOOLS_TCTI", tcti)
+        deadline = time.monotonic() + 30
+        while subprocess.run(["tpm2_pcrread", "sha1:10"], capture_output=True, check=False).returncode != 0:
+            if proc.poll() is not None:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise AssertionError("swtpm did not come up")
+            time.sleep(0.1)
+        else:
+            if proc.poll() is None:  # it is our swtpm that answered, not whoever took the port
+                return proc, tcti
+    raise AssertionError("swtpm exited at start five times")
+
+
 @pytest.fixture
 def swtpm(tmp_path, monkeypatch):
-    port, ctrl = _free_ports()
-    proc = subprocess.Popen(
-        ["swtpm", "socket", "--tpm2", "--server", f"type=tcp,port={port}", "--ctrl", f"type=tcp,port={ctrl}",
-         "--tpmstate", f"dir={tmp_path}", "--flags", "not-need-init,startup-clear"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    tcti = f"swtpm:host=127.0.0.1,port={port}"
-    monkeypatch.setenv("TPM2TOOLS_TCTI", tcti)
-    deadline = time.monotonic() + 10
-    while subprocess.run(["tpm2_pcrread", "sha1:10"], capture_output=True, check=False).returncode != 0:
-        assert time.monotonic() < deadline, "swtpm did not come up"
-        time.sleep(0.1)
+    proc, tcti = _start_swtpm(tmp_path, monkeypatch)
     yield tcti
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=10)
