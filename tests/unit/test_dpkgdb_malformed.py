@@ -78,7 +78,7 @@ def test_a_well_formed_status_file():
     assert _parse(b"") == [] == _parse(b"\n\n")
 
 
-def test_the_host_status_file_reads_as_python_apt_reads_it():
+def test_the_host_status_file_reads_as_python_apt_reads_it(tmp_path):
     """Same packages as the TagFile parser this replaced, on a real, large status file."""
     apt_pkg = pytest.importorskip("apt_pkg")
     path = Path("/var/lib/dpkg/status")
@@ -87,7 +87,11 @@ def test_the_host_status_file_reads_as_python_apt_reads_it():
     data = path.read_bytes()
     ours = {(p.name, p.architecture): p for p in _parse(data)}
     theirs = {}
-    with path.open("rb") as fh:
+    # Both parsers read the same snapshot: dpkg (unattended-upgrades on a fresh CI machine) may
+    # rewrite the host's file between two reads of it.
+    snapshot = tmp_path / "status"
+    snapshot.write_bytes(data)
+    with snapshot.open("rb") as fh:
         for section in apt_pkg.TagFile(fh, bytes=True):
             s = dict(section)
             status = s.get("Status", b"").split()
