@@ -131,13 +131,15 @@ def _is_hex(b: bytes) -> bool:
 # The status file as dpkg reads it (lib/dpkg/parse.c, deb822(5)): "Name: value" lines, continuation
 # lines starting with a space or tab, paragraphs separated by empty lines. dpkg refuses a
 # whitespace-only line ("blank line in value of field") and a paragraph opening with a
-# continuation ("empty field name"); so do we. A name is printable US-ASCII without ':', not
-# starting with '#' or '-' (dpkg writes none of those and none with a space before the ':').
-_NAME = rb"[!-\"$-,.-9;-~][!-9;-~]*"
+# continuation ("empty field name"); so do we. A name is what dpkg reads as one: any bytes but
+# whitespace, ':' (and NUL), then blanks allowed before the ':'. dpkg-deb builds, and dpkg installs
+# into this file, fields such as "#Recommends" or non-ASCII names from a local package's control
+# file; refusing them would refuse the whole host's database (review finding).
+_NAME = rb"[^\s:\x00]+"
 # After a newline, a bad line: none of field, continuation, empty line; whitespace only; a
 # continuation after an empty line. The text is scanned with "\n\n" prepended, so the first line
 # is checked like any other.
-_BAD = rb"(?![ \t]|%s:)[^\n]|[ \t]+(?:\n|\Z)|\n[ \t]" % _NAME
+_BAD = rb"(?![ \t]|%s[ \t]*:)[^\n]|[ \t]+(?:\n|\Z)|\n[ \t]" % _NAME
 _BAD_LINE = re.compile(rb"\n(?:%s)" % _BAD)
 # One pass yields (name, value, b"") for the fields read here, (b"", b"", b"") where a paragraph
 # starts and (b"", b"", bad) for a bad line; the other fields' lines are stepped over. Searching
