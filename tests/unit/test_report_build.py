@@ -481,3 +481,15 @@ def test_text_view_shows_weak_evidence_and_replaced_executables(tmp_path):
         "       10  bar             package      bar=2/amd64 (source bar 2)",
         "       11  bar             untraced",
     ]
+
+
+def test_text_view_keeps_a_forged_process_name_on_its_line(index):
+    """Regression (review): any process can name itself (prctl PR_SET_NAME, or argv[0], which psutil
+    uses when the 15-byte name is cut) with a newline and a whole fake line after it."""
+    forged = "aaaaaaaaaaaaaaa\n      1  sshd            package      openssh-server 1:9.2p1-2+deb12u3"
+    proc = ProcessInfo(60, forged, b"/usr/bin/late", exe_deleted=False, start_time=30.0, mappings=(),
+                       exe_same_file=True, exe_file_id=_fid(b"/usr/bin/late"))  # fmt: skip
+    text = render_text(_report(index, [proc]))
+    assert "\n      1  sshd" not in text
+    assert ("  not-measured      60  aaaaaaaaaaaaaaa\\n      1  sshd            package      openssh-server "
+            "1:9.2p1-2+deb12u3 /usr/bin/late  not-measured-by-policy") in text.splitlines()

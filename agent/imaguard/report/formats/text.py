@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from imaguard.report.model import EntryClass, ProcessClass, SignatureStatus
-from imaguard.shown import shown_path
+from imaguard.shown import one_line, shown_path
 
 if TYPE_CHECKING:
     from imaguard.report.model import MappingReport, PackageRef, Report
@@ -83,9 +83,9 @@ def render_text(report: Report) -> str:
         for p in odd_procs:
             why = p.error or _mapping_note(p.exe)
             exe = shown_path(p.exe.path) or "?"  # the executable could not be read: ``error`` says why
-            lines.append(f"  {p.klass!s:12} {p.pid:>7}  {p.name:15} {exe}  {why}".rstrip())
+            lines.append(f"  {p.klass!s:12} {p.pid:>7}  {shown_path(p.name):15} {exe}  {why}".rstrip())
         for p, m in odd_maps:
-            lines.append(f"  {m.klass!s:12} {p.pid:>7}  {p.name:15} {shown_path(m.path)} (mapped)  "
+            lines.append(f"  {m.klass!s:12} {p.pid:>7}  {shown_path(p.name):15} {shown_path(m.path)} (mapped)  "
                          f"{_mapping_note(m)}".rstrip())  # fmt: skip
     odd_entries = [e for e in report.entries if e.klass in (EntryClass.MODIFIED, EntryClass.UNKNOWN)
                    or e.signature in _BAD_SIGNATURES]  # fmt: skip
@@ -101,5 +101,6 @@ def render_text(report: Report) -> str:
             pkg = _package(p.exe.packages[0]) if p.klass is ProcessClass.PACKAGE and p.exe.packages else ""
             if weak := _weak_evidence(p.exe):
                 pkg += f"  evidence {weak}"
-            lines.append(f"  {p.pid:>7}  {p.name:15} {p.klass!s:12} {pkg}".rstrip())
-    return "\n".join(lines) + "\n"
+            lines.append(f"  {p.pid:>7}  {shown_path(p.name):15} {p.klass!s:12} {pkg}".rstrip())
+    # Names, subjects and details come from processes, the log and certificates: one line each.
+    return "\n".join(one_line(line) for line in lines) + "\n"
