@@ -17,11 +17,16 @@ from benchrun import bench
 
 
 def test_sign_vs_evmctl_signs_with_both_tools_and_reports_a_ceiling(tmp_path: Path) -> None:
-    doc = bench("sign_vs_evmctl", "--files", "150", "--repeat", "1", "--only", "sign", "--workdir", str(tmp_path))
-    assert doc["ok"] is True
+    # sign and verify: verify checks the signatures evmctl's sign pass left (a floor run after that
+    # pass once cleared them, and every verify check failed).
+    doc = bench("sign_vs_evmctl", "--files", "150", "--repeat", "1", "--only", "sign", "--only", "verify",
+                "--workdir", str(tmp_path))  # fmt: skip
+    assert doc["ok"] is True, [c for c in doc.get("checks", []) if not c.get("ok", True)]
     comps = {c["benchmark"]: c for c in doc["comparisons"]}
-    assert set(comps) == {"sign-rsa2048", "sign-ec-p256"}
-    for c in comps.values():
+    assert set(comps) == {"sign-rsa2048", "sign-ec-p256", "verify-rsa2048", "verify-ec-p256"}
+    for c in (comps["verify-rsa2048"], comps["verify-ec-p256"]):
+        assert c["imaguard"]["files"] == c["reference"]["files"] == 150
+    for c in (comps["sign-rsa2048"], comps["sign-ec-p256"]):
         assert c["imaguard"]["files"] == c["reference"]["files"] == 150
         assert c["ratio"] > 0
         assert c["ceiling_ratio"] > 0
