@@ -13,9 +13,8 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +26,9 @@ from imaguard.ima.measurements import iter_binary
 from imaguard.packages.index import DigestIndex
 from imaguard.packages.model import Evidence, FileKind, InstalledPackage, PackageFile
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from swtpmlib import start_swtpm
+
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "tests" / "data" / "lab"
 KEYS = ROOT / "tests" / "data" / "keys"
@@ -36,50 +38,11 @@ pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.skipif((shutil.whi
                                 reason="needs swtpm and tpm2-tools")]  # fmt: skip
 
 
-def _free_port() -> int:
-    """A free port whose successor is free too: the swtpm TCTI finds the control channel at port + 1."""
-    for _ in range(50):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = int(a.getsockname()[1])
-            try:
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no two consecutive free ports")
-
-
-def _start_swtpm(state: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """swtpm on fresh ports; started again when it exits at once (a port taken since it was picked)."""
-    for _ in range(5):
-        port = _free_port()
-        proc = subprocess.Popen(
-            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}", "--server", f"type=tcp,port={port}",
-             "--ctrl", f"type=tcp,port={port + 1}", "--flags", "startup-clear,not-need-init"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        tcti = f"swtpm:host=127.0.0.1,port={port}"
-        deadline = time.monotonic() + 10
-        while subprocess.run(["tpm2_getcap", "properties-fixed"], env={"TPM2TOOLS_TCTI": tcti},
-                             capture_output=True, check=False).returncode != 0:  # fmt: skip
-            if proc.poll() is not None:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                raise AssertionError("swtpm did not come up")
-            time.sleep(0.1)
-        else:
-            return proc, tcti
-    raise AssertionError("swtpm exited at start five times")
-
-
 @pytest.fixture
 def tpm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     state = tmp_path / "tpm"
     state.mkdir()
-    proc, tcti = _start_swtpm(state)
+    proc, tcti = start_swtpm(state)
     try:
         monkeypatch.setenv("TPM2TOOLS_TCTI", tcti)
         yield tcti

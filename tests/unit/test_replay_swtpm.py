@@ -11,10 +11,8 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from imaguard.cli.main import main
 from imaguard.ima.pcrs import parse_pcrread, read_pcrs
 from logbuilder import LogBuilder
+from swtpmlib import start_swtpm
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("swtpm") and shutil.which("tpm2_pcrextend")) and os.environ.get("IMAGUARD_LAB_REQUIRED") != "1",
@@ -31,50 +30,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_ports() -> tuple[int, int]:
-    """Two free consecutive ports: the swtpm TCTI finds the control channel at port + 1."""
-    for _ in range(50):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            try:
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port, port + 1
-    raise AssertionError("no two consecutive free ports")
-
-
-def _start_swtpm(state: Path, monkeypatch) -> tuple[subprocess.Popen[bytes], str]:
-    """swtpm on free ports; started again on new ones when it exits at once: the ports were free
-    when picked, but they are released before swtpm binds them and can be taken in between."""
-    for _ in range(5):
-        port, ctrl = _free_ports()
-        proc = subprocess.Popen(
-            ["swtpm", "socket", "--tpm2", "--server", f"type=tcp,port={port}", "--ctrl", f"type=tcp,port={ctrl}",
-             "--tpmstate", f"dir={state}", "--flags", "not-need-init,startup-clear"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        tcti = f"swtpm:host=127.0.0.1,port={port}"
-        monkeypatch.setenv("TPM2TOOLS_TCTI", tcti)
-        deadline = time.monotonic() + 30
-        while subprocess.run(["tpm2_pcrread", "sha1:10"], capture_output=True, check=False).returncode != 0:
-            if proc.poll() is not None:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                raise AssertionError("swtpm did not come up")
-            time.sleep(0.1)
-        else:
-            if proc.poll() is None:  # it is our swtpm that answered, not whoever took the port
-                return proc, tcti
-    raise AssertionError("swtpm exited at start five times")
-
-
 @pytest.fixture
 def swtpm(tmp_path, monkeypatch):
-    proc, tcti = _start_swtpm(tmp_path, monkeypatch)
+    proc, tcti = start_swtpm(tmp_path)
+    monkeypatch.setenv("TPM2TOOLS_TCTI", tcti)
     yield tcti
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=10)
