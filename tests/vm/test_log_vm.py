@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import boot
 
+from conftest import boot
 from imaguard.ima.measurements import iter_ascii, iter_binary
 from imaguard.ima.replay import compare, replay
 from imaguard_lab.build import Image

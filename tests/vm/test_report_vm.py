@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import boot
 
+from conftest import boot
 from imaguard.cli.main import main
 from imaguard_lab.build import Image, apt_sidecar, rootfs_dir
 from imaguard_lab.labkeys import make_keys

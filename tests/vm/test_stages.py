@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import boot
 from cryptography import x509
 from stage_expectations import GAP_KINDS, appraisal_failures, by_boot, gap_kind, key_ids_in, unexpected_gaps
 
+from conftest import boot
 from imaguard_lab.build import Image
 from imaguard_lab.enrolled import Enrolled
 from imaguard_lab.runner import RunResult
