@@ -102,3 +102,31 @@ def test_policy_file_errors_name_the_file_like_the_rest_of_the_cli(tmp_path, cap
 def test_policy_on_dev_zero_is_refused_without_reading_it_whole(capsys, no_whole_reads):
     assert main(["policy", "show", "--file", "/dev/zero"]) == 2
     assert capsys.readouterr().err == "imaguard: error: /dev/zero: larger than 1048576 bytes, not a policy\n"
+
+
+def test_a_password_file_is_read_as_its_first_line_by_every_tool(tmp_path, capsys):
+    """Regression (review): imaguard-keyring took a password file's first line and imaguard the
+    whole file, so a key made with a two-line file did not open with that same file."""
+    from imaguard.cli.keyfile import read_password_file  # noqa: PLC0415
+
+    pw = tmp_path / "two.pw"
+    pw.write_bytes(b"secret\r\n# a comment line\n")
+    assert read_password_file(pw) == b"secret"
+    key = _encrypted(tmp_path)
+    target = tmp_path / "f"
+    target.write_bytes(b"x")
+    assert main(["sign", "--key", str(key), "--password-file", str(pw), str(target)]) == 0
+
+
+def test_end_of_input_at_the_password_prompt_is_a_usage_error(monkeypatch):
+    import getpass  # noqa: PLC0415
+
+    from imaguard.cli.keyfile import ask_password  # noqa: PLC0415
+    from imaguard.errors import UsageError  # noqa: PLC0415
+
+    def eof(_prompt: str) -> str:
+        raise EOFError
+
+    monkeypatch.setattr(getpass, "getpass", eof)
+    with pytest.raises(UsageError, match=r"^no password entered \(end of input\)$"):
+        ask_password("password: ")

@@ -12,25 +12,43 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from imaguard.errors import UsageError
+
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["MAX_PASSWORD_FILE_SIZE", "PASSWORD_HELP", "key_password"]
+__all__ = ["MAX_PASSWORD_FILE_SIZE", "PASSWORD_HELP", "ask_password", "key_password", "read_password_file"]
 
 # A password is a line; a limit keeps a wrong path (a disk image, /dev/zero) from being slurped.
 MAX_PASSWORD_FILE_SIZE = 64 << 10
 _PEM_HEADER_BYTES = 4096
 
-PASSWORD_HELP = "file holding the key's password (else IMAGUARD_KEY_PASSWORD, else a prompt on a terminal)"  # noqa: S105 - help text, not a password
+_HELP = "file whose first line is the key's password, as openssl's file: (else IMAGUARD_KEY_PASSWORD, else a prompt)"
+PASSWORD_HELP = _HELP
+
+
+def read_password_file(path: Path) -> bytes:
+    """The password in ``path``: its first line (openssl's ``-passin file:`` rule), without the line
+    end. The one rule of every imaguard and imaguard-keyring command: a key made with a password
+    file opens with the same file (review: the two tools read a two-line file differently)."""
+    # Here, not at the top: `imaguard hash` imports this module and must not load X.509 code.
+    from imaguard.keys.material import read_small_file  # noqa: PLC0415
+
+    data = read_small_file(path, "password", MAX_PASSWORD_FILE_SIZE, "key-password", unreadable="usage")
+    return data.split(b"\n", 1)[0].removesuffix(b"\r")
+
+
+def ask_password(prompt: str) -> str:
+    """A password typed on the terminal; end of input (Ctrl-D) is a usage error, not a traceback."""
+    try:
+        return getpass.getpass(prompt)
+    except EOFError:
+        raise UsageError("no password entered (end of input)", reason="key-password") from None
 
 
 def key_password(password_file: Path | None, key_path: Path) -> bytes | None:
     if password_file is not None:
-        # Here, not at the top: `imaguard hash` imports this module and must not load X.509 code.
-        from imaguard.keys.material import read_small_file  # noqa: PLC0415
-
-        data = read_small_file(password_file, "password", MAX_PASSWORD_FILE_SIZE, "key-password", unreadable="usage")
-        return data.rstrip(b"\r\n")
+        return read_password_file(password_file)
     env = os.environ.get("IMAGUARD_KEY_PASSWORD")
     if env is not None:
         return env.encode()
@@ -40,6 +58,5 @@ def key_password(password_file: Path | None, key_path: Path) -> bytes | None:
     except OSError:
         return None  # load_private_key reports the unreadable key
     if encrypted and sys.stdin.isatty():
-        entered: str = getpass.getpass(f"password for {key_path}: ")
-        return entered.encode()
+        return ask_password(f"password for {key_path}: ").encode()
     return None
