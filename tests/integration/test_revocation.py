@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 
 import pytest
@@ -203,3 +204,27 @@ def test_a_revocation_ca_without_a_list_is_a_usage_error(ceremony, capsys):
     assert code == 2
     assert capsys.readouterr().err == (
         "imaguard: error: --revocation-ca is the CA of a --revocation-list: give the list, or leave it out\n")
+
+
+def test_a_refused_keys_install_records_nothing_and_state_dirs_ignore_the_umask(ceremony, tmp_path, capsys):
+    """Regressions (review): a keys install refused for a revoked key still wrote the record of the
+    accepted list ("nothing was installed"); under umask 000 var/ and var/lib/ came out 0777."""
+    import stat  # noqa: PLC0415
+
+    ca, keys = ceremony
+    rl = tmp_path / "revocations.json"
+    assert keyring_main(["revoke", "--ca", str(ca), "--list", str(rl), "--cert", str(keys / "old.pem"), "--new"]) == 0
+    root = tmp_path / "root"
+    root.mkdir()
+    opts = ["--revocation-list", str(rl), "--revocation-ca", str(ca / "ca.pem")]
+    assert main(["keys", "install", "--root", str(root), str(keys / "old.pem"), *opts]) == 3
+    assert list(root.iterdir()) == []
+    old = os.umask(0)
+    try:
+        assert main(["keys", "install", "--root", str(root), str(keys / "new.pem"), *opts]) == 0
+    finally:
+        os.umask(old)
+    modes = {d: stat.S_IMODE((root / d).stat().st_mode) for d in ("var", "var/lib", "var/lib/imaguard")}
+    assert modes == {"var": 0o755, "var/lib": 0o755, "var/lib/imaguard": 0o700}
+    assert len(list((root / "var/lib/imaguard").iterdir())) == 1
+    capsys.readouterr()

@@ -189,7 +189,9 @@ def cmd_install(args: argparse.Namespace) -> int:
     certs = list({c.key_id: c for c in (load_certificate(p) for p in args.certs)}.values())
     if args.password_file is not None and args.sign_key is None:
         raise UsageError("--password-file is the password of --sign-key's key: give --sign-key too")
-    revoked = load_revoked(args.revocation_list, args.revocation_ca, root / STATE_DIR)
+    # Checked against the recorded list now, recorded only once the install is done: a refused
+    # install writes nothing, the record of the accepted list included (review finding).
+    revoked = load_revoked(args.revocation_list, args.revocation_ca, root / STATE_DIR, record=False)
     refused = _refuse(args, certs, root, revoked)
     if refused is not None:
         return refused
@@ -223,6 +225,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         warnings.append(f"W-UNSIGNED-BOOT-FILES: {', '.join(unsigned)}: executables without a signature; under an "
                         "enforcing appraisal policy update-initramfs would be refused running them (use --sign-key "
                         "KEY, or review and `imaguard sign` them)")  # fmt: skip
+    load_revoked(args.revocation_list, args.revocation_ca, root / STATE_DIR)
     return _report(args, _Outcome(root, changes, kept, rebuild, warnings, signatures))
 
 

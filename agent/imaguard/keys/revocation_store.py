@@ -58,6 +58,19 @@ def load_revoked(
     return rl.key_ids
 
 
+def _make_dirs(state_dir: Path) -> None:
+    """``state_dir`` 0700 and its missing parents 0755 (``mkdir(parents=True)`` gives parents the
+    umask's mode: 0777 under umask 000, in an image's var/lib)."""
+    missing = []
+    current = state_dir
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700 if d == state_dir else 0o755, exist_ok=True)
+        d.chmod(0o700 if d == state_dir else 0o755)  # mkdir's mode is masked by the umask
+
+
 def _check_and_record(rl: RevocationList, state_dir: Path, source: str, *, record: bool) -> None:
     path = accepted_list_path(state_dir, rl.issuer_key_id)
     try:
@@ -85,7 +98,7 @@ def _check_and_record(rl: RevocationList, state_dir: Path, source: str, *, recor
     if not record:
         return
     try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _make_dirs(state_dir)
         write_atomically(path, rl.to_payload(), 0o644)
     except OSError as exc:
         raise HostStateError(f"cannot record the accepted revocation list in {path}: {exc.strerror}",
