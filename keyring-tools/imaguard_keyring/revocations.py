@@ -7,6 +7,9 @@ launder a tampered list with a fresh signature.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 from typing import TYPE_CHECKING
 
 from imaguard.errors import HostStateError, UsageError
@@ -20,6 +23,7 @@ from imaguard.keys.revocation import (
 
 if TYPE_CHECKING:
     import datetime
+    from collections.abc import Iterator
     from pathlib import Path
 
     from imaguard.keys.material import Certificate
@@ -56,13 +60,47 @@ def add_revocation(
     otherwise start a fresh list that lacks every key revoked so far, which hosts that never saw
     the real one would accept. No directory is ever created, for the same reason.
     """
+    if not path.parent.is_dir():
+        if not new:
+            raise UsageError(f"{path}: no revocation list there; to start a new one (serial 1) give --new",
+                             reason="no-revocation-list")  # fmt: skip
+        raise UsageError(f"{path.parent}: no such directory (it is not created)", reason="no-revocation-list")
+    with _locked(path):
+        return _add_locked(path, authority, key_id, reason=reason, subject=subject, now=now, new=new)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path``'s directory: two revocations at once must both end in the
+    list (read, sign and replace are one step), not the last writer's alone. The directory, not a
+    lock file, so the published directory gains no file; the list itself is replaced, so it cannot
+    carry the lock."""
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(f"{path.parent}: cannot open: {exc.strerror}", reason="unreadable") from exc
+    try:
+        fcntl.flock(dfd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(dfd)  # releases the lock
+
+
+def _add_locked(
+    path: Path,
+    authority: Authority,
+    key_id: bytes,
+    *,
+    reason: str,
+    subject: str,
+    now: datetime.datetime,
+    new: bool,
+) -> RevocationList:
     current = read_revocation_list(path, authority.cert)
     if current is None:
         if not new:
             raise UsageError(f"{path}: no revocation list there; to start a new one (serial 1) give --new",
                              reason="no-revocation-list")  # fmt: skip
-        if not path.parent.is_dir():
-            raise UsageError(f"{path.parent}: no such directory (it is not created)", reason="no-revocation-list")
         current = RevocationList.empty(authority.cert.key_id, now)
     elif new:
         raise UsageError(f"{path}: a revocation list (serial {current.serial}) is already there: --new only starts "

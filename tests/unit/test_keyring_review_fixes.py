@@ -1,0 +1,72 @@
+"""imaguard-keyring review fixes: revoke's lock and symlinked list, interrupted writes, refused
+inputs (CA without SKID, unprintable subjects, Ctrl-D, huge password files), directory modes,
+`bundle --json`. No root; RSA-2048 keeps key generation fast."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import threading
+from pathlib import Path
+
+import pytest
+
+from imaguard.keys.revocation import verify_revocation_list
+from imaguard_keyring import ceremony, revocations
+from imaguard_keyring.cli import main
+
+NOW = datetime.datetime(2026, 11, 22, 3, 0, tzinfo=datetime.UTC)
+
+
+def run_cli(capsys, argv):
+    capsys.readouterr()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err, err
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def ca_dir(tmp_path_factory) -> Path:
+    top = tmp_path_factory.mktemp("review")
+    assert main(["ca", "create", "--out", str(top / "ca"), "--key-type", "rsa2048"]) == 0
+    return top / "ca"
+
+
+@pytest.fixture(scope="module")
+def authority(ca_dir):
+    return ceremony.load_authority(ca_dir, None)
+
+
+# --- 1. revoke holds a lock around read, sign, replace -----------------------------------------------------
+
+def test_concurrent_revocations_both_end_in_the_list(authority, tmp_path, monkeypatch):
+    rl = tmp_path / "rl.json"
+    revocations.add_revocation(rl, authority, b"\x00\x00\x00\x01", reason="", subject="", now=NOW, new=True)
+    barrier = threading.Barrier(2)
+    real_sign = revocations.sign_revocation_list
+
+    def slow_sign(*a, **kw):  # both writers meet here when nothing serialises them (the old race)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=1.5)
+        return real_sign(*a, **kw)
+
+    monkeypatch.setattr(revocations, "sign_revocation_list", slow_sign)
+    errors: list[BaseException] = []
+
+    def revoke(key_id: bytes) -> None:
+        try:
+            revocations.add_revocation(rl, authority, key_id, reason="", subject="", now=NOW)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=revoke, args=(k,)) for k in (b"\xaa\xaa\xaa\xaa", b"\xbb\xbb\xbb\xbb")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    final = verify_revocation_list(rl.read_bytes(), (authority.cert,), "rl")
+    assert final.key_ids == {b"\x00\x00\x00\x01", b"\xaa\xaa\xaa\xaa", b"\xbb\xbb\xbb\xbb"}
+    assert final.serial == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rl.json"]  # no lock file left in the published dir
