@@ -96,7 +96,8 @@ application/vnd.imaguard.revocation-list+json) signed by the CA: hosts check it 
 certificate, so it can be published anywhere.
 Each change increments the list's serial; hosts refuse a list older than one they accepted, and
 a list never drops a revoked key. An existing list that does not verify with this CA is refused,
-never re-signed. The file is replaced atomically.
+never re-signed. The file is replaced atomically, under a lock on its directory (concurrent
+revokes wait for each other); a FILE that is a symbolic link is refused (give the real path).
 
 The key id is 8 hex digits (the last 4 bytes of the certificate's subject key identifier, as in
 `imaguard verify` output and security.ima), or give --cert to take it (and the subject) from the

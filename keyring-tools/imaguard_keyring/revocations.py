@@ -60,6 +60,10 @@ def add_revocation(
     otherwise start a fresh list that lacks every key revoked so far, which hosts that never saw
     the real one would accept. No directory is ever created, for the same reason.
     """
+    if path.is_symlink():
+        # os.replace would turn the link into a regular file and leave the published target behind.
+        raise UsageError(f"{path}: is a symbolic link; give the list's own path ({path.resolve()})",
+                         reason="symlink-in-path")  # fmt: skip
     if not path.parent.is_dir():
         if not new:
             raise UsageError(f"{path}: no revocation list there; to start a new one (serial 1) give --new",

@@ -70,3 +70,19 @@ def test_concurrent_revocations_both_end_in_the_list(authority, tmp_path, monkey
     assert final.key_ids == {b"\x00\x00\x00\x01", b"\xaa\xaa\xaa\xaa", b"\xbb\xbb\xbb\xbb"}
     assert final.serial == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rl.json"]  # no lock file left in the published dir
+
+
+# --- 2. a symlinked --list is refused ----------------------------------------------------------------------
+
+def test_revoke_refuses_a_symlinked_list(ca_dir, tmp_path, capsys):
+    target = tmp_path / "published.json"
+    assert run_cli(capsys, ["revoke", "--ca", str(ca_dir), "--list", str(target), "--key-id", "00000001",
+                            "--new"])[0] == 0
+    before = target.read_bytes()
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    code, out, err = run_cli(capsys, ["revoke", "--ca", str(ca_dir), "--list", str(link), "--key-id", "00000002"])
+    assert (code, out) == (2, "")
+    assert err == f"imaguard: error: {link}: is a symbolic link; give the list's own path ({target})\n"
+    assert link.is_symlink()
+    assert target.read_bytes() == before
