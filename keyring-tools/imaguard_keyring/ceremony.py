@@ -20,6 +20,8 @@ import errno
 import hashlib
 import os
 import re
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,7 +42,8 @@ from imaguard_keyring.profiles import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
+    from types import FrameType
 
     from imaguard.keys.material import Certificate, PrivateKey
 
@@ -129,30 +132,51 @@ def issued_files(out: Path, name: str) -> tuple[Path, Path, Path]:
     return out / f"{stem}.key", out / f"{stem}.pem", out / f"{stem}.der"
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM behaves as Ctrl-C while files are written, so the cleanup of a half-written set runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def write_new_files(files: Sequence[tuple[Path, bytes, int]]) -> None:
-    """Create every file exclusively with its mode; on any failure remove the ones created."""
+    """Create every file exclusively with its mode; on any failure, Ctrl-C or SIGTERM remove the ones
+    created (a lone private key would make the rerun refuse with "already exists")."""
     refuse_existing(p for p, _, _ in files)
     created: list[Path] = []
     try:
-        for path, data, mode in files:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-            created.append(path)
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), mode)  # exactly this mode, whatever the umask
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        for directory in {p.parent for p, _, _ in files}:
-            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-    except OSError as exc:
+        with _sigterm_interrupts():
+            for path, data, mode in files:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+                created.append(path)
+                with os.fdopen(fd, "wb") as f:
+                    os.fchmod(f.fileno(), mode)  # exactly this mode, whatever the umask
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            for directory in {p.parent for p, _, _ in files}:
+                dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+    except BaseException as exc:
         for path in created:
             with contextlib.suppress(OSError):
                 path.unlink()
+        if not isinstance(exc, OSError):
+            raise
         name = exc.filename or (created[-1] if created else files[0][0])
         if exc.errno == errno.EEXIST:  # appeared since refuse_existing looked: still never overwritten
             raise UsageError(f"{name}: already exists; refusing to overwrite", reason="exists") from exc

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
+import signal
 import threading
 from pathlib import Path
 
@@ -86,3 +88,29 @@ def test_revoke_refuses_a_symlinked_list(ca_dir, tmp_path, capsys):
     assert err == f"imaguard: error: {link}: is a symbolic link; give the list's own path ({target})\n"
     assert link.is_symlink()
     assert target.read_bytes() == before
+
+
+# --- 3. Ctrl-C or SIGTERM while the files are written leaves none of them ----------------------------------
+
+@pytest.mark.parametrize("interrupt", ["keyboard", "sigterm"])
+def test_interrupted_ca_create_leaves_no_file_and_reruns(tmp_path, monkeypatch, capsys, interrupt):
+    real_fsync = os.fsync
+    calls = []
+
+    def fsync_then_interrupt(fd):  # the key is written, the certificates are not
+        calls.append(fd)
+        real_fsync(fd)
+        if len(calls) == 1:
+            if interrupt == "keyboard":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(ceremony.os, "fsync", fsync_then_interrupt)
+    out = tmp_path / "ca"
+    assert run_cli(capsys, ["ca", "create", "--out", str(out), "--key-type", "rsa2048"]) == (
+        130, "", "imaguard: interrupted\n")
+    assert list(out.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    monkeypatch.setattr(ceremony.os, "fsync", real_fsync)
+    assert main(["ca", "create", "--out", str(out), "--key-type", "rsa2048"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["ca.der", "ca.key", "ca.pem"]
