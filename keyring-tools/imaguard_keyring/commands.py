@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import getpass
 import hashlib
 import json
 import re
@@ -17,11 +16,20 @@ from pathlib import Path
 
 from cryptography.x509.oid import NameOID
 
+from imaguard.cli.keyfile import ask_password
 from imaguard.errors import ExitCode, UsageError
 from imaguard.keys import Certificate, load_certificate
 from imaguard.keys.revocation import parse_key_id
 from imaguard_keyring import ceremony, guidance, revocations
-from imaguard_keyring.profiles import CA_DEFAULT_DAYS, CERT_DEFAULT_DAYS, MAX_DAYS, KeyType, key_type_of
+from imaguard_keyring.profiles import (
+    CA_DEFAULT_DAYS,
+    CERT_DEFAULT_DAYS,
+    MAX_DAYS,
+    KeyType,
+    ca_subject_key_identifier,
+    check_common_name,
+    key_type_of,
+)
 
 __all__ = ["register"]
 
@@ -230,8 +238,8 @@ def _new_key_password(args: argparse.Namespace) -> bytes | None:
         return None
     if not sys.stdin.isatty():
         raise UsageError("--ask-password needs a terminal; use --password-file", reason="key-password")
-    first = getpass.getpass("password for the new private key: ")
-    if not first or first != getpass.getpass("again: "):
+    first = ask_password("password for the new private key: ")
+    if not first or first != ask_password("again: "):
         raise UsageError("the passwords are empty or differ", reason="key-password")
     return first.encode()
 
@@ -246,7 +254,7 @@ def _ca_password(args: argparse.Namespace) -> bytes | None:
     except OSError:
         return None  # load_authority names the unreadable key
     if encrypted and sys.stdin.isatty():
-        return getpass.getpass(f"password for {key}: ").encode()
+        return ask_password(f"password for {key}: ").encode()
     return None
 
 
@@ -261,9 +269,10 @@ def _emit(args: argparse.Namespace, doc: dict[str, object], text: str) -> None:
 
 def _cmd_ca_create(args: argparse.Namespace) -> int:
     ceremony.refuse_existing(ceremony.ca_files(args.out))
+    common_name = check_common_name(args.subject or "imaguard IMA CA")
     password = _new_key_password(args)
     _warn_ec(args.key_type, "the CA")
-    made = ceremony.create_ca(args.out, common_name=args.subject or "imaguard IMA CA", key_type=args.key_type,
+    made = ceremony.create_ca(args.out, common_name=common_name, key_type=args.key_type,
                               days=args.days, password=password, now=_now())
     text = (f"created CA {made.cert.subject.rfc4514_string()} (key id {made.key_id.hex()}, {made.key_kind.value}, "
             f"valid until {made.cert.not_valid_after:%Y-%m-%d})\n" + "\n".join(f"  {p}" for p in made.files)
@@ -274,6 +283,9 @@ def _cmd_ca_create(args: argparse.Namespace) -> int:
 
 def _issue(args: argparse.Namespace, *, name: str | None, key_type: KeyType, common_name: str | None,
            avoid: set[bytes], authority: ceremony.Authority) -> tuple[ceremony.Issued, str]:
+    ca_subject_key_identifier(authority.cert.cert)  # refused before a password is asked for
+    if common_name is not None:
+        check_common_name(common_name)
     password = _new_key_password(args)
     _warn_ec(key_type, "the new IMA certificate")
     _warn_ec(key_type_of(authority.cert.public_key), "the CA that signs the certificate")

@@ -85,10 +85,30 @@ def _signature_hash(key: PrivateKey) -> hashes.HashAlgorithm:
     return hashes.SHA256()
 
 
-def _name(common_name: str) -> x509.Name:
+def check_common_name(common_name: str) -> str:
+    """A subject common name: 1 to 64 printable characters (no control characters, no bytes that
+    are not UTF-8, which argv carries as surrogates); UsageError ``bad-subject`` otherwise."""
     if not common_name or len(common_name) > 64:
         raise UsageError("the subject common name must be 1 to 64 characters", reason="bad-subject")
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    if not common_name.isprintable():  # control characters; undecodable bytes are surrogates, not printable
+        raise UsageError("the subject common name must be printable UTF-8 text (no control characters)",
+                         reason="bad-subject")
+    return common_name
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, check_common_name(common_name))])
+
+
+def ca_subject_key_identifier(ca_cert: x509.Certificate) -> x509.SubjectKeyIdentifier:
+    """The CA's subjectKeyIdentifier, which an issued certificate's authorityKeyIdentifier names (the
+    kernel finds the CA of an IMA certificate by it); UsageError ``not-a-ca`` when it has none."""
+    try:
+        return ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound as exc:
+        raise UsageError(f"the CA certificate {ca_cert.subject.rfc4514_string()} has no subjectKeyIdentifier: the "
+                         "kernel finds an IMA certificate's CA by it; use a CA made by `imaguard-keyring ca create`",
+                         reason="not-a-ca") from exc
 
 
 def _validity(now: datetime.datetime, days: int) -> tuple[datetime.datetime, datetime.datetime]:
@@ -143,7 +163,7 @@ def build_ima_certificate(
         raise UsageError(
             f"the certificate would outlive its CA (CA valid until {ca_cert.not_valid_after:%Y-%m-%d}); "
             "use fewer --days or a new CA", reason="bad-validity")
-    ca_skid = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    ca_skid = ca_subject_key_identifier(ca_cert)
     return (
         x509.CertificateBuilder()
         .subject_name(_name(common_name))

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import getpass
+import io
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -114,3 +118,58 @@ def test_interrupted_ca_create_leaves_no_file_and_reruns(tmp_path, monkeypatch, 
     monkeypatch.setattr(ceremony.os, "fsync", real_fsync)
     assert main(["ca", "create", "--out", str(out), "--key-type", "rsa2048"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["ca.der", "ca.key", "ca.pem"]
+
+
+# --- 4. one-line refusals instead of tracebacks ------------------------------------------------------------
+
+def test_cert_issue_refuses_a_ca_without_skid(tmp_path, capsys):
+    ca = tmp_path / "FCA3"
+    ca.mkdir()
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca / "ca.key"), "-out",
+         str(ca / "ca.pem"), "-days", "30", "-subj", "/CN=noSKID", "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-addext", "subjectKeyIdentifier=none",
+         "-addext", "authorityKeyIdentifier=none"], capture_output=True, check=False)
+    assert made.returncode == 0, made.stderr
+    message = ("imaguard: error: the CA certificate CN=noSKID has no subjectKeyIdentifier: the kernel finds an IMA "
+               "certificate's CA by it; use a CA made by `imaguard-keyring ca create`\n")
+    code, out, err = run_cli(capsys, ["cert", "issue", "--ca", str(ca), "--out", str(tmp_path / "k"), "--name", "a",
+                                      "--key-type", "rsa2048", "--days", "5"])
+    assert (code, out, err) == (2, "", message)
+    assert not (tmp_path / "k").exists()
+
+
+@pytest.mark.parametrize("subject", ["\udcff\udcfe", "evil\nCN=root", "tab\there", "bell\x07"])
+@pytest.mark.parametrize("command", ["ca", "cert"])
+def test_unprintable_subjects_are_refused(ca_dir, tmp_path, capsys, subject, command):
+    argv = (["ca", "create", "--out", str(tmp_path / "x")] if command == "ca" else
+            ["cert", "issue", "--ca", str(ca_dir), "--out", str(tmp_path / "x"), "--name", "a"])
+    code, out, err = run_cli(capsys, [*argv, "--key-type", "rsa2048", "--subject", subject])
+    assert (code, out) == (2, "")
+    assert err == "imaguard: error: the subject common name must be printable UTF-8 text (no control characters)\n"
+    assert not (tmp_path / "x").exists()
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("which", ["new", "ca"])
+def test_end_of_input_at_a_keyring_password_prompt_is_one_line(tmp_path, capsys, monkeypatch, which):
+    def eof(_prompt: str) -> str:
+        raise EOFError
+
+    monkeypatch.setattr(getpass, "getpass", eof)
+    monkeypatch.setattr(sys, "stdin", _Tty())
+    if which == "new":
+        argv = ["ca", "create", "--out", str(tmp_path / "x"), "--key-type", "rsa2048", "--ask-password"]
+    else:
+        pw = tmp_path / "pw"
+        pw.write_text("secret\n")
+        assert main(["ca", "create", "--out", str(tmp_path / "eca"), "--key-type", "rsa2048", "--password-file",
+                     str(pw)]) == 0
+        argv = ["cert", "issue", "--ca", str(tmp_path / "eca"), "--out", str(tmp_path / "x"), "--name", "a",
+                "--key-type", "rsa2048"]
+    assert run_cli(capsys, argv) == (2, "", "imaguard: error: no password entered (end of input)\n")
+    assert not (tmp_path / "x").exists()
