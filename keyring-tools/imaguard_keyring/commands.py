@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography.x509.oid import NameOID
 
-from imaguard.cli.keyfile import ask_password
+from imaguard.cli.keyfile import ask_password, read_password_file
 from imaguard.errors import ExitCode, UsageError
 from imaguard.keys import Certificate, load_certificate
 from imaguard.keys.revocation import parse_key_id
@@ -44,7 +44,8 @@ no digitalSignature, so a kernel with CONFIG_INTEGRITY_CA_MACHINE_KEYRING_MAX ac
 MOK), a subject key identifier (RFC 5280 method 1) and a validity of --days days.
 
 Files in DIR (created with mode 0700 if missing; existing files are never overwritten):
-  ca.key   the private key, PKCS#8 PEM, mode 0600; encrypted with --password-file/--ask-password
+  ca.key   the private key, PKCS#8 PEM, mode 0600; encrypted with the first line of
+           --password-file, or a password --ask-password asks for
   ca.pem   the certificate            ca.der   the same in DER (for mokutil --import)
 
 Keep DIR on an offline machine or removable medium. Hosts never need ca.key; they need ca.pem
@@ -65,13 +66,13 @@ identifier naming the CA (how the kernel finds the CA, restrict_link_by_signatur
 extendedKeyUsage codeSigning (not critical; the kernel ignores it, openssl and audits read it).
 The validity (--days, default {CERT_DEFAULT_DAYS}) cannot outlast the CA's; the kernel ignores dates.
 
-Files in --out: NAME.key (private key, 0600, PKCS#8 PEM, encrypted with --password-file or
---ask-password), NAME.pem, and NAME.der, the form /etc/keys/ima/ and `evmctl import` take.
-Nothing is overwritten.
+Files in --out: NAME.key (private key, 0600, PKCS#8 PEM, encrypted with the first line of
+--password-file or with --ask-password), NAME.pem, and NAME.der, the form /etc/keys/ima/ and
+`evmctl import` take. Nothing is overwritten.
 
 Key types: {_KEY_TYPES} (default rsa3072). EC keys draw the warning
 [W-EC-KEY]: Debian 12's kernel verifies RSA only. The CA key is read from --ca DIR/ca.key; its password from
---ca-password-file, or asked for on a terminal."""
+the first line of --ca-password-file, or asked for on a terminal."""
 
 _MOK_PREPARE = """\
 Write the CA certificate in DER as OUT/ima-ca-KEYID.der for `mokutil --import`, and print when
@@ -153,7 +154,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_ca_key(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca", type=Path, required=True, metavar="DIR", help="CA directory (ca.pem, ca.key)")
-    p.add_argument("--ca-password-file", type=Path, metavar="FILE", help="password of DIR/ca.key")
+    p.add_argument("--ca-password-file", type=Path, metavar="FILE",
+                   help="file whose first line is the password of DIR/ca.key")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -221,11 +223,9 @@ def _now() -> datetime.datetime:
 
 
 def _read_password_file(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read password: {exc.strerror}", reason="unreadable") from exc
-    password = data.splitlines()[0] if data else b""
+    """The first line of ``path`` (keyfile's rule and size limit); an empty one is refused: a new key
+    must not be written unencrypted, nor a CA key opened, because of an empty file."""
+    password = read_password_file(path)
     if not password:
         raise UsageError(f"{path}: the password file is empty", reason="key-password")
     return password

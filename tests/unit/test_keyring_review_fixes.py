@@ -173,3 +173,31 @@ def test_end_of_input_at_a_keyring_password_prompt_is_one_line(tmp_path, capsys,
                 "--key-type", "rsa2048"]
     assert run_cli(capsys, argv) == (2, "", "imaguard: error: no password entered (end of input)\n")
     assert not (tmp_path / "x").exists()
+
+
+# --- 5. password files: the first line, at most 64 KiB, via keyfile ---------------------------------------
+
+def test_a_huge_password_file_is_refused_unread(tmp_path, capsys):
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (64 << 10) + b"\n")
+    code, out, err = run_cli(capsys, ["ca", "create", "--out", str(tmp_path / "x"), "--key-type", "rsa2048",
+                                      "--password-file", str(big)])
+    assert (code, out, err) == (2, "", f"imaguard: error: {big}: larger than 65536 bytes, not a password\n")
+    assert not (tmp_path / "x").exists()
+
+
+def test_keyring_password_file_is_its_first_line_and_empty_is_refused(tmp_path, capsys):
+    pw = tmp_path / "pw"
+    pw.write_bytes(b"first\r\nsecond\n")
+    assert main(["ca", "create", "--out", str(tmp_path / "ca"), "--key-type", "rsa2048", "--password-file",
+                 str(pw)]) == 0
+    one = tmp_path / "one"
+    one.write_bytes(b"first")
+    assert ceremony.load_authority(tmp_path / "ca", b"first").cert.subject == "CN=imaguard IMA CA"
+    assert main(["cert", "issue", "--ca", str(tmp_path / "ca"), "--ca-password-file", str(one), "--out",
+                 str(tmp_path / "k"), "--name", "a", "--key-type", "rsa2048", "--days", "5"]) == 0
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"\nsecond\n")
+    code, out, err = run_cli(capsys, ["ca", "create", "--out", str(tmp_path / "y"), "--key-type", "rsa2048",
+                                      "--password-file", str(empty)])
+    assert (code, out, err) == (2, "", f"imaguard: error: {empty}: the password file is empty\n")
