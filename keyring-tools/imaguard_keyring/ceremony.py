@@ -114,9 +114,37 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _missing_directories(directory: Path) -> list[Path]:
+    """The directories to create for ``directory``, outermost first; UsageError ``not-a-directory``
+    if a file (or a dangling symlink) stands where one of them goes."""
+    missing: list[Path] = []
+    current = directory
+    while not current.is_dir():
+        if current.exists() or current.is_symlink():
+            raise UsageError(f"{current}: not a directory", reason="not-a-directory")
+        missing.append(current)
+        current = current.parent
+    return missing[::-1]
+
+
+def _make_directories(directory: Path) -> None:
+    """Create ``directory`` and its missing parents, each mode 0700 whatever the umask
+    (``mkdir(parents=True)`` gives the parents the umask's mode: 0777 under umask 000)."""
+    for missing in _missing_directories(directory):
+        try:
+            missing.mkdir(mode=0o700)
+        except FileExistsError:
+            if not missing.is_dir():
+                raise UsageError(f"{missing}: not a directory", reason="not-a-directory") from None
+            continue
+        missing.chmod(0o700)
+
+
 def refuse_existing(paths: Iterable[Path]) -> None:
-    """UsageError ``exists`` for the first path that exists (checked again, atomically, on write)."""
+    """UsageError ``exists`` for the first path that exists (checked again, atomically, on write),
+    ``not-a-directory`` when a file stands where its directory goes."""
     for path in paths:
+        _missing_directories(path.parent)
         if path.exists() or path.is_symlink():
             raise UsageError(f"{path}: already exists; refusing to overwrite", reason="exists")
 
@@ -157,7 +185,7 @@ def write_new_files(files: Sequence[tuple[Path, bytes, int]]) -> None:
     try:
         with _sigterm_interrupts():
             for path, data, mode in files:
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                _make_directories(path.parent)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
                 created.append(path)
                 with os.fdopen(fd, "wb") as f:

@@ -10,6 +10,7 @@ import getpass
 import io
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -201,3 +202,26 @@ def test_keyring_password_file_is_its_first_line_and_empty_is_refused(tmp_path, 
     code, out, err = run_cli(capsys, ["ca", "create", "--out", str(tmp_path / "y"), "--key-type", "rsa2048",
                                       "--password-file", str(empty)])
     assert (code, out, err) == (2, "", f"imaguard: error: {empty}: the password file is empty\n")
+
+
+# --- 6. missing parents are made 0700 whatever the umask ---------------------------------------------------
+
+def test_ca_create_makes_missing_parents_0700_under_umask_000(tmp_path):
+    old = os.umask(0)
+    try:
+        assert main(["ca", "create", "--out", str(tmp_path / "U" / "a" / "b" / "CA"), "--key-type", "rsa2048"]) == 0
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in sorted(tmp_path.rglob("*"))}
+    assert modes == {"U": 0o700, "U/a": 0o700, "U/a/b": 0o700, "U/a/b/CA": 0o700, "U/a/b/CA/ca.der": 0o644,
+                     "U/a/b/CA/ca.key": 0o600, "U/a/b/CA/ca.pem": 0o644}
+
+
+# --- 7. small: --out a file, bundle --json ----------------------------------------------------------------
+
+@pytest.mark.parametrize("out", ["afile", "afile/sub"])
+def test_ca_create_out_a_file_says_not_a_directory(tmp_path, capsys, out):
+    (tmp_path / "afile").write_text("")
+    code, stdout, err = run_cli(capsys, ["ca", "create", "--out", str(tmp_path / out), "--key-type", "rsa2048"])
+    assert (code, stdout, err) == (2, "", f"imaguard: error: {tmp_path / 'afile'}: not a directory\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
