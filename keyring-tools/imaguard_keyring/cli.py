@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,8 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--package-db", choices=("deb", "rpm"))
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     p.add_argument("--out", type=Path, required=True, help="directory to write bundles into")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document of the bundles written")
+    p.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
     p.set_defaults(handler=_cmd_bundle)
     return parser
 
@@ -82,10 +83,16 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     auth_password = key_password(args.authority_password_file, args.authority_key)
     auth_key = load_private_key(args.authority_key, auth_password, auth_cert)
     source = open_source(args.root, args.state_dir, args.package_db)
+    written: list[dict[str, object]] = []
     for name in args.packages:
         path, n = write_bundle(source=source, pkg=source.package(name), ima_signer=signer, authority_key=auth_key,
                                authority_key_id=auth_cert.key_id, out_dir=args.out)
-        print(f"{path}: {n} files")
+        written.append({"package": name, "bundle": str(path), "files": n})
+        if not args.json:
+            print(f"{path}: {n} files")
+    if args.json:
+        print(json.dumps({"bundles": written, "ima_key_id": ima_cert.key_id.hex(),
+                          "authority_key_id": auth_cert.key_id.hex()}, indent=1))
     return ExitCode.OK
 
 

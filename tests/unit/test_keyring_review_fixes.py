@@ -8,18 +8,22 @@ import contextlib
 import datetime
 import getpass
 import io
+import json
 import os
 import signal
 import stat
 import subprocess
 import sys
 import threading
+import types
 from pathlib import Path
 
 import pytest
 
+from imaguard.keys import load_certificate
 from imaguard.keys.revocation import verify_revocation_list
 from imaguard_keyring import ceremony, revocations
+from imaguard_keyring import cli as keyring_cli
 from imaguard_keyring.cli import main
 
 NOW = datetime.datetime(2026, 11, 22, 3, 0, tzinfo=datetime.UTC)
@@ -225,3 +229,22 @@ def test_ca_create_out_a_file_says_not_a_directory(tmp_path, capsys, out):
     code, stdout, err = run_cli(capsys, ["ca", "create", "--out", str(tmp_path / out), "--key-type", "rsa2048"])
     assert (code, stdout, err) == (2, "", f"imaguard: error: {tmp_path / 'afile'}: not a directory\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_bundle_json_prints_one_json_document(ca_dir, tmp_path, capsys, monkeypatch):
+    for name in ("ima", "auth"):
+        assert main(["cert", "issue", "--ca", str(ca_dir), "--out", str(tmp_path / "k"), "--name", name,
+                     "--key-type", "rsa2048", "--days", "5"]) == 0
+    monkeypatch.setattr(keyring_cli, "open_source", lambda *_a: types.SimpleNamespace(package=lambda n: n))
+    monkeypatch.setattr(keyring_cli, "write_bundle", lambda **kw: (kw["out_dir"] / f"{kw['pkg']}.bundle", 3))
+    k = tmp_path / "k"
+    argv = ["bundle", "p1", "p2", "--ima-key", str(k / "ima.key"), "--ima-cert", str(k / "ima.pem"),
+            "--authority-key", str(k / "auth.key"), "--authority-cert", str(k / "auth.pem"), "--out", str(tmp_path)]
+    ima_id = load_certificate(k / "ima.pem").key_id.hex()
+    auth_id = load_certificate(k / "auth.pem").key_id.hex()
+    code, out, err = run_cli(capsys, [*argv, "--json"])
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {"bundles": [{"package": "p1", "bundle": str(tmp_path / "p1.bundle"), "files": 3},
+                                           {"package": "p2", "bundle": str(tmp_path / "p2.bundle"), "files": 3}],
+                               "ima_key_id": ima_id, "authority_key_id": auth_id}
+    assert run_cli(capsys, argv) == (0, f"{tmp_path / 'p1.bundle'}: 3 files\n{tmp_path / 'p2.bundle'}: 3 files\n", "")
