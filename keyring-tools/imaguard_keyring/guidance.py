@@ -20,13 +20,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cryptography import x509
+
 if TYPE_CHECKING:
     from pathlib import Path
 
     from imaguard.keys.material import Certificate
     from imaguard_keyring.ceremony import Issued
 
-__all__ = ["EC_WARNING", "mok_instructions", "rotation_procedure"]
+__all__ = ["EC_WARNING", "machine_keyring_fit", "mok_instructions", "rotation_procedure"]
 
 EC_WARNING = (
     "imaguard-keyring: warning [W-EC-KEY]: {what} uses an EC key; kernels without CONFIG_CRYPTO_ECDSA "
@@ -53,7 +55,7 @@ When MOK enrollment is needed
       * UEFI boot through shim with MokListTrustedRT set (mokutil --trust-mok); without it the
         kernel puts MOK keys in ".platform", which never vouches for ".ima" keys.
     With INTEGRITY_CA_MACHINE_KEYRING(_MAX) the CA must be CA:TRUE with keyCertSign and (for _MAX)
-    without digitalSignature: this CA is. Otherwise only a CA built into the kernel works.
+    without digitalSignature: {machine_fit}. Otherwise only a CA built into the kernel works.
 
 Commands (on each host, as root; someone must answer MokManager at the console on the next boot)
   mokutil --import {der}
@@ -72,8 +74,29 @@ Then load the IMA certificates issued by this CA (DER) into ".ima":
 imaguard-keyring never runs mokutil itself."""
 
 
+def machine_keyring_fit(cert: Certificate) -> str:
+    """What this CA meets of the .machine keyring's CA rules, read from its extensions (not assumed:
+    a CA made elsewhere may lack keyCertSign, which restrict_link_by_ca refuses)."""
+    try:
+        ca = cert.cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        ca = False
+    try:
+        usage: x509.KeyUsage | None = cert.cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    lacks = [what for what, ok in (("CA:TRUE", ca), ("keyCertSign", usage is not None and usage.key_cert_sign))
+             if not ok]  # fmt: skip
+    if lacks:
+        return f"this CA does NOT (it lacks {' and '.join(lacks)}): neither option takes it"
+    if usage is not None and usage.digital_signature:
+        return "this CA meets INTEGRITY_CA_MACHINE_KEYRING, NOT _MAX (it has digitalSignature)"
+    return "this CA meets both"
+
+
 def mok_instructions(cert: Certificate, der: Path, fingerprint: str) -> str:
-    return _MOK.format(der=der, subject=cert.subject, key_id=cert.key_id.hex(), fingerprint=fingerprint)
+    return _MOK.format(der=der, subject=cert.subject, key_id=cert.key_id.hex(), fingerprint=fingerprint,
+                       machine_fit=machine_keyring_fit(cert))
 
 
 _ROTATION = """\

@@ -356,6 +356,7 @@ def test_mok_prepare_writes_der_and_prints_the_commands(world, tmp_path, capsys)
     assert "Do NOT enroll anything" in out  # the Debian 12 case is said first
     assert "Linux 6.4 or later" in out
     assert "never runs mokutil" in out
+    assert "without digitalSignature: this CA meets both. Otherwise" in out  # its own CA: keyCertSign only
     code, _, err = run_cli(capsys, ["mok", "prepare", "--ca", str(world / "ca"), "--out", str(tmp_path)])
     assert (code, err) == (2, f"imaguard: error: {der}: already exists; refusing to overwrite\n")
 
@@ -590,3 +591,24 @@ def test_envelope_verifies_with_plain_cryptography(world, tmp_path):
     pae = b"DSSEv1 %d %s %d %s" % (len(env["payloadType"]), env["payloadType"].encode(), len(payload), payload)
     load_pem(world / "ca" / "ca.pem").public_key().verify(
         base64.b64decode(env["signatures"][0]["sig"]), pae, padding.PKCS1v15(), hashes.SHA256())
+
+
+def test_mok_prepare_says_what_a_foreign_ca_meets(tmp_path, capsys):
+    """Regression (review): it said "this CA is" fit for the .machine keyring whatever the CA's
+    extensions; one without keyUsage is refused by the kernel's restrict_link_by_ca."""
+    cases = {
+        "no-usage": (["-addext", "basicConstraints=critical,CA:TRUE"],
+                     "this CA does NOT (it lacks keyCertSign): neither option takes it"),
+        "with-ds": (["-addext", "basicConstraints=critical,CA:TRUE",
+                     "-addext", "keyUsage=critical,digitalSignature,keyCertSign,cRLSign"],
+                    "this CA meets INTEGRITY_CA_MACHINE_KEYRING, NOT _MAX (it has digitalSignature)"),
+    }
+    for name, (ext, claim) in cases.items():
+        d = tmp_path / name
+        d.mkdir()
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / "ca.key"),
+                        "-out", str(d / "ca.pem"), "-subj", f"/CN={name}", "-days", "30", *ext],
+                       check=True, capture_output=True)  # fmt: skip
+        code, out, err = run_cli(capsys, ["mok", "prepare", "--ca", str(d / "ca.pem"), "--out", str(d / "out")])
+        assert (code, err) == (0, ""), err
+        assert f"without digitalSignature: {claim}. Otherwise" in out
