@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from guestlib import ART, KEYS, close_results, open_results, read_kmsg, record, step
+from guestlib import ART, KEYS, close_results, open_results, record, settled_kmsg, step
 
 from imaguard.errors import ImaguardError
 from imaguard.ima import keyring, securityfs
@@ -193,7 +193,7 @@ def main() -> int:
     step("exec-tampered", lambda: exec_fact(tampered))
 
     def audit() -> dict[str, Any]:
-        lines = read_kmsg()
+        lines = settled_kmsg()
         (ART / "kmsg.txt").write_text("\n".join(lines) + "\n")
         return {
             "type1800": [ln for ln in lines if "type=1800" in ln],

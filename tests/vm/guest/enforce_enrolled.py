@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from guestlib import ART, KEYS, close_results, open_results, read_kmsg, record, step
+from guestlib import ART, KEYS, close_results, open_results, record, settled_kmsg, step
 
 from imaguard.ima import keyring, securityfs
 
@@ -188,7 +188,7 @@ def main() -> int:
     step("mmap-unlabelled-lib", lambda: mmap_exec_fact(libs["unlabelled-lib"]))
 
     def audit() -> dict[str, Any]:
-        lines = read_kmsg()
+        lines = settled_kmsg()
         (ART / "kmsg.txt").write_text("\n".join(lines) + "\n")
         return {"type1800": [ln for ln in lines if "type=1800" in ln],
                 "integrity": [ln for ln in lines if "integrity" in ln.lower()][-20:]}  # fmt: skip

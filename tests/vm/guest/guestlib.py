@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["ART", "KEYS", "LAB", "OUT", "close_results", "open_results", "read_kmsg", "record", "step"]
+__all__ = ["ART", "KEYS", "LAB", "OUT", "close_results", "open_results", "read_kmsg", "record", "settled_kmsg", "step"]
 
 LAB = Path("/lab")
 OUT = LAB / "out"
@@ -52,6 +52,21 @@ def step(check: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return record(check, **fn())
     except Exception as exc:  # noqa: BLE001 - the record carries the failure to the host
         return record(check, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+
+
+def settled_kmsg(quiet: float = 1.5, timeout: float = 30) -> list[str]:
+    """The kernel log once it has stopped growing for ``quiet`` seconds (at most ``timeout``): kauditd
+    prints audit records from its own thread after the refused exec returned, and under TCG a read
+    right after the exec could miss the last ones (a CI run of the stage cycle did)."""
+    deadline = time.monotonic() + timeout
+    lines = read_kmsg()
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = read_kmsg()
+        if len(now) == len(lines):
+            return now
+        lines = now
+    return lines
 
 
 def read_kmsg() -> list[str]:

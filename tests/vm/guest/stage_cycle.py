@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from guestlib import ART, close_results, open_results, read_kmsg
+from guestlib import ART, close_results, open_results, settled_kmsg
 from stage_lib import boot_number, brecord, request_reboot, system_state
 
 WORK = Path("/opt/imaguard-stage")  # ext4 root: appraised like everything else
@@ -74,7 +74,7 @@ def run_fact(argv: tuple[str, ...]) -> dict[str, Any]:
 
 def kernel_facts(name: str) -> None:
     """What the kernel logged this boot about keys, the policy and appraisal (audit records via printk)."""
-    lines = read_kmsg()
+    lines = settled_kmsg()
     (ART / f"kmsg-boot{boot_number()}-{name}.txt").write_text("\n".join(lines) + "\n")
     wanted = ("type=1800", "type=1807", "type=1802", "imaguard:", "integrity:", "ima:", "printk limit", "audit:")
     brecord(f"kernel-{name}", lines=[ln for ln in lines if any(w in ln for w in wanted)][-400:],
