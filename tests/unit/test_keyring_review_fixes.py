@@ -5,7 +5,6 @@ inputs (CA without SKID, unprintable subjects, Ctrl-D, huge password files), dir
 from __future__ import annotations
 
 import contextlib
-import datetime
 import getpass
 import io
 import json
@@ -26,15 +25,8 @@ from imaguard_keyring import ceremony, revocations
 from imaguard_keyring import cli as keyring_cli
 from imaguard_keyring.cli import main
 
-NOW = datetime.datetime(2026, 11, 22, 3, 0, tzinfo=datetime.UTC)
-
-
-def run_cli(capsys, argv):
-    capsys.readouterr()
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err, err
-    return code, out, err
+sys.path.insert(0, str(Path(__file__).parent))
+from test_keyring_ceremony import NOW, run_cli  # the ceremony tests' clock and CLI runner
 
 
 @pytest.fixture(scope="module")
