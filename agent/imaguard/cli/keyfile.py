@@ -17,7 +17,14 @@ from imaguard.errors import UsageError
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["MAX_PASSWORD_FILE_SIZE", "PASSWORD_HELP", "ask_password", "key_password", "read_password_file"]
+__all__ = [
+    "MAX_PASSWORD_FILE_SIZE",
+    "PASSWORD_HELP",
+    "ask_password",
+    "key_password",
+    "looks_encrypted",
+    "read_password_file",
+]
 
 # A password is a line; a limit keeps a wrong path (a disk image, /dev/zero) from being slurped.
 MAX_PASSWORD_FILE_SIZE = 64 << 10
@@ -46,6 +53,23 @@ def ask_password(prompt: str) -> str:
         raise UsageError("no password entered (end of input)", reason="key-password") from None
 
 
+def looks_encrypted(head: bytes) -> bool:
+    """Whether the first bytes of a key file are an encrypted key, without parsing the key.
+
+    PEM names it in its header (``ENCRYPTED PRIVATE KEY``, or ``Proc-Type: 4,ENCRYPTED``). DER
+    says it by shape: an encrypted PKCS#8 key (RFC 5958 EncryptedPrivateKeyInfo) is a SEQUENCE
+    whose first element is a SEQUENCE (the algorithm), where every clear form (PKCS#8, PKCS#1,
+    SEC1) starts with its version INTEGER.
+    """
+    if b"-----BEGIN" in head:
+        return b"ENCRYPTED" in head
+    if len(head) < 2 or head[0] != 0x30:  # DER SEQUENCE tag
+        return False
+    length_octets = head[1] & 0x7F if head[1] & 0x80 else 0
+    inner = 2 + length_octets
+    return len(head) > inner and head[inner] == 0x30  # DER SEQUENCE tag
+
+
 def key_password(password_file: Path | None, key_path: Path) -> bytes | None:
     if password_file is not None:
         return read_password_file(password_file)
@@ -54,7 +78,7 @@ def key_password(password_file: Path | None, key_path: Path) -> bytes | None:
         return env.encode()
     try:
         with key_path.open("rb") as f:  # the PEM header is at the start; never read a wrong path whole
-            encrypted = b"ENCRYPTED" in f.read(_PEM_HEADER_BYTES)
+            encrypted = looks_encrypted(f.read(_PEM_HEADER_BYTES))
     except OSError:
         return None  # load_private_key reports the unreadable key
     if encrypted and sys.stdin.isatty():
