@@ -32,8 +32,15 @@ def test_sign_vs_evmctl_signs_with_both_tools_and_reports_a_ceiling(tmp_path: Pa
         assert c["ceiling_ratio"] > 0
         assert c["floor"]["files_sampled"] == 150
         assert c["floor"]["sign_ms"] > 0
-        assert c["target_met"] is (c["ratio"] >= c["target_ratio"])
+        assert_judged(c["target_met"], c["ratio"], c["target_ratio"])
     assert list(tmp_path.iterdir()) == []  # the scratch corpus is removed
+
+
+def assert_judged(met: bool, shown_ratio: float, target: float) -> None:
+    """The verdict agrees with the ratio shown; the JSON rounds the ratio to 2 decimals while the
+    bench judges the exact one, so within rounding of the target either verdict is right."""
+    if abs(shown_ratio - target) > 0.005:  # half the last shown decimal
+        assert met is (shown_ratio >= target)
 
 
 def test_log_parse_agrees_with_keylime_and_reports_a_ceiling(tmp_path: Path) -> None:
@@ -54,4 +61,4 @@ def test_packages_verify_agrees_with_dpkg_on_named_packages(tmp_path: Path) -> N
     v = doc["verify"]
     assert v["imaguard"]["packages"] == 3
     assert v["imaguard"]["files"] == v["dpkg"]["files"] > 100  # the three packages' md5sums, not the host's
-    assert v["target_met"] is (v["ratio"] >= v["target_ratio"])
+    assert_judged(v["target_met"], v["ratio"], v["target_ratio"])
