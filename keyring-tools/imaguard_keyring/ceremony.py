@@ -2,7 +2,8 @@
 
 Layout of a CA directory (keep it offline; only ``ca.pem``/``ca.der`` ever leave it)::
 
-    ca.key   private key, PKCS#8 PEM, mode 0600, encrypted when a password was given
+    ca.key   private key, PKCS#8 PEM, mode 0600, encrypted when a password was given (PBES2:
+             PBKDF2-HMAC-SHA256, 600,000 iterations, AES-256-CBC; ``pkcs8``)
     ca.pem   CA certificate (PEM)
     ca.der   the same certificate in DER (what mokutil --import wants)
 
@@ -33,6 +34,7 @@ from imaguard.errors import HostStateError, UsageError
 from imaguard.keys import load_certificate, load_private_key
 from imaguard.keys.material import key_id_from_public_key, read_small_file
 from imaguard.keys.revocation import parse_ca_certificate
+from imaguard_keyring import pkcs8
 from imaguard_keyring.profiles import (
     KeyType,
     build_ca_certificate,
@@ -213,10 +215,12 @@ def write_new_files(files: Sequence[tuple[Path, bytes, int]]) -> None:
 
 
 def _key_bytes(key: PrivateKey, password: bytes | None) -> bytes:
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
-    )
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    """PKCS#8 PEM; with a password PBES2 at ``pkcs8.PBKDF2_ITERATIONS`` (not BestAvailableEncryption's 2,048)."""
+    pkcs8_format, none = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    if not password:
+        return key.private_bytes(serialization.Encoding.PEM, pkcs8_format, none)
+    params = pkcs8.Pbes2Parameters(salt=os.urandom(pkcs8.SALT_SIZE), iv=os.urandom(pkcs8.IV_SIZE))
+    return pkcs8.encrypted_pem(key.private_bytes(serialization.Encoding.DER, pkcs8_format, none), password, params)
 
 
 def _pem(cert: x509.Certificate) -> bytes:

@@ -20,7 +20,7 @@ from imaguard.cli.keyfile import ask_password, read_password_file
 from imaguard.errors import ExitCode, UsageError
 from imaguard.keys import Certificate, load_certificate
 from imaguard.keys.revocation import parse_key_id
-from imaguard_keyring import ceremony, guidance, revocations
+from imaguard_keyring import ceremony, guidance, pkcs8, revocations
 from imaguard_keyring.profiles import (
     CA_DEFAULT_DAYS,
     CERT_DEFAULT_DAYS,
@@ -37,6 +37,20 @@ _FMT = argparse.RawDescriptionHelpFormatter
 _KEY_TYPES = ", ".join(k.value for k in KeyType)
 _ROTATED_SUFFIX = re.compile(r"-[0-9a-f]{8}$")  # a name rotate made before: ima-2026-1a2b3c4d
 
+_KEY_ENCRYPTION = f"""\
+Private key encryption: PKCS#8 PBES2 (RFC 8018), PBKDF2-HMAC-SHA256 with {pkcs8.PBKDF2_ITERATIONS}
+iterations and a random 16-byte salt, AES-256-CBC; the same structure as `openssl pkcs8 -topk8
+-v2 aes-256-cbc -v2prf hmacWithSHA256 -iter {pkcs8.PBKDF2_ITERATIONS}`, so openssl and `imaguard sign
+--password-file` open it (deriving the key takes about 0.2 s). Without --password-file or
+--ask-password the key is written in clear and a warning [W-KEY-UNENCRYPTED] names it."""
+
+# A stable message id (STYLE §10), printed like [W-EC-KEY]: on stderr, in text and --json mode.
+_UNENCRYPTED_WARNING = (
+    "imaguard-keyring: warning [W-KEY-UNENCRYPTED]: {path}: the private key is written unencrypted{why}; "
+    "anyone who can read the file can sign with it. To write keys encrypted, give --password-file FILE "
+    "or --ask-password."
+)
+
 _CA_CREATE = f"""\
 Create the IMA certificate authority: a private key and a self-signed certificate with
 basicConstraints CA:TRUE, pathlen 0 (critical), keyUsage keyCertSign and cRLSign (critical, and
@@ -51,6 +65,8 @@ Files in DIR (created with mode 0700 if missing; existing files are never overwr
 Keep DIR on an offline machine or removable medium. Hosts never need ca.key; they need ca.pem
 only to check revocation lists, and the kernel needs the CA only where its IMA keyring is
 restricted (see `imaguard-keyring mok prepare --help`).
+
+{_KEY_ENCRYPTION}
 
 Key types: {_KEY_TYPES} (default rsa4096). EC keys need
 CONFIG_CRYPTO_ECDSA in the host kernel, which Debian 12's kernel lacks: a warning [W-EC-KEY]
@@ -69,6 +85,8 @@ The validity (--days, default {CERT_DEFAULT_DAYS}) cannot outlast the CA's; the 
 Files in --out: NAME.key (private key, 0600, PKCS#8 PEM, encrypted with the first line of
 --password-file or with --ask-password), NAME.pem, and NAME.der, the form /etc/keys/ima/ and
 `evmctl import` take. Nothing is overwritten.
+
+{_KEY_ENCRYPTION}
 
 Key types: {_KEY_TYPES} (default rsa3072). EC keys draw the warning
 [W-EC-KEY]: Debian 12's kernel verifies RSA only. The CA key is read from --ca DIR/ca.key; its password from
@@ -95,7 +113,13 @@ issued by it). Files as for `cert issue`, named --name or OLDNAME-NEWKEYID.
 Then print the procedure, in order: (1) install the new certificate beside the old one and load
 it, (2) re-sign (bundles or `imaguard sign`, then `imaguard enroll`), (3) verify nothing depends
 on the old key id, (4) retire the old certificate, and revoke it if it was compromised.
-Default validity {CERT_DEFAULT_DAYS} days."""
+Default validity {CERT_DEFAULT_DAYS} days.
+
+The old key is never read, only its certificate: the new key is encrypted only when
+--password-file or --ask-password is given, whatever the old key was. Written in clear, it draws
+the warning [W-KEY-UNENCRYPTED], which also says so when OLDNAME.key beside --old is encrypted.
+
+{_KEY_ENCRYPTION}"""
 
 _REVOKE = """\
 Add an IMA key id to the revocation list FILE and sign the list with the CA key. A missing FILE
@@ -248,12 +272,7 @@ def _ca_password(args: argparse.Namespace) -> bytes | None:
     if args.ca_password_file is not None:
         return _read_password_file(args.ca_password_file)
     key = args.ca / "ca.key"
-    try:
-        with key.open("rb") as f:
-            encrypted = b"ENCRYPTED" in f.read(256)
-    except OSError:
-        return None  # load_authority names the unreadable key
-    if encrypted and sys.stdin.isatty():
+    if _is_encrypted(key) and sys.stdin.isatty():  # an unreadable key: load_authority names it
         return ask_password(f"password for {key}: ").encode()
     return None
 
@@ -261,6 +280,23 @@ def _ca_password(args: argparse.Namespace) -> bytes | None:
 def _warn_ec(key_type: KeyType, what: str) -> None:
     if key_type.is_ec:
         print(guidance.EC_WARNING.format(what=what), file=sys.stderr)
+
+
+def _warn_unencrypted(issued: ceremony.Issued, password: bytes | None, old_key: Path | None = None) -> None:
+    """[W-KEY-UNENCRYPTED] for a private key just written in clear (stderr, as [W-EC-KEY])."""
+    if password:
+        return
+    why = f", while the old key {old_key} is encrypted" if old_key is not None and _is_encrypted(old_key) else ""
+    print(_UNENCRYPTED_WARNING.format(path=issued.files[0], why=why), file=sys.stderr)
+
+
+def _is_encrypted(key: Path) -> bool:
+    """Whether ``key`` looks like an encrypted PEM key (its header); False when it cannot be read."""
+    try:
+        with key.open("rb") as f:
+            return b"ENCRYPTED" in f.read(256)
+    except OSError:
+        return False
 
 
 def _emit(args: argparse.Namespace, doc: dict[str, object], text: str) -> None:
@@ -274,6 +310,7 @@ def _cmd_ca_create(args: argparse.Namespace) -> int:
     _warn_ec(args.key_type, "the CA")
     made = ceremony.create_ca(args.out, common_name=common_name, key_type=args.key_type,
                               days=args.days, password=password, now=_now())
+    _warn_unencrypted(made, password)
     text = (f"created CA {made.cert.subject.rfc4514_string()} (key id {made.key_id.hex()}, {made.key_kind.value}, "
             f"valid until {made.cert.not_valid_after:%Y-%m-%d})\n" + "\n".join(f"  {p}" for p in made.files)
             + f"\nKeep {args.out} offline. Hosts get certificates issued by it (`imaguard-keyring cert issue`).")
@@ -282,7 +319,8 @@ def _cmd_ca_create(args: argparse.Namespace) -> int:
 
 
 def _issue(args: argparse.Namespace, *, name: str | None, key_type: KeyType, common_name: str | None,
-           avoid: set[bytes], authority: ceremony.Authority) -> tuple[ceremony.Issued, str]:
+           avoid: set[bytes], authority: ceremony.Authority, old_key: Path | None = None
+           ) -> tuple[ceremony.Issued, str, bool]:
     ca_subject_key_identifier(authority.cert.cert)  # refused before a password is asked for
     if common_name is not None:
         check_common_name(common_name)
@@ -294,7 +332,8 @@ def _issue(args: argparse.Namespace, *, name: str | None, key_type: KeyType, com
     issued = ceremony.issue_certificate(authority, args.out, name=final_name, key=key,
                                         common_name=common_name or final_name, days=args.days,
                                         password=password, now=_now())
-    return issued, final_name
+    _warn_unencrypted(issued, password, old_key)
+    return issued, final_name, password is not None
 
 
 def _issued_text(issued: ceremony.Issued) -> str:
@@ -305,12 +344,12 @@ def _issued_text(issued: ceremony.Issued) -> str:
 def _cmd_cert_issue(args: argparse.Namespace) -> int:
     ceremony.refuse_existing(ceremony.issued_files(args.out, args.name))
     authority = ceremony.load_authority(args.ca, _ca_password(args))
-    issued, _ = _issue(args, name=args.name, key_type=args.key_type, common_name=args.subject, avoid=set(),
-                       authority=authority)
+    issued, _, encrypted = _issue(args, name=args.name, key_type=args.key_type, common_name=args.subject,
+                                  avoid=set(), authority=authority)
     der = next(p for p in issued.files if p.suffix == ".der")
     text = (_issued_text(issued) + f"\nOn hosts: install {der.name} in /etc/keys/ima/ (DER). Sign with "
             f"{issued.files[0].name} and {der.with_suffix('.pem').name}.")
-    _emit(args, {"certificate": issued.to_json()}, text)
+    _emit(args, {"certificate": issued.to_json(), "encrypted": encrypted}, text)
     return ExitCode.OK
 
 
@@ -331,9 +370,10 @@ def _cmd_rotate(args: argparse.Namespace) -> int:
     old = ceremony.load_issued_certificate(args.old, authority.cert)
     key_type = args.key_type or key_type_of(old.public_key)
     common_name = args.subject or _common_name(old) or None
-    issued, name = _issue(args, name=args.name, key_type=key_type, common_name=common_name, avoid={old.key_id},
-                          authority=authority)
-    doc: dict[str, object] = {"old_key_id": old.key_id.hex(), "certificate": issued.to_json()}
+    issued, name, encrypted = _issue(args, name=args.name, key_type=key_type, common_name=common_name,
+                                     avoid={old.key_id}, authority=authority, old_key=args.old.with_suffix(".key"))
+    doc: dict[str, object] = {"old_key_id": old.key_id.hex(), "certificate": issued.to_json(),
+                              "encrypted": encrypted}
     _emit(args, doc, _issued_text(issued) + "\n\n" + guidance.rotation_procedure(old, issued, name, args.ca))
     return ExitCode.OK
 
