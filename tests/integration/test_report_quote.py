@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from imaguard.cli.main import main
 from imaguard.digests import HashAlgo
@@ -75,6 +76,16 @@ def _report(tmp_path: Path, index_dir: Path, *extra: str) -> Path:
     return out
 
 
+def _ak_of(report: Path) -> str:
+    """The fingerprint of the AK that signed a report's quote: SHA-256 of its SubjectPublicKeyInfo."""
+    doc = json.loads(report.read_bytes())
+    if "payload" in doc:  # a signed report: the DSSE envelope's payload
+        doc = json.loads(base64.b64decode(doc["payload"]))
+    key = serialization.load_pem_public_key(doc["quote"]["ak_public_pem"].encode())
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
 def test_signed_quoted_report_verifies_and_every_change_fails(tpm, tmp_path, index_dir, capsys):
     _extend_lab_log(tpm)
     out = _report(tmp_path, index_dir, "--nonce", "n-4711", "--sign", str(KEYS / "ima-test-rsa2048.key"),
@@ -82,8 +93,10 @@ def test_signed_quoted_report_verifies_and_every_change_fails(tpm, tmp_path, ind
     cert = str(KEYS / "ima-test-rsa2048.pem")
     capsys.readouterr()
     assert main(["report", "verify", "--cert", cert, "--nonce", "n-4711", str(out)]) == 0
+    fingerprint = _ak_of(out)
     assert capsys.readouterr().out == (f"{out}: verified (signature, payload-type, schema-version, entries, replay, "
-                                       "nonce, quote); signed by CN=imaguard TEST ONLY IMA key (public\\, do not trust); nonce 'n-4711'\n")  # fmt: skip
+                                       "nonce, quote); signed by CN=imaguard TEST ONLY IMA key (public\\, do not trust); nonce 'n-4711'"
+                                       f"; quoted by AK {fingerprint} (not pinned: --ak)\n")  # fmt: skip
 
     assert main(["report", "verify", "--cert", cert, "--nonce", "n-4712", str(out)]) == 3
     assert capsys.readouterr().err == f"imaguard: error: {out}: the report was made for nonce 'n-4711', not 'n-4712'\n"
@@ -140,3 +153,56 @@ def test_text_report_for_a_person_shows_the_quote_and_what_is_not_from_a_package
     assert text[6] == "entries     package 1, unknown 3, boot-aggregate 1, buffer 1"
     assert "Measured files not traced to a package, or with a bad signature (class, entry, path):" in text
     assert "  unknown      #4      /opt/imaguard-lab/unsigned-echo" in text
+
+
+def test_the_ak_is_the_same_for_every_quote_and_a_pinned_ak_refuses_another_tpm(tpm, tmp_path, index_dir, capsys,
+                                                                               monkeypatch):  # fmt: skip
+    _extend_lab_log(tpm)
+    ak = tmp_path / "ak.pem"
+    capsys.readouterr()
+    assert main(["report", "ak", "-o", str(ak)]) == 0
+    assert ak.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----\n")
+    first = _report(tmp_path, index_dir, "--nonce", "one").rename(tmp_path / "one.json")
+    second = _report(tmp_path, index_dir, "--nonce", "two")
+    fingerprint = _ak_of(first)
+    assert capsys.readouterr().err.startswith(f"attestation key {fingerprint}\n")
+    for report in (first, second):  # a primary key of the endorsement hierarchy: the same key every time
+        assert json.loads(report.read_bytes())["quote"]["ak_public_pem"].encode() == ak.read_bytes()
+
+    assert main(["report", "verify", "--ak", str(ak), "--nonce", "one", str(first)]) == 0
+    assert capsys.readouterr().out == (f"{first}: verified (schema-version, entries, replay, nonce, quote, ak); "
+                                       f"nonce 'one'; quoted by AK {fingerprint}\n")  # fmt: skip
+    assert main(["report", "verify", "--ak", str(ak), "--json", str(second)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["ak"], doc["ak_pinned"], doc["checks"][-1]) == (fingerprint, True, "ak")
+
+    # A second TPM has another endorsement seed, so another AK: its quotes are refused with the first pinned.
+    other_state = tmp_path / "tpm2"
+    other_state.mkdir()
+    proc, tcti = start_swtpm(other_state)
+    try:
+        monkeypatch.setenv("TPM2TOOLS_TCTI", tcti)
+        _extend_lab_log(tcti)
+        assert main(["report", "ak", "--json", "-o", str(tmp_path / "other.json")]) == 0
+        other = json.loads((tmp_path / "other.json").read_bytes())
+        foreign = _report(tmp_path, index_dir, "--nonce", "two")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert other["fingerprint"] == _ak_of(foreign) != fingerprint
+    capsys.readouterr()
+    assert main(["report", "verify", "--ak", str(ak), str(foreign)]) == 3
+    assert capsys.readouterr().err == (f"imaguard: error: {foreign}: the quote is signed by attestation key "
+                                       f"{other['fingerprint']}, which is not one of the --ak keys given\n")  # fmt: skip
+    (tmp_path / "other.pem").write_text(other["ak_public_pem"])
+    assert main(["report", "verify", "--ak", str(ak), "--ak", str(tmp_path / "other.pem"), str(foreign)]) == 0
+
+    # --ak needs a quote; and a file that is not a public key is a usage error, not a traceback.
+    bare = _report(tmp_path, index_dir)
+    capsys.readouterr()
+    assert main(["report", "verify", "--ak", str(ak), str(bare)]) == 3
+    assert capsys.readouterr().err == (f"imaguard: error: {bare}: the report has no TPM quote, so no attestation "
+                                       "key vouches for it\n")  # fmt: skip
+    assert main(["report", "verify", "--ak", str(LOG), str(first)]) == 2
+    assert capsys.readouterr().err == (f"imaguard: error: {LOG}: not a PEM public key (give the output of "
+                                       "`imaguard report ak`)\n")  # fmt: skip

@@ -80,7 +80,7 @@ def report_run(lab_image: Image, report_keys: Path) -> RunResult:
     problem = result.problem()
     assert problem is None, problem
     assert result.status == 0, f"guest scenario exited {result.status}; serial tail:\n{result.serial_tail()}"
-    for name in ("keylime-policy", "report", "cel"):
+    for name in ("keylime-policy", "report", "ak", "cel"):
         check = result.checks()[name]
         assert check.get("rc") == 0, f"{name} failed in the guest: {check}"
     return result
@@ -149,6 +149,10 @@ def test_quoted_signed_report_verifies_on_the_host(report_run: RunResult, report
     assert main(["report", "verify", "--cert", cert, "--nonce", NONCE, str(report)]) == 0
     assert capsys.readouterr().out.startswith(f"{report}: verified (signature, payload-type, schema-version, "
                                               "entries, replay, nonce, quote)")  # fmt: skip
+    # The AK the guest printed afterwards with `imaguard report ak` is the one that signed the quote.
+    ak = _art(report_run, "ak.pem")
+    assert main(["report", "verify", "--cert", cert, "--nonce", NONCE, "--ak", str(ak), str(report)]) == 0
+    assert ", quote, ak); signed by " in capsys.readouterr().out
     assert main(["report", "verify", "--cert", cert, "--nonce", NONCE + "x", str(report)]) == 3
     assert capsys.readouterr().err == (f"imaguard: error: {report}: the report was made for nonce {NONCE!r}, "
                                        f"not {NONCE + 'x'!r}\n")  # fmt: skip

@@ -24,9 +24,11 @@ signatures are "verified" only with the certificates given with --cert/--ima-cer
 verifies only with a certificate the log shows (a key measured into a keyring named _ima, which
 any user can create) is "logged-key".
 
-With --nonce and a TPM (TPM2TOOLS_TCTI, or /dev/tpmrm0), a quote over PCR 10 signed by a fresh
-attestation key is attached; the log is read before and after the quote and must not change in
-between. With --sign the report becomes a DSSE envelope signed by the host key.
+With --nonce and a TPM (TPM2TOOLS_TCTI, or /dev/tpmrm0), a quote over PCR 10 signed by the
+host's attestation key (AK) is attached; the log is read before and after the quote and must not
+change in between. The AK is the same for every quote of a TPM (a primary key of its endorsement
+hierarchy, see `imaguard report ak --help`), so a verifier can pin it. With --sign the report
+becomes a DSSE envelope signed by the host key.
 
 Formats: json (the report, schema in docs/report.md), text (the same report for a person: the
 summary, then every process and measured file not traced to a package and every signature that
@@ -49,10 +51,30 @@ template data and that the path, digest, signature key id and structural class i
 that data holds; that the entries replay to the PCR 10 values it states; and, when it carries a
 TPM quote, that the quote is signed by the attestation key in the report, for the report's nonce,
 over PCR 10 only, with the replayed value. --nonce N also requires that the report was made for
-N and has a quote. Not checked (the reporter's claims, from its own package index and
+N and has a quote. --ak FILE (the host's AK, recorded with `imaguard report ak`) also requires a
+quote signed by that AK: without it, the quote convinces only whoever trusts the AK the report
+itself names. Not checked (the reporter's claims, from its own package index and
 certificates): package classes and packages, signature verdicts, processes (docs/report.md).
 
 Exit status: 0 verified, 3 verification failed (the message names the check), 2 usage error.
+"""
+
+_AK_HELP = """\
+Print the public key (PEM) of this host's TPM attestation key (AK), the key that signs the quotes
+of `imaguard report --nonce`. Record it when the host is enrolled, from a trusted path (at
+provisioning, or after checking the TPM's endorsement key), and give it to `imaguard report
+verify --ak FILE`: a report whose quote another key signed is then refused (untrusted-ak).
+
+The AK is a primary key of the TPM's endorsement hierarchy made from one fixed template
+(RSA-2048, restricted signing key, RSASSA/SHA-256, fixedTPM, fixedParent). A TPM derives such a
+key from its endorsement seed and the template alone: the same TPM gives the same AK every time,
+nothing is stored in it, and the key changes only when the seed does (TPM2_ChangeEPS, which
+also changes the endorsement key). The fingerprint is SHA-256 over the key's SubjectPublicKeyInfo.
+
+Needs tpm2-tools and a TPM (TPM2TOOLS_TCTI, or /dev/tpmrm0); the endorsement hierarchy must have
+no password (as tpm2_createek needs too).
+
+Exit status: 0 printed, 1 failure, 2 usage error, 77 no TPM or no tpm2-tools here.
 """
 
 # Directories a Keylime policy may exclude when no package file lies under them.
@@ -83,16 +105,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="errors as JSON too (the document is JSON anyway)")
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
     p.set_defaults(handler=_cmd_report)
-    rsub = p.add_subparsers(dest="report_command", metavar="verify")
+    rsub = p.add_subparsers(dest="report_command", metavar="{verify,ak}")
     v = rsub.add_parser("verify", help="check a report: signature, schema, replay, nonce, TPM quote",
                         description=_VERIFY_HELP, formatter_class=fmt)  # fmt: skip
     v.add_argument("--cert", type=Path, action="append", default=[], metavar="CERT",
                    help="certificate the report must be signed with (repeatable)")  # fmt: skip
     v.add_argument("--nonce", metavar="N", help="the nonce the report must have been made for")
+    v.add_argument("--ak", type=Path, action="append", default=[], metavar="FILE",
+                   help="the host's attestation key (PEM, from `imaguard report ak`); the quote must be "
+                        "signed by it (repeatable: any of them)")  # fmt: skip
     v.add_argument("--json", action="store_true", help="print the result as one JSON document")
     v.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
     v.add_argument("file", type=Path, metavar="FILE", help="the report (signed envelope or bare document)")
     v.set_defaults(handler=_cmd_verify)
+    a = rsub.add_parser("ak", help="print this host's TPM attestation key, to pin in report verify --ak",
+                        description=_AK_HELP, formatter_class=fmt)  # fmt: skip
+    a.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the PEM here instead of stdout")
+    a.add_argument("--json", action="store_true", help="print one JSON document: the PEM and its fingerprint")
+    a.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
+    a.set_defaults(handler=_cmd_ak)
 
 
 def _index_dir(arg: Path | None) -> Path:
@@ -186,24 +217,51 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _cmd_ak(args: argparse.Namespace) -> int:
+    from imaguard.report.quote import attestation_key  # noqa: PLC0415
+    from imaguard.report.tpmquote import ak_fingerprint  # noqa: PLC0415
+
+    pem = attestation_key()
+    fingerprint = ak_fingerprint(pem)
+    if args.json:
+        _write(_dumps({"ak_public_pem": pem.decode("ascii"), "fingerprint": fingerprint}), args.output)
+        return ExitCode.OK
+    _write(pem, args.output)
+    print(f"attestation key {fingerprint}", file=sys.stderr)
+    return ExitCode.OK
+
+
+def _pinned_ak(path: Path) -> bytes:
+    from imaguard.keys.material import read_small_file  # noqa: PLC0415
+    from imaguard.report.tpmquote import ak_public_key  # noqa: PLC0415
+
+    try:
+        return ak_public_key(read_small_file(path, "attestation key", limit=64 << 10, reason="bad-ak"))
+    except FormatError as exc:
+        raise UsageError(f"{path}: not a PEM public key (give the output of `imaguard report ak`)",
+                         reason="bad-ak") from exc  # fmt: skip
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from imaguard.keys.material import load_certificate, read_small_file  # noqa: PLC0415
     from imaguard.report.verify import verify_report  # noqa: PLC0415
 
     certs = tuple(load_certificate(p) for p in args.cert)
+    aks = tuple(_pinned_ak(p) for p in args.ak)
     # A report of 100,000 entries is some tens of MiB; the limit keeps a wrong path from being slurped.
     data = read_small_file(args.file, "report", limit=256 << 20, reason="bad-report")
     try:
-        result = verify_report(data, certs=certs, nonce=args.nonce, source=str(args.file))
+        result = verify_report(data, certs=certs, nonce=args.nonce, source=str(args.file), aks=aks)
     except FormatError as exc:
         # A report that no longer parses was changed: that is a failed verification, not a crash.
         raise TrustError(f"verification failed: {exc}", reason=exc.reason) from exc
     if args.json:
         print(json.dumps({"verified": True, "checks": list(result.checks), "signed_by": result.signed_by,
                           "nonce": result.nonce, "quoted": result.quoted, "pcr10": result.pcr10,
-                          "entries": result.entries}, indent=1))  # fmt: skip
+                          "ak": result.ak, "ak_pinned": bool(aks), "entries": result.entries}, indent=1))  # fmt: skip
     else:
+        ak = f"; quoted by AK {result.ak}{'' if aks else ' (not pinned: --ak)'}" if result.ak else ""
         print(f"{args.file}: verified ({', '.join(result.checks)})"
               f"{'; signed by ' + result.signed_by if result.signed_by else ''}"
-              f"{'; nonce ' + repr(result.nonce) if result.nonce is not None else ''}")  # fmt: skip
+              f"{'; nonce ' + repr(result.nonce) if result.nonce is not None else ''}{ak}")  # fmt: skip
     return ExitCode.OK

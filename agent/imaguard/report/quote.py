@@ -1,12 +1,17 @@
-"""Make a TPM quote over PCR 10 with tpm2-tools (I/O): a fresh AK under the EK, then ``tpm2_quote``.
+"""Make a TPM quote over PCR 10 with tpm2-tools (I/O): the host's AK, then ``tpm2_quote``.
 
-The AK is created for each quote (``tpm2_createek`` + ``tpm2_createak``: RSA-2048, RSASSA/SHA-256)
-and its public key goes into the report; nothing is made persistent in the TPM. The TCTI is the
-caller's ``TPM2TOOLS_TCTI``, else the kernel's resource manager ``device:/dev/tpmrm0``.
+The attestation key (AK) is a primary key of the endorsement hierarchy made from one fixed
+template (RSA-2048, restricted, RSASSA/SHA-256, fixedTPM). A TPM derives a primary key from its
+hierarchy's seed and the template alone, so the same TPM gives the same AK every time (until its
+endorsement seed is changed, ``TPM2_ChangeEPS``) and nothing is made persistent in it: a fleet
+records the AK once (``imaguard report ak``) and pins it (``report verify --ak``); a report whose
+quote is signed by another AK is then refused. Its public key also goes into every report. The
+TCTI is the caller's ``TPM2TOOLS_TCTI``, else the kernel's resource manager ``device:/dev/tpmrm0``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -16,10 +21,14 @@ from pathlib import Path
 from imaguard.errors import HostStateError, UnsupportedError
 from imaguard.report.tpmquote import Quote, nonce_data, parse_attest
 
-__all__ = ["make_quote", "tpm_available"]
+__all__ = ["attestation_key", "make_quote", "tpm_available"]
 
 _TIMEOUT_S = 120  # key generation in a software TPM under emulation takes seconds
 _DEVICE = "/dev/tpmrm0"
+# The AK's template. Changing any of it makes every TPM's AK another key: a pinned AK would no
+# longer match, so it is fixed for good (a new template needs a new name and a migration note).
+_AK_TEMPLATE = ["-C", "e", "-g", "sha256", "-G", "rsa2048:rsassa-sha256:null",
+                "-a", "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign|noda"]  # fmt: skip
 
 
 def _env() -> dict[str, str]:
@@ -45,26 +54,58 @@ def _run(argv: list[str], cwd: Path) -> None:
         raise HostStateError(f"{argv[0]} failed (exit {proc.returncode}): {' / '.join(tail)}", reason="tpm-error")
 
 
-def make_quote(nonce: str, *, bank: str = "sha256") -> Quote:
-    """Quote PCR 10 of ``bank`` with the report's nonce; the PCR value is read from the quote's own
-    PCR output, so message, signature and value belong together."""
+def _check_tools() -> None:
     if not tpm_available():
         raise UnsupportedError(f"no TPM: {_DEVICE} is absent and TPM2TOOLS_TCTI is not set", reason="no-tpm")
     if shutil.which("tpm2_quote") is None:
         raise UnsupportedError("tpm2_quote not found: install tpm2-tools to quote", reason="no-tpm-tools")
+
+
+def _load_ak(d: Path) -> None:
+    """Load the AK into the TPM as ``d/ak.ctx`` and write its public key to ``d/ak.pem``."""
+    # Without a resource manager (a TCTI straight to a TPM simulator) transient objects stay
+    # loaded after each tool exits: flush them, or the TPM runs out of object slots.
+    _flush(d)
+    _run(["tpm2_createprimary", *_AK_TEMPLATE, "-c", "ak.ctx"], d)
+    _flush(d)
+    _run(["tpm2_readpublic", "-c", "ak.ctx", "-o", "ak.pem", "-f", "pem"], d)
+    _flush(d)
+
+
+def _flush(d: Path) -> None:
+    _run(["tpm2_flushcontext", "--transient-object"], d)
+
+
+def _flush_quietly(d: Path) -> None:
+    """Flush on the way out, never hiding the error that got us there."""
+    with contextlib.suppress(HostStateError, UnsupportedError):
+        _flush(d)
+
+
+def attestation_key() -> bytes:
+    """The public key (PEM) of this host's AK: what a fleet records to pin its quotes."""
+    _check_tools()
+    with tempfile.TemporaryDirectory(prefix="imaguard-ak-") as tmp:
+        d = Path(tmp)
+        try:
+            _load_ak(d)
+            return (d / "ak.pem").read_bytes()
+        finally:
+            _flush_quietly(d)
+
+
+def make_quote(nonce: str, *, bank: str = "sha256") -> Quote:
+    """Quote PCR 10 of ``bank`` with the report's nonce; the PCR value is read from the quote's own
+    PCR output, so message, signature and value belong together."""
+    _check_tools()
     with tempfile.TemporaryDirectory(prefix="imaguard-quote-") as tmp:
         d = Path(tmp)
-        # Without a resource manager (a TCTI straight to a TPM simulator) transient objects stay
-        # loaded after each tool exits: flush them, or the TPM runs out of object slots.
-        flush = ["tpm2_flushcontext", "--transient-object"]
-        _run(flush, d)
-        _run(["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"], d)
-        _run(flush, d)
-        _run(["tpm2_createak", "-C", "ek.ctx", "-c", "ak.ctx", "-G", "rsa", "-g", "sha256", "-s", "rsassa",
-              "-u", "ak.pem", "-f", "pem", "-n", "ak.name"], d)  # fmt: skip
-        _run(flush, d)
-        _run(["tpm2_quote", "-c", "ak.ctx", "-l", f"{bank}:10", "-q", nonce_data(nonce).hex(), "-m", "quote.msg",
-              "-s", "quote.sig", "-f", "plain", "-o", "quote.pcrs", "-F", "values", "-g", "sha256"], d)  # fmt: skip
+        try:
+            _load_ak(d)
+            _run(["tpm2_quote", "-c", "ak.ctx", "-l", f"{bank}:10", "-q", nonce_data(nonce).hex(), "-m", "quote.msg",
+                  "-s", "quote.sig", "-f", "plain", "-o", "quote.pcrs", "-F", "values", "-g", "sha256"], d)  # fmt: skip
+        finally:
+            _flush_quietly(d)
         attest = (d / "quote.msg").read_bytes()
         parse_attest(attest)  # fail here, not in a verifier, if the tools wrote something else
         return Quote(

@@ -9,7 +9,8 @@ The pcrDigest is H(selected PCR values, in selection order); the AK signs the wh
 
 The qualifying data (extraData) is SHA-256 of the report's nonce string, so any nonce fits the
 TPM's 64-byte limit. Trust in the AK itself (credential activation against an EK certificate) is
-out of scope: the quote proves the log to whoever trusts the AK key it names.
+out of scope: the quote proves the log to whoever trusts the AK key it names — a verifier that
+recorded the host's AK pins it (``ak_public_key``/``ak_fingerprint``, ``report verify --ak``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ __all__ = [
     "TPM_ALG_SHA256",
     "Quote",
     "QuoteInfo",
+    "ak_fingerprint",
+    "ak_public_key",
     "nonce_data",
     "parse_attest",
     "pcr_digest",
@@ -126,11 +129,22 @@ def parse_attest(data: bytes) -> QuoteInfo:
     return QuoteInfo(signer, extra, clock, reset, restart, firmware, tuple(selection), digest)
 
 
-def _check_signature(attest: bytes, signature: bytes, ak_public_pem: bytes) -> None:
+def ak_public_key(pem: bytes) -> bytes:
+    """The AK's SubjectPublicKeyInfo (DER) from its PEM: what two AKs are compared by."""
     try:
-        key = serialization.load_pem_public_key(ak_public_pem)
+        key = serialization.load_pem_public_key(pem)
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise FormatError(f"the AK public key is not a PEM public key ({exc})", reason="bad-quote") from exc
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def ak_fingerprint(pem: bytes) -> str:
+    """``sha256:<hex>`` of the AK's SubjectPublicKeyInfo: a short name to record and compare."""
+    return "sha256:" + hashlib.sha256(ak_public_key(pem)).hexdigest()
+
+
+def _check_signature(attest: bytes, signature: bytes, ak_public_pem: bytes) -> None:
+    key = serialization.load_der_public_key(ak_public_key(ak_public_pem))
     try:
         if isinstance(key, rsa.RSAPublicKey):
             key.verify(signature, attest, padding.PKCS1v15(), hashes.SHA256())
@@ -139,8 +153,9 @@ def _check_signature(attest: bytes, signature: bytes, ak_public_pem: bytes) -> N
         else:
             raise FormatError(f"AK key type {type(key).__name__} is not RSA or EC", reason="bad-quote")
     except InvalidSignature:
-        raise TrustError("the TPM quote's signature does not verify with the AK public key in the report",
-                         reason="quote-signature") from None
+        raise TrustError(
+            "the TPM quote's signature does not verify with the AK public key in the report", reason="quote-signature"
+        ) from None
 
 
 def verify_quote(quote: Quote, *, nonce: str, expected_pcr10: bytes) -> QuoteInfo:
@@ -153,12 +168,17 @@ def verify_quote(quote: Quote, *, nonce: str, expected_pcr10: bytes) -> QuoteInf
     if info.extra_data != nonce_data(nonce):
         raise TrustError("the TPM quote was made for another nonce (qualifying data differs)", reason="quote-nonce")
     if info.selection != ((quote.pcr_bank, (10,)),):
-        raise TrustError(f"the TPM quote selects {info.selection}, expected only PCR 10 of {quote.pcr_bank}",
-                         reason="quote-selection")
+        raise TrustError(
+            f"the TPM quote selects {info.selection}, expected only PCR 10 of {quote.pcr_bank}",
+            reason="quote-selection",
+        )
     if info.pcr_digest != pcr_digest(quote.pcr_bank, [quote.pcr_value]):
-        raise TrustError("the TPM quote's PCR digest does not match the PCR 10 value in the report",
-                         reason="quote-pcr-digest")
+        raise TrustError(
+            "the TPM quote's PCR digest does not match the PCR 10 value in the report", reason="quote-pcr-digest"
+        )
     if quote.pcr_value != expected_pcr10:
-        raise TrustError(f"PCR 10 ({quote.pcr_bank}) in the quote differs from the replayed measurement log",
-                         reason="quote-log-mismatch")
+        raise TrustError(
+            f"PCR 10 ({quote.pcr_bank}) in the quote differs from the replayed measurement log",
+            reason="quote-log-mismatch",
+        )
     return info

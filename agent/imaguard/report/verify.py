@@ -11,7 +11,8 @@ Order of checks, each failing closed with a TrustError (exit 3) that names it:
    the extended digests, replayed from zero, give the report's PCR 10 (both banks);
 4. with ``--nonce``, the report was made for that nonce and carries a TPM quote;
 5. the quote is signed by the AK in the report, is for the report's nonce, selects PCR 10 only,
-   and its PCR digest equals the replayed PCR 10 of the quoted bank.
+   and its PCR digest equals the replayed PCR 10 of the quoted bank;
+6. with ``--ak``, the report carries a quote and its AK is one of those given (``untrusted-ak``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from imaguard.keys.material import Certificate
 from imaguard.report.build import KEY_STATUSES, LogItem, log_item, signature_form, structural_class
 from imaguard.report.envelope import is_envelope, open_envelope
 from imaguard.report.model import EntryClass, VerifiableReport, path_text, read_report
-from imaguard.report.tpmquote import Quote, verify_quote
+from imaguard.report.tpmquote import Quote, ak_fingerprint, ak_public_key, verify_quote
 
 __all__ = ["Verified", "check_entries", "verify_report"]
 
@@ -43,6 +44,7 @@ class Verified:
     pcr10: dict[str, str]
     entries: int
     checks: tuple[str, ...]
+    ak: str | None = None  # the quote's AK fingerprint, when quoted
 
 
 def _text(value: Any, what: str) -> str:
@@ -175,7 +177,20 @@ def _check_quote(report: VerifiableReport, replayed: dict[str, bytes], source: s
         raise type(exc)(f"{source}: {exc}", reason=exc.reason) from exc
 
 
-def verify_report(data: bytes, *, certs: tuple[Certificate, ...], nonce: str | None, source: str) -> Verified:
+def _check_ak(report: VerifiableReport, aks: tuple[bytes, ...], source: str) -> None:
+    if report.quote is None:
+        raise TrustError(f"{source}: the report has no TPM quote, so no attestation key vouches for it",
+                         reason="no-quote")  # fmt: skip
+    if ak_public_key(report.quote.ak_public_pem) not in aks:
+        raise TrustError(f"{source}: the quote is signed by attestation key "
+                         f"{ak_fingerprint(report.quote.ak_public_pem)}, which is not one of the --ak keys given",
+                         reason="untrusted-ak")  # fmt: skip
+
+
+def verify_report(
+    data: bytes, *, certs: tuple[Certificate, ...], nonce: str | None, source: str, aks: tuple[bytes, ...] = ()
+) -> Verified:
+    """Check a report (see the module's list); ``aks`` are pinned AKs (SubjectPublicKeyInfo DER)."""
     checks: list[str] = []
     signed_by: str | None = None
     try:
@@ -210,5 +225,9 @@ def verify_report(data: bytes, *, certs: tuple[Certificate, ...], nonce: str | N
     if report.quote is not None:
         _check_quote(report, replayed, source)
         checks.append("quote")
+    if aks:
+        _check_ak(report, aks, source)
+        checks.append("ak")
+    ak = ak_fingerprint(report.quote.ak_public_pem) if report.quote is not None else None
     return Verified(signed_by, report.nonce, report.quote is not None, {b: v.hex() for b, v in replayed.items()},
-                    len(entries), tuple(checks))  # fmt: skip
+                    len(entries), tuple(checks), ak)  # fmt: skip

@@ -12,7 +12,8 @@ Order matters for the Keylime peer check, which needs a log before and after an 
 3. start a python3 sleeper, warm up tpm2 tools, make the Keylime policy with ``imaguard report
    --format keylime-policy``; snapshot the log (``before``);
 4. start the unpackaged and the tampered binaries (sleepers); snapshot the log (``after``);
-5. ``imaguard report --nonce N --sign KEY --cert C`` (TPM quote), and the CEL export.
+5. ``imaguard report --nonce N --sign KEY --cert C`` (TPM quote), ``imaguard report ak`` (the AK
+   that signed it, for the host to pin), and the CEL export.
 The host judges everything (tests/vm/test_report_vm.py).
 """
 
@@ -106,6 +107,12 @@ def main() -> int:
         return {"rc": proc.returncode, "stderr": proc.stderr[-3000:], "seconds": round(time.monotonic() - t0, 1)}
 
     step("report", report)
+
+    def ak() -> dict[str, Any]:  # after the report: its tpm2 tools' execs must not land between its reads
+        proc = imaguard("report", "ak", "-o", str(ART / "ak.pem"))
+        return {"rc": proc.returncode, "stderr": proc.stderr[-2000:]}
+
+    step("ak", ak)
 
     def cel() -> dict[str, Any]:
         proc = imaguard("report", "--format", "cel", "--index", str(INDEX), "--no-processes",
