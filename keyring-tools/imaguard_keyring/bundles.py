@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from imaguard.digests import HashAlgo
+from imaguard.errors import HostStateError
+from imaguard.fsio import ensure_directory, write_atomically
 from imaguard.ima.xattr import ImaSignature
 from imaguard.sign.bundle import bundle_name, make_bundle
-from imaguard.sign.journal import atomic_write
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -21,6 +22,11 @@ if TYPE_CHECKING:
     from imaguard.packages.model import InstalledPackage, PackageSource
 
 __all__ = ["write_bundle"]
+
+# Bundles are public (hosts fetch them over HTTP; the DSSE signature is their protection): readable
+# by all, like the directories made for them, whatever the umask.
+_BUNDLE_MODE = 0o644
+_DIR_MODE = 0o755
 
 
 def write_bundle(
@@ -41,5 +47,10 @@ def write_bundle(
         entries.append((pf.path, pf.digest, sig.to_xattr()))
     env = make_bundle(pkg, entries, authority_key, authority_key_id)
     path = out_dir / bundle_name(pkg)
-    atomic_write(path, env.to_json())
+    try:
+        ensure_directory(out_dir, _DIR_MODE, _DIR_MODE)
+        write_atomically(path, env.to_json(), _BUNDLE_MODE)
+    except OSError as exc:
+        raise HostStateError(f"{exc.filename or path}: cannot write: {exc.strerror}", reason="state-write",
+                             errno=exc.errno, path=str(path)) from exc  # fmt: skip
     return path, len(entries)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 from typing import TYPE_CHECKING
 
 from imaguard.errors import HostStateError, UsageError
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from imaguard_keyring.ceremony import Authority
 
 __all__ = ["add_revocation", "read_revocation_list"]
+
+_NEW_LIST_MODE = 0o644  # public: hosts fetch it; only its signature matters
 
 
 def read_revocation_list(path: Path, ca: Certificate) -> RevocationList | None:
@@ -110,8 +113,14 @@ def _add_locked(
         raise UsageError(f"{path}: a revocation list (serial {current.serial}) is already there: --new only starts "
                          "a list where there is none", reason="revocation-list-exists")  # fmt: skip
     updated = current.with_revoked(key_id, now, reason, subject)
+    # The list is published (a web server or config management serves it): the new one keeps the
+    # old one's mode and owner, and a new list is world-readable; 0600 root would stop the serving.
+    mode, owner = _NEW_LIST_MODE, None
+    with contextlib.suppress(FileNotFoundError):
+        st = path.stat()
+        mode, owner = stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)
     try:
-        write_atomically(path, sign_revocation_list(updated, authority.key).to_json())
+        write_atomically(path, sign_revocation_list(updated, authority.key).to_json(), mode, owner)
     except OSError as exc:
         raise HostStateError(f"{path}: cannot write: {exc.strerror}", reason="state-write", errno=exc.errno,
                              path=str(path)) from exc  # fmt: skip
