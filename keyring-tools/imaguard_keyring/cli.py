@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from imaguard.cli.keyfile import PASSWORD_HELP, key_password
 from imaguard.cli.main import Parser, run_guarded
+from imaguard.cli.packages import TRUSTED_KEYRING_HELP
 from imaguard.errors import ExitCode
 from imaguard.keys import LocalSigner, load_certificate, load_private_key
 from imaguard.packages import DEFAULT_STATE_DIR, open_source
@@ -54,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
         help="write signature bundles for installed packages of a tree",
         description="Sign the trusted SHA-256 of every file of the named packages with the IMA key and write "
         "one DSSE-signed bundle per package version into --out. Only repo-verified and vendor-signed "
-        "digests are included.",
+        "digests are included. For Debian packages, repo-verified means an InRelease signed by one of "
+        "this host's apt keyrings (also with --root: keys the tree carries never count), or by a "
+        "--trusted-keyring when given.",
     )
     p.add_argument("packages", nargs="+", metavar="PACKAGE")
     p.add_argument("--ima-key", type=Path, required=True, help="IMA signing key")
@@ -67,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, default=Path("/"), help="tree whose package database is read")
     p.add_argument("--package-db", choices=("deb", "rpm"))
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    p.add_argument("--trusted-keyring", type=Path, action="append", default=[], metavar="FILE",
+                   help=TRUSTED_KEYRING_HELP)
     p.add_argument("--out", type=Path, required=True, help="directory to write bundles into")
     p.add_argument("--json", action="store_true", help="print one JSON document of the bundles written")
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
@@ -82,7 +87,7 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     signer = LocalSigner.from_key(ima_key, ima_cert)
     auth_password = key_password(args.authority_password_file, args.authority_key)
     auth_key = load_private_key(args.authority_key, auth_password, auth_cert)
-    source = open_source(args.root, args.state_dir, args.package_db)
+    source = open_source(args.root, args.state_dir, args.package_db, trusted_keyrings=args.trusted_keyring)
     written: list[dict[str, object]] = []
     for name in args.packages:
         path, n = write_bundle(source=source, pkg=source.package(name), ima_signer=signer, authority_key=auth_key,

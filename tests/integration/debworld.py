@@ -139,9 +139,16 @@ class World:
     state: Path
     keys: Keys
     debs: dict[str, Path]
+    keyring: Path  # the repository's key, outside the root: the --trusted-keyring its checks need
 
     def source(self, *, fetch=False) -> DebSource:
-        return DebSource(self.root, self.state, fetch=fetch)
+        # Keys the root carries (its inline Signed-By) are no trust anchor for another root.
+        return DebSource(self.root, self.state, fetch=fetch, trusted_keyrings=(self.keyring,))
+
+    @property
+    def root_args(self) -> list[str]:
+        """``--root`` for the CLI, with the repository's key as the trust anchor it needs."""
+        return ["--root", str(self.root), "--trusted-keyring", str(self.keyring)]
 
     def files(self, name="igt", *, fetch=False):
         source = self.source(fetch=fetch)
@@ -205,7 +212,8 @@ def make_world(tmp: Path, keys: Keys, *, repo_debs: list[str], installed: list[s
         (root / d).mkdir(parents=True)
     for f in ("status", "available"):
         (root / "var/lib/dpkg" / f).touch()
-    # Inline Signed-By (deb822): the one form both apt on the host and imaguard read inside the root.
+    # Inline Signed-By (deb822): what apt -o Dir=ROOT update verifies with. imaguard never takes a key
+    # from the root it inspects: its checks get the same key as --trusted-keyring (World.keyring).
     armored = keys.gpg("--armor", "--export", keys.trusted).stdout
     folded = b"\n".join(b" " + (ln or b".") for ln in armored.rstrip(b"\n").split(b"\n"))
     (root / "etc/apt/sources.list.d/test.sources").write_bytes(
@@ -217,4 +225,6 @@ def make_world(tmp: Path, keys: Keys, *, repo_debs: list[str], installed: list[s
     for key in cached:
         apt_name = "igt-maint_1.0_amd64.deb" if key.startswith("igt-maint") else "igt_1.0_all.deb"
         shutil.copy(debs[key], root / "var/cache/apt/archives" / apt_name)  # the name apt gives it
-    return World(root, repo, tmp / "state", keys, debs)
+    keyring = tmp / "repo-key.asc"
+    keyring.write_bytes(armored)
+    return World(root, repo, tmp / "state", keys, debs, keyring)

@@ -206,18 +206,21 @@ def test_good_chain_is_repo_verified_with_byte_paths(tmp_path, keys):
 
 
 @pytest.mark.parametrize("form", ["keyring-file", "trusted.gpg.d"])
-def test_signed_by_keyring_file_and_default_keyrings_inside_the_root(tmp_path, keys, form):
+def test_signed_by_keyring_file_and_default_keyrings_inside_the_root_are_no_anchors(tmp_path, keys, form):
+    # The root's own keys never vouch for it (test_root_trust_anchors.py has every form).
     world = make_world(tmp_path, keys, repo_debs=["igt-1.0"], installed=["igt-1.0"], cached=["igt-1.0"])
     sources = world.root / "etc/apt/sources.list.d/test.sources"
     head = sources.read_bytes().split(b"Signed-By:")[0]
     armored = keys.gpg("--armor", "--export", keys.trusted).stdout
-    if form == "keyring-file":  # a path named in the root is read in the root, not on the host
+    if form == "keyring-file":  # a path named in the root is the host's file at that path, never the root's
         (world.root / "etc/apt/keyrings/igt.asc").write_bytes(armored)
         sources.write_bytes(head + b"Signed-By: /etc/apt/keyrings/igt.asc\n")
     else:
         (world.root / "etc/apt/trusted.gpg.d/igt.gpg").write_bytes(keys.gpg("--export", keys.trusted).stdout)
         sources.write_bytes(head)
-    assert evidence_of(world.files()) == {("repo-verified", "")}
+    source = DebSource(world.root, world.state, fetch=False)
+    assert evidence_of(source.files(source.package("igt"))) == {("local-db", "untrusted-release")}
+    assert evidence_of(world.files()) == {("repo-verified", "")}  # with the key as --trusted-keyring
 
 
 def test_inrelease_signed_by_an_untrusted_key(tmp_path, keys):

@@ -46,7 +46,8 @@ def world(tmp_path):
 
 
 def _enroll(capsys, world, key, *extra, root=None):
-    argv = ["enroll", "--source", f"local:{key.key}", "--cert", str(key.cert_pem), "--root", str(root or world.root),
+    argv = ["enroll", "--source", f"local:{key.key}", "--cert", str(key.cert_pem),
+            "--root", str(root or world.root), "--trusted-keyring", str(world.keyring),
             "--state-dir", str(world.state), "--no-fetch", "--json", *extra]
     code = main(argv)
     out = capsys.readouterr()
@@ -277,7 +278,7 @@ def test_sigkill_at_random_moments_converges(big_world, keypair, capsys):
     world, files = big_world
     key = keypair("rsa2048")
     argv = [sys.executable, "-m", "imaguard", "enroll", "--source", f"local:{key.key}", "--cert", str(key.cert_pem),
-            "--root", str(world.root), "--state-dir", str(world.state), "--no-fetch", "--json", "igt-big"]
+            *world.root_args, "--state-dir", str(world.state), "--no-fetch", "--json", "igt-big"]
     first = subprocess.run(argv, capture_output=True, check=False, cwd=ROOT_DIR)
     assert first.returncode == 0, first.stderr
     reference = {p: _ima(world.root, p) for p in files}

@@ -31,14 +31,14 @@ def bundles(world, keypair, tmp_path):
     out.mkdir()
     code = keyring_main(["bundle", "igt", "--ima-key", str(ima.key), "--ima-cert", str(ima.cert_pem),
                          "--authority-key", str(authority.key), "--authority-cert", str(authority.cert_pem),
-                         "--root", str(world.root), "--state-dir", str(world.state), "--out", str(out)])
+                         *world.root_args, "--state-dir", str(world.state), "--out", str(out)])
     assert code == 0
     return out, ima, authority
 
 
 def _enroll(capsys, world, location, ima, authority):
     code = main(["enroll", "--source", f"bundle:{location}", "--cert", str(ima.cert_pem), "--authority-cert",
-                 str(authority.cert_pem), "--root", str(world.root), "--state-dir", str(world.state), "--no-fetch",
+                 str(authority.cert_pem), *world.root_args, "--state-dir", str(world.state), "--no-fetch",
                  "--json"])
     out = capsys.readouterr()
     assert "Traceback" not in out.err
@@ -92,7 +92,7 @@ def test_tampered_or_foreign_bundles_are_refused(world, bundles, keypair, capsys
     code = keyring_main(["bundle", "igt", "--ima-key", str(ima.key), "--ima-cert", str(ima.cert_pem),
                          "--authority-key", str(keypair("p256", "rogue").key),
                          "--authority-cert", str(keypair("p256", "rogue").cert_pem),
-                         "--root", str(world.root), "--state-dir", str(world.state), "--out", str(out)])
+                         *world.root_args, "--state-dir", str(world.state), "--out", str(out)])
     assert code == 0
     capsys.readouterr()
     code, doc = _enroll(capsys, world, out, ima, authority)
@@ -111,7 +111,7 @@ def test_missing_bundle_is_skipped_not_refused(world, bundles, capsys, tmp_path)
 
 def test_bundle_source_needs_the_authority_certificate(world, bundles, capsys):
     out, ima, _authority = bundles
-    code = main(["enroll", "--source", f"bundle:{out}", "--cert", str(ima.cert_pem), "--root", str(world.root),
+    code = main(["enroll", "--source", f"bundle:{out}", "--cert", str(ima.cert_pem), *world.root_args,
                  "--state-dir", str(world.state)])
     assert code == 2
     assert capsys.readouterr().err == (
@@ -125,14 +125,14 @@ def test_one_key_for_the_authority_and_the_ima_signatures_is_refused(world, keyp
     out.mkdir()
     code = keyring_main(["bundle", "igt", "--ima-key", str(ima.key), "--ima-cert", str(ima.cert_pem),
                          "--authority-key", str(ima.key), "--authority-cert", str(ima.cert_pem),
-                         "--root", str(world.root), "--state-dir", str(world.state), "--out", str(out)])  # fmt: skip
+                         *world.root_args, "--state-dir", str(world.state), "--out", str(out)])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith(f"imaguard: error: bundle authority certificate {ima.cert_pem} has the same public key as "
                           f"the IMA certificate {ima.cert_pem}: ")
     assert list(out.iterdir()) == []
     code = main(["enroll", "--source", f"bundle:{out}", "--cert", str(ima.cert_pem), "--authority-cert",
-                 str(ima.cert_pem), "--root", str(world.root), "--state-dir", str(world.state), "--no-fetch"])
+                 str(ima.cert_pem), *world.root_args, "--state-dir", str(world.state), "--no-fetch"])
     assert code == 2
     assert "has the same public key as the IMA certificate" in capsys.readouterr().err
 
@@ -154,7 +154,7 @@ def test_bundle_signs_with_encrypted_keys_and_their_password_files(world, keypai
     out.mkdir()
     argv = ["bundle", "igt", "--ima-key", str(keys["ima"]), "--ima-cert", str(ima.cert_pem),
             "--authority-key", str(keys["authority"]), "--authority-cert", str(authority.cert_pem),
-            "--root", str(world.root), "--state-dir", str(world.state), "--out", str(out)]  # fmt: skip
+            *world.root_args, "--state-dir", str(world.state), "--out", str(out)]  # fmt: skip
     assert keyring_main(argv) == 2  # no password: a usage error naming the key, not a traceback
     assert str(keys["ima"]) in capsys.readouterr().err
     assert keyring_main([*argv, "--ima-password-file", str(tmp_path / "ima.pw")]) == 2

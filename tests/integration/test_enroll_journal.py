@@ -32,7 +32,7 @@ def world(tmp_path):
 
 
 def _enroll(capsys, world, key, *extra, state=None):
-    argv = ["enroll", "--source", f"local:{key.key}", "--cert", str(key.cert_pem), "--root", str(world.root),
+    argv = ["enroll", "--source", f"local:{key.key}", "--cert", str(key.cert_pem), *world.root_args,
             "--state-dir", str(state or world.state), "--no-fetch", "--json", *extra]
     code = main(argv)
     out = capsys.readouterr()
@@ -80,7 +80,7 @@ def test_resumed_run_reports_a_refusal_and_a_temporary_skip_again(world, keypair
 def test_text_output_of_the_resumed_run_shows_the_refusal(world, keypair, capsys, monkeypatch):
     (world.root / "usr/bin/igt").write_bytes(b"#!/bin/sh\necho tampered\n")
     key = keypair("rsa2048")
-    argv = ["enroll", "--source", f"local:{key.key}", "--cert", str(key.cert_pem), "--root", str(world.root),
+    argv = ["enroll", "--source", f"local:{key.key}", "--cert", str(key.cert_pem), *world.root_args,
             "--state-dir", str(world.state), "--no-fetch"]
     with monkeypatch.context() as m:
         _killed_after_last_journal_write(m)
@@ -98,7 +98,7 @@ def test_options_that_change_outcomes_are_part_of_the_journal_config(world, keyp
         _killed_after_last_journal_write(m)
         assert _enroll(capsys, world, key)[0] == 0
     assert len(_journal(world)) == 2
-    argv = ["enroll", "--source", f"local:{key.key}", "--cert", str(key.cert_pem), "--root", str(world.root),
+    argv = ["enroll", "--source", f"local:{key.key}", "--cert", str(key.cert_pem), *world.root_args,
             "--state-dir", str(world.state), "--json"]
     with monkeypatch.context() as m:
         _killed_after_last_journal_write(m)

@@ -29,7 +29,7 @@ def _run(capsys, *argv):
 
 
 def _common(world):
-    return ["--root", str(world.root), "--state-dir", str(world.state), "--no-fetch"]
+    return [*world.root_args, "--state-dir", str(world.state), "--no-fetch"]
 
 
 def test_list_and_files(world, capsys):

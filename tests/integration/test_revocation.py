@@ -73,7 +73,7 @@ def test_enroll_resigns_what_a_revoked_key_signed_and_refuses_to_sign_with_it(ce
     ca, keys = ceremony
     with make_keys(tmp_path / "gnupg") as gpg:
         world = make_world(tmp_path / "w", gpg, repo_debs=["igt-1.0"], installed=["igt-1.0"], cached=["igt-1.0"])
-    common = ["--root", str(world.root), "--state-dir", str(world.state), "--no-fetch", "--json"]
+    common = [*world.root_args, "--state-dir", str(world.state), "--no-fetch", "--json"]
     old = ["--source", f"local:{keys / 'old.key'}", "--cert", str(keys / "old.pem")]
     assert main(["enroll", *old, *common]) == 0
     capsys.readouterr()

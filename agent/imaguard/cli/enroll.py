@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from imaguard.cli.files import add_revocation_options
 from imaguard.cli.keyfile import PASSWORD_HELP, key_password
+from imaguard.cli.packages import TRUSTED_KEYRING_HELP
 from imaguard.cli.progress import Progress
 from imaguard.config import Limits
 from imaguard.errors import ExitCode, HostStateError, TrustError, UsageError
@@ -54,6 +55,10 @@ file there. Refusals (exit 1): digest-mismatch, missing, type-changed (the packa
 regular file, something else is there), changed-during-sign, and a bundle or vendor signature that
 does not verify.
 
+Package digests are trusted as `imaguard packages --help` says: for Debian packages the trust
+anchors are this host's apt keyrings, also with --root (never keys the image carries), or only
+the --trusted-keyring files when given.
+
 Killing enroll is safe: every file keeps its old value or gets a valid new one, and a rerun
 resumes from its journal (in the state directory) and converges to the same result.
 """
@@ -85,6 +90,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help=f"journal, caches and index (default {DEFAULT_STATE_DIR})")
     p.add_argument("--package-db", choices=("deb", "rpm"), help="package database (default: detected)")
     p.add_argument("--no-fetch", action="store_true", help="never download .debs to verify the chain")
+    p.add_argument("--trusted-keyring", type=Path, action="append", default=[], metavar="FILE",
+                   help=TRUSTED_KEYRING_HELP)
     p.add_argument("-j", "--jobs", type=int, default=default_jobs(), metavar="N", help="worker processes")
     p.add_argument("--json", action="store_true", help="one JSON document: summary and every non-signed file")
     p.add_argument("-v", "--verbose", action="store_true", help="show every file")
@@ -145,6 +152,8 @@ def _config_id(args: argparse.Namespace, source: SignatureSource) -> str:
     doc = [2, source.name, args.sig_source, ids, str(args.scope), args.unsafe_trust_dpkg_md5sums,
            str(args.root.resolve()), sorted(k.hex() for k in source.verifier.revoked), authority,
            args.no_fetch, args.package_db]
+    if args.trusted_keyring:  # other anchors, other evidence; absent, the id stays what it was
+        doc.append(sorted(str(k.resolve()) for k in args.trusted_keyring))
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
 
 
@@ -173,7 +182,8 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     if args.state_dir.exists() and not args.state_dir.is_dir():  # before any work, not after labelling
         raise HostStateError(f"{args.state_dir}: --state-dir is not a directory", reason="state-dir",
                              path=str(args.state_dir))
-    psrc = open_source(args.root, args.state_dir, args.package_db, fetch=not args.no_fetch)
+    psrc = open_source(args.root, args.state_dir, args.package_db, fetch=not args.no_fetch,
+                       trusted_keyrings=args.trusted_keyring)
     pkgs = [psrc.package(n) for n in args.packages] if args.packages else list(psrc.packages())
     journal = None if args.dry_run else _open_journal(args, source)
     todo = [p for p in pkgs if journal is None or p.ident not in journal.done]

@@ -27,7 +27,7 @@ from imaguard.sign.parallel import default_jobs, run_jobs
 if TYPE_CHECKING:
     from imaguard.packages.model import InstalledPackage, PackageFile, PackageSource
 
-__all__ = ["register"]
+__all__ = ["TRUSTED_KEYRING_HELP", "register"]
 
 # From this many packages on, `packages verify` hands out whole packages rather than files (run_jobs
 # runs fewer than 64 items in one process anyway).
@@ -39,7 +39,22 @@ Every file carries an evidence level: repo-verified (digest from a signed reposi
 apt's InRelease -> Packages -> .deb, or a verified RPM header), vendor-signed (the vendor's
 per-file IMA signature in a verified RPM header), local-db (only the local database says so:
 dpkg's unsigned MD5 lists) or none.
+
+Trust anchors (the OpenPGP keys apt's InRelease must be signed with) are this host's apt
+keyrings, also with --root: a Signed-By path is the host's file at that path, a repository
+without Signed-By gets the host's trusted.gpg and trusted.gpg.d, and a key the image carries
+(its trusted.gpg.d, its keyring files, an inline Signed-By block) never counts: an image cannot
+vouch for its own packages. --trusted-keyring FILE (repeatable) replaces all of them, the host's
+included (an image of another distribution). RPM headers are checked against the keyring of the
+rpmdb being read (with --root: the image's), so they are repo-verified only as far as that
+image's own keys go.
 """
+
+TRUSTED_KEYRING_HELP = (
+    "OpenPGP keyring (binary or armored) whose keys alone may sign apt repositories; replaces every "
+    "anchor, this host's apt keyrings included (repeat for several). Default: this host's apt keyrings, "
+    "also with --root, never the image's own"
+)
 
 _VERIFY_HELP = """\
 Hash every file of the named packages (default: all) and compare it with its trusted digest.
@@ -57,6 +72,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", choices=("deb", "rpm"), help="package database (default: detected)")
     p.add_argument("--no-fetch", action="store_true",
                    help="never download a .deb through apt to verify the chain (evidence may stay local-db)")
+    p.add_argument("--trusted-keyring", type=Path, action="append", default=[], metavar="FILE",
+                   help=TRUSTED_KEYRING_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("-v", "--verbose", action="store_true", help="more detail, tracebacks of errors")
 
@@ -109,7 +126,9 @@ def _root(args: argparse.Namespace) -> Root:
 
 def _open(args: argparse.Namespace) -> tuple[PackageSource, Root]:
     root = _root(args)
-    return open_source(args.root, args.state_dir, args.source, fetch=not args.no_fetch), root
+    source = open_source(args.root, args.state_dir, args.source, fetch=not args.no_fetch,
+                         trusted_keyrings=args.trusted_keyring)
+    return source, root
 
 
 def _pkg_json(pkg: InstalledPackage) -> dict[str, str]:

@@ -8,9 +8,13 @@ UnsupportedError that names the Debian package to install.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imaguard.errors import UnsupportedError, UsageError
 from imaguard.packages.model import Evidence, FileKind, InstalledPackage, PackageFile, PackageSource
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "DEFAULT_STATE_DIR",
@@ -44,14 +48,31 @@ def detect_kind(root: Path) -> str:
     raise UnsupportedError(f"{root}: no dpkg or rpm database found", reason="no-package-db")
 
 
-def open_source(root: Path, state_dir: Path, kind: str | None = None, *, fetch: bool = True) -> PackageSource:
-    """The package source for ``root``; ``fetch``: may the deb chain download missing .debs via apt."""
+def open_source(
+    root: Path,
+    state_dir: Path,
+    kind: str | None = None,
+    *,
+    fetch: bool = True,
+    trusted_keyrings: Sequence[Path] = (),
+) -> PackageSource:
+    """The package source for ``root``; ``fetch``: may the deb chain download missing .debs via apt.
+
+    ``trusted_keyrings`` (``--trusted-keyring``): OpenPGP keyrings that replace every trust anchor.
+    Without them a deb source trusts this host's apt keyrings, whatever ``root`` is (never the
+    tree's own: an image must not vouch for itself); rpm has no such option (``RpmSource``).
+    """
     kind = kind or detect_kind(root)
     if kind == "deb":
         from imaguard.packages.deb import DebSource  # noqa: PLC0415 - optional binding, imported lazily
 
-        return DebSource(root, state_dir, fetch=fetch)
+        return DebSource(root, state_dir, fetch=fetch, trusted_keyrings=trusted_keyrings)
     if kind == "rpm":
+        if trusted_keyrings:
+            raise UsageError(
+                "--trusted-keyring applies to Debian packages (apt's OpenPGP anchors); rpm headers are "
+                "checked against the rpmdb's own keyring"
+            )
         from imaguard.packages.rpm import RpmSource  # noqa: PLC0415 - optional binding, imported lazily
 
         return RpmSource(root, state_dir)

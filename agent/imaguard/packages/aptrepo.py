@@ -2,8 +2,17 @@
 
 Reads what apt itself uses under ``root``: ``Dir::*`` from apt's configuration (the host's, or the
 root's own ``etc/apt/apt.conf.d``), the sources with their ``Signed-By``, the InRelease files in
-``Dir::State::lists`` (checked with ``gpgv`` against exactly the keys apt would accept), and the
-Packages files next to them. Each check itself is in ``debchain`` (pure).
+``Dir::State::lists`` (checked with ``gpgv``), and the Packages files next to them. Each check
+itself is in ``debchain`` (pure).
+
+Trust anchors (the keys gpgv accepts) never come from the tree being inspected (DESIGN.md §1.2):
+a mounted image that could vouch for its own packages would get anything it ships signed. They
+are this host's apt keyrings: a ``Signed-By`` path is the host's file at that path, a repository
+without ``Signed-By`` gets the host's ``trusted.gpg`` and ``trusted.gpg.d`` (found through the
+host's apt configuration), and a key block written inline into an image's sources is no anchor
+at all. ``--trusted-keyring`` (``TrustedKeyring``) replaces every anchor, the host's included:
+for an image of another distribution. The image's sources, lists and archives are still read
+from the image: they are what gets checked against the anchors.
 """
 
 from __future__ import annotations
@@ -25,17 +34,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imaguard.errors import FormatError, HostStateError, ImaguardError
-from imaguard.fsio import write_atomically
+from imaguard.errors import FormatError, HostStateError, ImaguardError, UsageError
+from imaguard.fsio import ensure_directory, write_atomically
 from imaguard.packages import debchain
 from imaguard.packages.aptsources import Repository, parse_deb822_sources, parse_one_line_sources
 from imaguard.packages.debchain import ChainError, ChainReason, IndexedVersion
 from imaguard.packages.dpkgdb import apt_pkg_module
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
-__all__ = ["AptLayout", "Indexes", "deb_file_name", "fetch_deb", "load_indexes"]
+__all__ = ["AptLayout", "Indexes", "TrustedKeyring", "deb_file_name", "fetch_deb", "load_indexes"]
 
 _CHUNK = 1 << 20
 # apt's compiled-in defaults (apt-pkg/init.cc), used for a --root whose apt.conf does not set them.
@@ -54,22 +63,58 @@ _DEFAULTS = {
 _LIST_EXTS = ("", ".lz4", ".zst", ".gz", ".xz", ".bz2", ".lzma")
 
 
+# An armored key file of a few keys is some KiB; Debian's whole archive keyring is ~100 KiB.
+_MAX_KEYRING = 16 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedKeyring:
+    """The keys of ``--trusted-keyring`` files, read once: when given, the only trust anchors."""
+
+    names: tuple[str, ...]
+    keyring: bytes  # binary OpenPGP keyring (armored files dearmored), what gpgv reads
+
+    @classmethod
+    def read(cls, paths: Sequence[Path]) -> TrustedKeyring:
+        """Read and check every file now: a missing or malformed anchor is the user's mistake, said once."""
+        out = b""
+        for path in paths:
+            try:
+                with path.open("rb") as fh:
+                    data = fh.read(_MAX_KEYRING + 1)
+            except OSError as exc:
+                raise UsageError(f"--trusted-keyring {path}: cannot read: {exc.strerror}") from exc
+            if len(data) > _MAX_KEYRING:
+                raise UsageError(f"--trusted-keyring {path}: larger than {_MAX_KEYRING} bytes, not a keyring")
+            try:
+                out += debchain.keyring_bytes(data, name=f"--trusted-keyring {path}")
+            except FormatError as exc:
+                raise UsageError(str(exc)) from exc
+        return cls(tuple(str(p) for p in paths), out)
+
+
 @dataclass(frozen=True, slots=True)
 class AptLayout:
-    """Where apt keeps things under ``root`` (absolute host paths)."""
+    """Where apt keeps things (absolute host paths): sources, lists and archives under ``root``;
+    the trust anchors on this host, or ``trusted_keyring`` instead of them (module docstring)."""
 
     root: Path
     sourcelist: Path
     sourceparts: Path
-    trusted: Path
-    trustedparts: Path
+    trusted: Path  # the host's Dir::Etc::trusted, whatever ``root`` is
+    trustedparts: Path  # the host's Dir::Etc::trustedparts
     lists: Path
     archives: Path
+    trusted_keyring: TrustedKeyring | None = None
+
+    @property
+    def is_host(self) -> bool:
+        return self.root.resolve() == Path("/")
 
     @classmethod
-    def read(cls, root: Path) -> AptLayout:
+    def read(cls, root: Path, trusted_keyring: TrustedKeyring | None = None) -> AptLayout:
         apt_pkg = apt_pkg_module()
-        cnf = apt_pkg.config
+        host_cnf = cnf = apt_pkg.config
         if root.resolve() != Path("/"):
             cnf = apt_pkg.Configuration()
             for k, v in _DEFAULTS.items():
@@ -81,27 +126,26 @@ class AptLayout:
                 if (etc / "apt.conf.d").is_dir():
                     apt_pkg.read_config_dir(cnf, str(etc / "apt.conf.d"))
 
-        def path(*keys: str) -> Path:
-            # apt's FindDir: each level is relative to its parent unless absolute; all under root.
-            out = root
+        def path(*keys: str, cnf: Any = cnf, top: Path = root) -> Path:
+            # apt's FindDir: each level is relative to its parent unless absolute; all under top.
+            out = top
             for k in keys:
                 v = cnf.find(k) or _DEFAULTS[k]
-                out = root / v.lstrip("/") if v.startswith("/") else out / v
+                out = top / v.lstrip("/") if v.startswith("/") else out / v
             return out
 
+        # The anchors: always the host's configuration, never the image's apt.conf (module docstring).
+        host = Path("/")
         return cls(
             root,
             path("Dir::Etc", "Dir::Etc::sourcelist"),
             path("Dir::Etc", "Dir::Etc::sourceparts"),
-            path("Dir::Etc", "Dir::Etc::trusted"),
-            path("Dir::Etc", "Dir::Etc::trustedparts"),
+            path("Dir::Etc", "Dir::Etc::trusted", cnf=host_cnf, top=host),
+            path("Dir::Etc", "Dir::Etc::trustedparts", cnf=host_cnf, top=host),
             path("Dir::State", "Dir::State::lists"),
             path("Dir::Cache", "Dir::Cache::archives"),
+            trusted_keyring,
         )
-
-    def under_root(self, absolute: str) -> Path:
-        """A path named in apt's files (Signed-By), read inside the root being inspected."""
-        return self.root / absolute.lstrip("/")
 
 
 def _read(path: Path) -> bytes:
@@ -126,12 +170,28 @@ def repositories(layout: AptLayout) -> list[Repository]:
 
 
 def _keyring(layout: AptLayout, repo: Repository) -> bytes:
-    """The binary keyring of every key apt accepts for ``repo`` (sources.list(5) Signed-By)."""
+    """The binary keyring of every key that may vouch for ``repo``: the host's anchors apt would
+    use for it (sources.list(5) Signed-By), or ``--trusted-keyring`` (module docstring)."""
+    if layout.trusted_keyring is not None:
+        return layout.trusted_keyring.keyring
     sb = repo.signed_by
     if sb.inline:
+        if not layout.is_host:
+            raise ChainError(
+                ChainReason.UNTRUSTED_RELEASE,
+                f"{repo.origin_file}: Signed-By is a key block the image carries itself, no trust anchor",
+            )
         return debchain.keyring_bytes(sb.inline, name=f"{repo.origin_file}: Signed-By")
-    files = [layout.under_root(p) for p in sb.keyrings]
-    if not files:  # apt's default: trusted.gpg and trusted.gpg.d/*.{gpg,asc}
+    # A Signed-By path names a keyring of this host (for --root too): the image's file is never read.
+    files = [Path(p) for p in sb.keyrings]
+    if not layout.is_host:
+        for f in files:
+            if not f.exists():
+                raise ChainError(
+                    ChainReason.UNTRUSTED_RELEASE,
+                    f"{repo.origin_file}: Signed-By {f}: no such keyring on this host",
+                )
+    if not files:  # apt's default: trusted.gpg and trusted.gpg.d/*.{gpg,asc}, the host's
         files = [layout.trusted] if layout.trusted.is_file() else []
         if layout.trustedparts.is_dir():
             files += sorted(p for p in layout.trustedparts.iterdir() if p.suffix in (".gpg", ".asc"))
@@ -190,6 +250,17 @@ def _verified_release(layout: AptLayout, repo: Repository, prefix: str) -> debch
         return debchain.parse_release(payload, name=str(signed))
     except FormatError as exc:
         raise ChainError(ChainReason.UNTRUSTED_RELEASE, f"{signed}: {exc}") from exc
+    except ChainError as exc:
+        if layout.is_host and layout.trusted_keyring is None:
+            raise
+        # For an image, say whose keys these were: the image's own keys never count.
+        raise ChainError(exc.code, f"{exc} (trust anchors: {_anchors_named(layout)})") from exc
+
+
+def _anchors_named(layout: AptLayout) -> str:
+    if layout.trusted_keyring is not None:
+        return "--trusted-keyring " + ", ".join(layout.trusted_keyring.names)
+    return "this host's apt keyrings, never the image's; --trusted-keyring replaces them"
 
 
 def _decompressor(ext: str) -> Callable[[bytes], bytes] | None:
@@ -270,7 +341,7 @@ def _read_cache(path: Path, wanted: frozenset[str]) -> list[tuple[int, int]] | N
 def _write_cache(path: Path, wanted: frozenset[str], spans: list[tuple[int, int]]) -> None:
     doc = {"format": _INDEX_CACHE_FORMAT, "wanted": sorted(wanted), "spans": spans}
     with contextlib.suppress(OSError):  # a read-only state directory costs speed, not correctness
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ensure_directory(path.parent, 0o700, 0o700)  # in the state directory: root only
         write_atomically(path, json.dumps(doc, separators=(",", ":")).encode())
 
 
@@ -439,31 +510,56 @@ def deb_file_name(name: str, version: str, arch: str) -> str:
     return f"{name}_{quoted}_{arch}.deb"
 
 
+# apt-get download runs under a fresh directory here, not in the state directory: that one is 0700
+# (root only), and when its sandbox user _apt cannot reach the download directory apt does not
+# fail, it downloads unsandboxed as root ("Download is performed unsandboxed as root").
+_FETCH_PARENT = Path("/var/tmp")  # noqa: S108 - a private mkdtemp inside the sticky directory
+
+
 def fetch_deb(layout: AptLayout, dest_dir: Path, name: str, version: str, arch: str, *, max_size: int) -> Path | None:
     """Download one exact .deb through ``apt-get download`` into ``dest_dir``; None when apt cannot.
 
     apt's own verification is not relied upon: the caller checks the result against the chain.
-    apt downloads as its sandbox user ``_apt`` into a directory ``_apt`` owns; whatever it left
-    there is only read (``_copy_download``), never chowned, chmodded or renamed by root.
+    apt downloads as its sandbox user ``_apt``, into ``/var/tmp/imaguard-fetch-XXXX/apt``: the
+    mkdtemp directory is root's and 0711 (``_apt`` may pass through it, nobody may list it or put
+    anything in it; the sticky ``/var/tmp`` keeps others from replacing it), ``apt`` inside is
+    ``_apt``'s and 0700. Whatever ``_apt`` left there is only read (``_copy_download``) into
+    ``dest_dir`` (made 0700 if missing), never chowned, chmodded or renamed by root. A
+    ``dest_dir`` or temporary directory that cannot be made is ``deb-unavailable``, named.
     """
     exe = shutil.which("apt-get")
     if exe is None:
         return None
-    dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="fetch-", dir=dest_dir) as tmp:
+    try:
+        ensure_directory(dest_dir, 0o700, 0o700)  # in the state directory: root only
+    except OSError as exc:
+        raise ChainError(
+            ChainReason.DEB_UNAVAILABLE, f"{dest_dir}: cannot make the download directory: {exc.strerror}"
+        ) from exc
+    try:
+        top = tempfile.mkdtemp(prefix="imaguard-fetch-", dir=_FETCH_PARENT)  # 0700, root's
+    except OSError as exc:
+        raise ChainError(
+            ChainReason.DEB_UNAVAILABLE, f"{_FETCH_PARENT}: cannot make a download directory: {exc.strerror}"
+        ) from exc
+    try:
+        work = Path(top) / "apt"
+        work.mkdir(mode=0o700)
         with contextlib.suppress(KeyError, OSError):
-            # apt downloads as its sandbox user _apt, who must be able to write here.
+            # No _apt user (or not root): apt runs as whoever we are; there is no sandbox to keep.
             apt_user = pwd.getpwnam("_apt")
-            os.chown(tmp, apt_user.pw_uid, 0)
-            dest_dir.chmod(0o711)
+            os.chown(work, apt_user.pw_uid, 0)
+            Path(top).chmod(0o711)
         argv = [exe, "-q", "-o", "Debug::NoLocking=1"]
         if layout.root.resolve() != Path("/"):
             argv += ["-o", f"Dir={layout.root}"]
         argv += ["download", f"{name}:{arch}={version}"]
-        proc = subprocess.run(argv, cwd=tmp, capture_output=True, check=False)
+        proc = subprocess.run(argv, cwd=work, capture_output=True, check=False)
         if proc.returncode != 0:
             return None
-        return _copy_download(Path(tmp) / deb_file_name(name, version, arch), dest_dir, max_size=max_size)
+        return _copy_download(work / deb_file_name(name, version, arch), dest_dir, max_size=max_size)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def _copy_download(got: Path, dest_dir: Path, *, max_size: int) -> Path | None:

@@ -27,7 +27,7 @@ from imaguard.packages.debfile import MAINTAINER_SCRIPTS, DebMember, read_deb
 from imaguard.packages.model import Evidence, FileKind, InstalledPackage, PackageFile
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     from imaguard.packages.debchain import IndexEntry
 
@@ -107,8 +107,18 @@ def _atomic_write(path: Path, data: bytes) -> None:
 class DebSource:
     """The deb ``PackageSource`` for the tree at ``root``; ``fetch``: may missing .debs be downloaded."""
 
-    def __init__(self, root: Path, state_dir: Path, *, fetch: bool, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        state_dir: Path,
+        *,
+        fetch: bool,
+        limits: Limits | None = None,
+        trusted_keyrings: Sequence[Path] = (),
+    ) -> None:
         dpkgdb.apt_pkg_module()  # fail now, with the package to install, not halfway through a listing
+        # --trusted-keyring: read now (a bad file is a usage error); otherwise the host's apt anchors.
+        self._anchors = aptrepo.TrustedKeyring.read(trusted_keyrings) if trusted_keyrings else None
         self.root = root
         self.state_dir = state_dir
         self.fetch = fetch
@@ -132,7 +142,7 @@ class DebSource:
 
     def _apt(self) -> aptrepo.AptLayout:
         if self._layout is None:
-            self._layout = aptrepo.AptLayout.read(self.root)
+            self._layout = aptrepo.AptLayout.read(self.root, self._anchors)
         return self._layout
 
     def indexes(self) -> aptrepo.Indexes:
