@@ -227,7 +227,7 @@ def test_bundle_json_prints_one_json_document(ca_dir, tmp_path, capsys, monkeypa
     for name in ("ima", "auth"):
         assert main(["cert", "issue", "--ca", str(ca_dir), "--out", str(tmp_path / "k"), "--name", name,
                      "--key-type", "rsa2048", "--days", "5"]) == 0
-    monkeypatch.setattr(keyring_cli, "open_source", lambda *_a: types.SimpleNamespace(package=lambda n: n))
+    monkeypatch.setattr(keyring_cli, "open_source", lambda *_a, **_k: types.SimpleNamespace(package=lambda n: n))
     monkeypatch.setattr(keyring_cli, "write_bundle", lambda **kw: (kw["out_dir"] / f"{kw['pkg']}.bundle", 3))
     k = tmp_path / "k"
     argv = ["bundle", "p1", "p2", "--ima-key", str(k / "ima.key"), "--ima-cert", str(k / "ima.pem"),
