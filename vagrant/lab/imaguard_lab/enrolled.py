@@ -8,7 +8,7 @@ labels it::
     imaguard enroll --root COPY --source local:KEY --cert CERT --scope executables --no-fetch
 
 The .debs debootstrap installed are handed to enroll through its state directory (``debs/``), so
-every package's chain is InRelease (gpgv, the tree's own Debian keyring) -> Packages -> .deb ->
+every package's chain is InRelease (gpgv, this host's Debian keyring: never the tree's) -> Packages -> .deb ->
 file: ``repo-verified``, no ``--unsafe-trust-dpkg-md5sums``. Then the lists are removed again and
 ``mkfs.ext4 -d`` (which keeps ``security.ima``) makes ``rootfs.img``.
 
