@@ -55,9 +55,9 @@ def _parser() -> argparse.ArgumentParser:
         help="write signature bundles for installed packages of a tree",
         description="Sign the trusted SHA-256 of every file of the named packages with the IMA key and write "
         "one DSSE-signed bundle per package version into --out. Only repo-verified and vendor-signed "
-        "digests are included. For Debian packages, repo-verified means an InRelease signed by one of "
-        "this host's apt keyrings (also with --root: keys the tree carries never count), or by a "
-        "--trusted-keyring when given.",
+        "digests are included. repo-verified means an InRelease (or rpm header) signed by one of "
+        "this host's apt (or rpm) keyrings (also with --root: keys the tree carries never count), or by "
+        "a --trusted-keyring when given.",
     )
     p.add_argument("packages", nargs="+", metavar="PACKAGE")
     p.add_argument("--ima-key", type=Path, required=True, help="IMA signing key")

@@ -32,10 +32,11 @@ from rootlib import run
 
 from imaguard.cli.main import main
 from imaguard.digests import HashAlgo
+from imaguard.errors import UsageError
 from imaguard.ima.xattr import ImaSignature, parse_xattr
 from imaguard.keys import Verifier, load_certificate
 from imaguard.packages import Evidence, FileKind, open_source
-from imaguard.packages.rpm import RpmSource
+from imaguard.packages.rpm import HeaderTrust, RpmSource
 
 pytestmark = pytest.mark.root
 
@@ -243,7 +244,7 @@ def lab(tmp_path_factory, keypair, evmctl):
             built[name] = {"files": files, "sigs": sigs}
     finally:
         subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "all"], check=False, capture_output=True)
-    return {"root": root, "top": top, "built": built, "ima_key": ima_key}
+    return {"root": root, "top": top, "built": built, "ima_key": ima_key, "keys": keys}
 
 
 def _db_rows(root: Path, name: str) -> tuple[sqlite3.Connection, int, bytes]:
@@ -264,7 +265,9 @@ def source(lab):
     _update(db, hnum, blob.replace(digest, flipped))
     db, hnum, blob = _db_rows(root, "ig-dribble")
     _update(db, hnum, _append_dribble_digests(blob, b"f" * 64, 8))
-    return RpmSource(root, lab["top"] / "state")
+    # The image's rpmdb imported the trusted key, but an image never vouches for itself: the
+    # verifier names its anchor (--trusted-keyring), as a fleet would with its vendor's key.
+    return RpmSource(root, lab["top"] / "state", [lab["keys"]["trusted"]])
 
 
 def _update(db: sqlite3.Connection, hnum: int, blob: bytes) -> None:
@@ -296,6 +299,30 @@ def _files(source, name):
 def test_open_source_detects_rpm_root(lab, source):
     assert isinstance(open_source(lab["root"], lab["top"] / "state"), RpmSource)
     assert source.kind == "rpm"
+
+
+def test_an_image_never_vouches_for_its_own_headers(lab):
+    """The image's rpmdb holds the signing key (rpm --import), yet without --trusted-keyring its
+    headers are checked against this host's rpm keyring (empty on this Debian host): not verified.
+    Audit: the image's own gpg-pubkey entries made its packages repo-verified."""
+    own = RpmSource(lab["root"], lab["top"] / "state")
+    assert own.header_trust(own.package("ig-signed")) == HeaderTrust(verified=False, reason="header-key-unknown")
+    assert {f.evidence for f in _files(own, "ig-signed").values() if f.digest} == {Evidence.LOCAL_DB}
+    stranger = RpmSource(lab["root"], lab["top"] / "state", [lab["keys"]["stranger"]])
+    assert stranger.header_trust(stranger.package("ig-signed")).reason == "header-key-unknown"
+    assert stranger.header_trust(stranger.package("ig-stranger")).verified
+
+
+def test_trusted_keyring_for_rpm_must_be_armored_public_keys(lab, tmp_path):
+    binary = tmp_path / "k.gpg"
+    binary.write_bytes(b"\x99\x01\x0d" + bytes(40))
+    with pytest.raises(UsageError) as err:
+        RpmSource(lab["root"], lab["top"] / "state", [binary])
+    assert str(err.value) == f"{binary}: no ASCII-armored public key block (rpm needs `gpg --armor --export` output)"
+    bad = tmp_path / "bad.asc"
+    bad.write_bytes(b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nAAAA\n-----END PGP PUBLIC KEY BLOCK-----\n")
+    with pytest.raises(UsageError, match=rf"^{bad}: not an OpenPGP public key rpm can read"):
+        RpmSource(lab["root"], lab["top"] / "state", [bad])
 
 
 def test_packages_listed_sorted_with_identity(source):
@@ -447,6 +474,7 @@ def test_malformed_vendor_signature_is_not_trusted(source):
 
 def _enroll_vendor(lab, cert: Path, *names: str) -> tuple[int, dict]:
     argv = ["enroll", "--source", "vendor", "--cert", str(cert), "--root", str(lab["root"]), "--package-db", "rpm",
+            "--trusted-keyring", str(lab["keys"]["trusted"]),
             "--state-dir", str(lab["top"] / "enroll-state"), "--scope", "all", "--json", *names]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -55,9 +55,9 @@ file there. Refusals (exit 1): digest-mismatch, missing, type-changed (the packa
 regular file, something else is there), changed-during-sign, and a bundle or vendor signature that
 does not verify.
 
-Package digests are trusted as `imaguard packages --help` says: for Debian packages the trust
-anchors are this host's apt keyrings, also with --root (never keys the image carries), or only
-the --trusted-keyring files when given.
+Package digests are trusted as `imaguard packages --help` says: the trust anchors are this
+host's apt (or rpm) keyrings, also with --root (never keys the image carries), or only the
+--trusted-keyring files when given.
 
 Killing enroll is safe: every file keeps its old value or gets a valid new one, and a rerun
 resumes from its journal (in the state directory) and converges to the same result.

@@ -45,15 +45,15 @@ keyrings, also with --root: a Signed-By path is the host's file at that path, a 
 without Signed-By gets the host's trusted.gpg and trusted.gpg.d, and a key the image carries
 (its trusted.gpg.d, its keyring files, an inline Signed-By block) never counts: an image cannot
 vouch for its own packages. --trusted-keyring FILE (repeatable) replaces all of them, the host's
-included (an image of another distribution). RPM headers are checked against the keyring of the
-rpmdb being read (with --root: the image's), so they are repo-verified only as far as that
-image's own keys go.
+included (an image of another distribution). RPM headers are checked the same way: against the
+--trusted-keyring files (ASCII-armored) when given, else this host's rpm keyring (for / its own
+rpmdb's keys), never the gpg-pubkey entries of an image's rpmdb.
 """
 
 TRUSTED_KEYRING_HELP = (
-    "OpenPGP keyring (binary or armored) whose keys alone may sign apt repositories; replaces every "
-    "anchor, this host's apt keyrings included (repeat for several). Default: this host's apt keyrings, "
-    "also with --root, never the image's own"
+    "OpenPGP keyring whose keys alone may sign apt repositories (binary or armored) or rpm headers "
+    "(armored); replaces every anchor, this host's keyrings included (repeat for several). Default: "
+    "this host's apt or rpm keyrings, also with --root, never the image's own"
 )
 
 _VERIFY_HELP = """\

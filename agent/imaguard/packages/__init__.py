@@ -59,8 +59,8 @@ def open_source(
     """The package source for ``root``; ``fetch``: may the deb chain download missing .debs via apt.
 
     ``trusted_keyrings`` (``--trusted-keyring``): OpenPGP keyrings that replace every trust anchor.
-    Without them a deb source trusts this host's apt keyrings, whatever ``root`` is (never the
-    tree's own: an image must not vouch for itself); rpm has no such option (``RpmSource``).
+    Without them a source trusts this host's keyrings (apt's, or the rpmdb's), whatever ``root``
+    is — never the tree's own: an image must not vouch for itself.
     """
     kind = kind or detect_kind(root)
     if kind == "deb":
@@ -68,12 +68,7 @@ def open_source(
 
         return DebSource(root, state_dir, fetch=fetch, trusted_keyrings=trusted_keyrings)
     if kind == "rpm":
-        if trusted_keyrings:
-            raise UsageError(
-                "--trusted-keyring applies to Debian packages (apt's OpenPGP anchors); rpm headers are "
-                "checked against the rpmdb's own keyring"
-            )
         from imaguard.packages.rpm import RpmSource  # noqa: PLC0415 - optional binding, imported lazily
 
-        return RpmSource(root, state_dir)
+        return RpmSource(root, state_dir, trusted_keyrings)
     raise UsageError(f"unknown package source {kind!r} (deb or rpm)")

@@ -5,8 +5,11 @@ What is verified, and how (DESIGN.md §1.2, rpm part):
 * Headers are read from the rpmdb under ``root`` (``usr/lib/sysimage/rpm`` or ``var/lib/rpm``,
   any backend rpm 4.18 reads) and exported byte for byte (``hdr.unload()``, equal to the stored blob).
 * Each exported blob is checked by rpm itself: ``headerCheck`` (``ts.hdrCheck``) on a transaction
-  set whose verify flags are 0 (no check disabled), against rpm's keyring: the ``gpg-pubkey``
-  entries of the same rpmdb. It verifies the header signature (``RSAHEADER``/``DSAHEADER``) and the
+  set whose verify flags are 0 (no check disabled), against a keyring of trust anchors (``_anchors``):
+  ``--trusted-keyring`` files when given; else, for the root ``/``, the ``gpg-pubkey`` entries of
+  its rpmdb (the host's own keyring, as ``rpm -K`` uses); else (``--root`` an image) the keyring of
+  this host's rpmdb — never the image's own ``gpg-pubkey`` entries, or an image would vouch for
+  itself by importing its own key (audit). It verifies the header signature (``RSAHEADER``/``DSAHEADER``) and the
   header digests (``SHA256HEADER``, ``SHA1HEADER``) over the header's immutable region. A header is
   *verified* when it carries a signature tag and rpm answers ``RPMRC_OK``.
 * Trusted values are read from that immutable region only, by ``rpmheader`` (strict parser),
@@ -38,10 +41,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from imaguard.digests import HashAlgo
 from imaguard.errors import FormatError, HostStateError, UnsupportedError, UsageError
+from imaguard.fsio import read_regular
 from imaguard.packages.model import Evidence, FileKind, InstalledPackage, PackageFile
 from imaguard.packages.rpmheader import (
     DEFAULT_PGP_HASH,
@@ -56,8 +61,7 @@ from imaguard.packages.rpmheader import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-    from pathlib import Path
+    from collections.abc import Iterator, Sequence
 
 __all__ = ["RPMDB_DIRS", "HeaderTrust", "RpmSource"]
 
@@ -108,13 +112,16 @@ class _Header:
 class RpmSource:
     """The rpmdb under ``root`` as a PackageSource (``state_dir`` is unused: nothing is cached)."""
 
-    def __init__(self, root: Path, state_dir: Path) -> None:
+    def __init__(self, root: Path, state_dir: Path, trusted_keyrings: Sequence[Path] = ()) -> None:
         self._rpm = _import_rpm()
         self._root = root
         self._state_dir = state_dir
         dbpath, backend = _find_rpmdb(root)
         self._query_ts = self._open(dbpath, backend, self._rpm.RPMVSF_NOHDRCHK)
         self._check_ts = self._open(dbpath, backend, 0)
+        anchors = _anchors(self._rpm, root, trusted_keyrings)
+        if anchors is not None:  # before any hdrCheck, which would load the rpmdb's own keys
+            self._check_ts.setKeyring(anchors)
 
     @property
     def kind(self) -> str:
@@ -220,6 +227,50 @@ class RpmSource:
             if (p.name, p.version, p.architecture) == (pkg.name, pkg.version, pkg.architecture):
                 return header
         raise UsageError(f"package {pkg.ident} is not installed", reason="not-installed")
+
+
+_ARMOR_BEGIN = b"-----BEGIN PGP PUBLIC KEY BLOCK-----"
+_ARMOR_END = b"-----END PGP PUBLIC KEY BLOCK-----"
+_MAX_KEYRING_FILE = 4 << 20  # a keyring of public keys; far more than any distribution ships
+
+
+def _anchors(rpm: Any, root: Path, trusted_keyrings: Sequence[Path]) -> Any | None:
+    """The keyring headers are checked against; None: the rpmdb's own (``root`` is this host)."""
+    if trusted_keyrings:
+        keyring = rpm.keyring()
+        for path in trusted_keyrings:
+            for key in _armored_keys(path):
+                try:
+                    keyring.addKey(rpm.pubkey(key))
+                except (ValueError, TypeError) as exc:
+                    raise UsageError(f"{path}: not an OpenPGP public key rpm can read ({exc})",
+                                     reason="bad-keyring") from exc  # fmt: skip
+        return keyring
+    if root.resolve() == Path("/"):
+        return None
+    # This host's rpmdb, in rpm's own configuration (on a Debian host usually empty: then every
+    # header of the image is header-key-unknown until its vendor key is given).
+    return rpm.TransactionSet("/").getKeyring()
+
+
+def _armored_keys(path: Path) -> list[bytes]:
+    """Each ASCII-armored public key block of ``path`` (rpm reads armored keys only, as rpm --import)."""
+    try:
+        data = read_regular(path, _MAX_KEYRING_FILE)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the keyring: {exc.strerror}", reason="bad-keyring") from exc
+    blocks = []
+    start = data.find(_ARMOR_BEGIN)
+    while start != -1:
+        end = data.find(_ARMOR_END, start)
+        if end == -1:
+            break
+        blocks.append(data[start : end + len(_ARMOR_END)] + b"\n")
+        start = data.find(_ARMOR_BEGIN, end)
+    if not blocks:
+        raise UsageError(f"{path}: no ASCII-armored public key block (rpm needs `gpg --armor --export` output)",
+                         reason="bad-keyring")  # fmt: skip
+    return blocks
 
 
 def _find_rpmdb(root: Path) -> tuple[str, str]:
