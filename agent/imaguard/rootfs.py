@@ -7,15 +7,22 @@ component as if ``DIR`` were ``/``, so labelling or checking an image can never 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
 import os
 import platform
+import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["Root"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["Root", "open_dir_nofollow", "write_in_dir"]
 
 # include/uapi/linux/openat2.h; x86_64 and aarch64 share the generic syscall number.
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "ppc64le": 437, "s390x": 437}
@@ -134,3 +141,104 @@ class Root:
     def close(self) -> None:
         if self.dir_fd is not None:
             os.close(self.dir_fd)
+
+
+# Writes under a root (``keys install``, ``policy install``, the revocation record): every component
+# is opened relative to the descriptor of the one before, with O_NOFOLLOW, so no path is walked twice
+# by name and a directory swapped for a symlink (by a writer inside the image) is refused, never
+# followed out of the root.
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _parts(relpath: str) -> list[str]:
+    parts = [p for p in relpath.split("/") if p not in ("", ".")]
+    if relpath.startswith("/") or ".." in parts:
+        raise ValueError(f"not a path inside the root: {relpath!r}")
+    return parts
+
+
+def open_dir_nofollow(dir_fd: int, relpath: str, *, create: tuple[int, int] | None = None,
+                      check: Callable[[str, os.stat_result], None] | None = None) -> int:  # fmt: skip
+    """A descriptor of the directory ``relpath`` below ``dir_fd``, reached without following any
+    symlink. A symlink component raises OSError ELOOP, a file ENOTDIR, a missing one ENOENT (each
+    with the components so far as ``filename``) unless ``create`` = (parents_mode, leaf_mode): then
+    it is made, with exactly that mode, and its parent fsynced so the new entry survives a crash.
+    ``check(components_so_far, stat)`` sees every directory below ``dir_fd`` as it is opened."""
+    current = os.dup(dir_fd)
+    parts = _parts(relpath)
+    try:
+        for n, part in enumerate(parts):
+            shown = "/".join(parts[: n + 1])
+            try:
+                fd = os.open(part, _DIR_FLAGS, dir_fd=current)
+            except FileNotFoundError:
+                if create is None:
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), shown) from None
+                try:
+                    os.mkdir(part, 0o700, dir_fd=current)  # no wider than 0700 until fchmod sets the mode
+                except FileExistsError:  # made meanwhile: judged like any existing one
+                    fd = _open_existing_dir(current, part, shown)
+                else:
+                    fd = _open_existing_dir(current, part, shown)
+                    try:
+                        os.fchmod(fd, create[1] if n == len(parts) - 1 else create[0])
+                        os.fsync(current)  # the new entry survives a crash, like the file later made in it
+                    except BaseException:
+                        os.close(fd)
+                        raise
+            except NotADirectoryError:
+                fd = _open_existing_dir(current, part, shown)
+            os.close(current)
+            current = fd
+            if check is not None:
+                check(shown, os.fstat(current))
+    except BaseException:
+        os.close(current)
+        raise
+    return current
+
+
+def _open_existing_dir(parent: int, part: str, shown: str) -> int:
+    try:
+        return os.open(part, _DIR_FLAGS, dir_fd=parent)
+    except NotADirectoryError:
+        # O_DIRECTORY|O_NOFOLLOW says ENOTDIR for a symlink too: tell the two apart.
+        if stat.S_ISLNK(os.stat(part, dir_fd=parent, follow_symlinks=False).st_mode):
+            raise OSError(errno.ELOOP, "a symlink (not followed)", shown) from None
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), shown) from None
+
+
+def write_in_dir(dir_fd: int, name: str, data: bytes, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """Replace ``name`` in the directory ``dir_fd`` with ``data`` (``mode``, ``owner`` or ours),
+    atomically: a temp file made with O_CREAT|O_EXCL|O_NOFOLLOW there, fsync, ``rename`` within
+    the directory (no path walked by name), fsync of the directory. Raises OSError."""
+    if "/" in name or name in ("", ".", ".."):
+        raise ValueError(f"not a file name: {name!r}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = f".{name}.{secrets.token_hex(6)}"
+        try:
+            fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(errno.EEXIST, "no unused temporary name", name)
+    try:
+        try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    os.fsync(dir_fd)

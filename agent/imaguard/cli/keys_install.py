@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imaguard.cli.keyfile import key_password
@@ -14,14 +15,21 @@ from imaguard.errors import ExitCode, UsageError
 from imaguard.ima import bootfiles
 from imaguard.ima.hostfacts import KernelFacts, parse_kernel_config
 from imaguard.ima.keyload import Refusal, certificate_refusals
-from imaguard.ima.rootfiles import Change, FileChange, install_file, read_root_file, root_dir
+from imaguard.ima.rootfiles import (
+    Change,
+    FileChange,
+    check_install_targets,
+    install_file,
+    list_root_dir,
+    read_root_file,
+    root_dir,
+)
 from imaguard.keys import Certificate, LocalSigner, Verifier, load_certificate, load_private_key, parse_certificate
 from imaguard.keys.revocation_store import load_revoked
 from imaguard.sign.files import sign_path, verify_path
 
 if TYPE_CHECKING:
     import argparse
-    from pathlib import Path
 
 __all__ = ["INSTALL_HELP", "STATE_DIR", "cmd_install"]
 
@@ -65,31 +73,39 @@ Refused before anything is written: CA certificates, revoked keys (--revocation-
 --revocation-ca; the certificates already in ROOT/{bootfiles.KEY_DIR}, which the install keeps,
 are checked too), a revocation list older than the newest one accepted from its CA (lower
 serial, or a revoked key dropped; recorded in ROOT/var/lib/imaguard), EC keys when every kernel
-config in ROOT/boot says CONFIG_CRYPTO_ECDSA is off.
+config in ROOT/boot says CONFIG_CRYPTO_ECDSA is off; a symlink below ROOT on the way to any file
+read or written (symlink-in-path); a key directory, a directory above it or a certificate in it
+that is not root's or is writable by group or others (unsafe-key-dir: the boot would load a key
+anyone could plant), likewise the hook, script and dracut targets (unsafe-install-dir,
+unsafe-install-file) and ROOT/var/lib/imaguard (unsafe-state-dir).
 Afterwards rebuild the initramfs (update-initramfs -u, or dracut -f); install prints the command.
 
 Exit status: 0 installed (or unchanged); 2 CA or unreadable certificate, or --sign-key
 matching none of CERT; 3 revoked key (given or already installed) or older revocation list;
-77 EC key for a kernel without ECDSA; 1 a file could not be written or signed.
+77 EC key for a kernel without ECDSA; 1 a file could not be read, written or signed, or an
+unsafe directory or file (above).
 """
 
 
 def _target_ecdsa(root: Path) -> bool | None:
     """Whether the kernels installed in ROOT/boot can load EC keys: False only if every config says no."""
-    configs = sorted((root / "boot").glob("config-*")) if (root / "boot").is_dir() else []
+    configs = [n for n in list_root_dir(root, "boot") or [] if n.startswith("config-")]
     verdicts = []
-    for path in configs:
-        data = read_root_file(root, f"boot/{path.name}")
+    for name in configs:
+        data = read_root_file(root, f"boot/{name}")
         if data is not None:
-            verdicts.append(parse_kernel_config(data.decode("utf-8", "replace"), str(path)).enabled("CRYPTO_ECDSA"))
+            verdicts.append(parse_kernel_config(data.decode("utf-8", "replace"), str(root / "boot" / name))
+                            .enabled("CRYPTO_ECDSA"))  # fmt: skip
     if not verdicts:
         return None
     return any(verdicts)
 
 
-def _dracut(root: Path, warnings: list[str]) -> FileChange | None:
+def _dracut(root: Path, warnings: list[str]) -> bool:
+    """Whether ROOT has dracut's integrity module (then the drop-in is written), with the warnings
+    on what it would load; everything read before anything is written."""
     if not (root / bootfiles.DRACUT_MODULE_DIR).is_dir():
-        return None
+        return False
     if not (root / bootfiles.DRACUT_MODULE_DIR / "ima-keys-load.sh").is_file():
         warnings.append("W-DRACUT-NO-KEYS: this dracut's integrity module has no ima-keys-load.sh: it does not "
                         f"load /{bootfiles.KEY_DIR} at boot (newer dracut releases do)")  # fmt: skip
@@ -104,7 +120,7 @@ def _dracut(root: Path, warnings: list[str]) -> FileChange | None:
     if not any((root / d / "evmctl").exists() for d in ("usr/bin", "bin", "usr/sbin", "sbin")):
         warnings.append("W-DRACUT-NO-KEYS: evmctl (ima-evm-utils) is not installed in ROOT: dracut's integrity "
                         "module needs it to load keys")  # fmt: skip
-    return install_file(root, bootfiles.DRACUT_CONF, bootfiles.dracut_conf().encode(), 0o644)
+    return True
 
 
 def _kept_refusals(root: Path, certs: list[Certificate], revoked: frozenset[bytes]) -> list[Refusal]:
@@ -112,12 +128,12 @@ def _kept_refusals(root: Path, certs: list[Certificate], revoked: frozenset[byte
     revocation list: kept silently, a revoked key would go on being loaded at every boot. One that
     cannot be parsed cannot be checked, so it is refused too (fail closed)."""
     installing = {bootfiles.cert_file_name(c.key_id) for c in certs}
-    key_dir = root / bootfiles.KEY_DIR
     refusals = []
-    for path in sorted(key_dir.glob("*.der")) if key_dir.is_dir() else []:
-        if path.name in installing:
+    for name in _installed_certs(root):
+        if name in installing:
             continue
-        data = read_root_file(root, f"{bootfiles.KEY_DIR}/{path.name}")
+        path = root / bootfiles.KEY_DIR / name
+        data = read_root_file(root, f"{bootfiles.KEY_DIR}/{name}")
         if data is None:
             continue
         try:
@@ -131,6 +147,27 @@ def _kept_refusals(root: Path, certs: list[Certificate], revoked: frozenset[byte
                                     "already installed: this install would keep it, loaded at every boot; remove "
                                     "the file (then rebuild the initramfs) to retire the key"))  # fmt: skip
     return refusals
+
+
+def _installed_certs(root: Path) -> list[str]:
+    """The certificate files in ROOT/KEY_DIR (what the initramfs hook copies: every *.der)."""
+    return [n for n in list_root_dir(root, bootfiles.KEY_DIR) or [] if n.endswith(".der")]
+
+
+def _targets(root: Path, certs: list[Certificate]) -> list[str]:
+    """Every file this install writes or leaves to be loaded at boot, relative to ROOT: each is
+    checked before anything is written (a directory or file another user can write is refused)."""
+    targets = [f"{bootfiles.KEY_DIR}/{name}" for name in _installed_certs(root)]
+    targets += [f"{bootfiles.KEY_DIR}/{bootfiles.cert_file_name(c.key_id)}" for c in certs]
+    if _has_initramfs_tools(root):
+        targets += [bootfiles.INITRAMFS_HOOK, bootfiles.INITRAMFS_SCRIPT]
+    if (root / bootfiles.DRACUT_MODULE_DIR).is_dir():
+        targets.append(bootfiles.DRACUT_CONF)
+    return list(dict.fromkeys(targets))
+
+
+def _has_initramfs_tools(root: Path) -> bool:
+    return (root / "etc/initramfs-tools").is_dir() or (root / "usr/share/initramfs-tools").is_dir()
 
 
 def _refuse(args: argparse.Namespace, certs: list[Certificate], root: Path, revoked: frozenset[bytes]) -> int | None:
@@ -191,12 +228,16 @@ def cmd_install(args: argparse.Namespace) -> int:
         raise UsageError("--password-file is the password of --sign-key's key: give --sign-key too")
     # Checked against the recorded list now, recorded only once the install is done: a refused
     # install writes nothing, the record of the accepted list included (review finding).
-    revoked = load_revoked(args.revocation_list, args.revocation_ca, root / STATE_DIR, record=False)
+    revoked = load_revoked(args.revocation_list, args.revocation_ca, Path(STATE_DIR), record=False, root=root)
+    # The key directory and every target are checked before anything is written: a directory
+    # another user can write may already hold their certificate, which the boot would load.
+    check_install_targets(root, _targets(root, certs))
     refused = _refuse(args, certs, root, revoked)
     if refused is not None:
         return refused
     signer = _boot_signer(args, certs)
     warnings: list[str] = []
+    dracut = _dracut(root, warnings)  # reads ROOT's dracut configuration: before anything is written
     if any(c.key_kind.startswith("EC") for c in certs) and _target_ecdsa(root) is None:
         warnings.append("W-EC-KEY: EC certificate and no kernel config in ROOT/boot to tell whether the kernel "
                         "has ECDSA (Debian 12's does not: such keys fail to load at boot)")  # fmt: skip
@@ -206,15 +247,14 @@ def cmd_install(args: argparse.Namespace) -> int:
         name = bootfiles.cert_file_name(cert.key_id)
         names.add(name)
         changes.append(install_file(root, f"{bootfiles.KEY_DIR}/{name}", cert.der, 0o644))
-    kept = sorted(p.name for p in (root / bootfiles.KEY_DIR).glob("*.der") if p.name not in names)
+    kept = [name for name in _installed_certs(root) if name not in names]
     rebuild: list[str] = []
-    if (root / "etc/initramfs-tools").is_dir() or (root / "usr/share/initramfs-tools").is_dir():
+    if _has_initramfs_tools(root):
         changes.append(install_file(root, bootfiles.INITRAMFS_HOOK, bootfiles.initramfs_hook().encode(), 0o755))
         changes.append(install_file(root, bootfiles.INITRAMFS_SCRIPT, bootfiles.initramfs_script().encode(), 0o755))
         rebuild.append("update-initramfs -u -k all")
-    dracut = _dracut(root, warnings)
-    if dracut is not None:
-        changes.append(dracut)
+    if dracut:
+        changes.append(install_file(root, bootfiles.DRACUT_CONF, bootfiles.dracut_conf().encode(), 0o644))
         rebuild.append("dracut -f --regenerate-all")
     if not rebuild:
         warnings.append("W-NO-BOOT-LOADING: neither initramfs-tools nor dracut's integrity module found under "
@@ -225,7 +265,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         warnings.append(f"W-UNSIGNED-BOOT-FILES: {', '.join(unsigned)}: executables without a signature; under an "
                         "enforcing appraisal policy update-initramfs would be refused running them (use --sign-key "
                         "KEY, or review and `imaguard sign` them)")  # fmt: skip
-    load_revoked(args.revocation_list, args.revocation_ca, root / STATE_DIR)
+    load_revoked(args.revocation_list, args.revocation_ca, Path(STATE_DIR), root=root)
     return _report(args, _Outcome(root, changes, kept, rebuild, warnings, signatures))
 
 

@@ -26,7 +26,15 @@ from imaguard.ima.hostfacts import (
     parse_cmdline,
 )
 from imaguard.ima.policy import Policy, render, render_rule
-from imaguard.ima.rootfiles import Change, FileChange, install_file, read_root_file, root_dir
+from imaguard.ima.rootfiles import (
+    Change,
+    FileChange,
+    check_install_targets,
+    install_file,
+    read_root_file,
+    root_dir,
+    root_file_stat,
+)
 from imaguard.shown import one_line, shown_path
 from imaguard.sign.parallel import default_jobs
 
@@ -481,6 +489,9 @@ def _cmd_install(args: argparse.Namespace) -> int:
     # The boot loader file is read and its edit made before anything is written: a grub file that
     # cannot be read or edited must not leave a policy installed behind an error.
     advice, grub_edit = _advice(args, root)
+    # Both targets judged before either is written: a directory or file another user can write
+    # (unsafe-install-dir, unsafe-install-file) refuses the install, nothing written.
+    check_install_targets(root, [bootfiles.POLICY_PATH, *([bootfiles.GRUB_DEFAULT] if grub_edit is not None else [])])
     change = install_file(root, bootfiles.POLICY_PATH, text.encode("ascii"), 0o644)
     doc["files"] = [{"path": change.path, "change": change.change.value, "mode": f"{change.mode:04o}"}]
     doc.update(advice)
@@ -546,7 +557,8 @@ def _advice(args: argparse.Namespace, root: Path) -> tuple[dict[str, object], tu
                                      "value); nothing was written: edit it by hand or leave out --edit-grub",
                                      reason="grub-not-editable", path=str(root / bootfiles.GRUB_DEFAULT))  # fmt: skip
         elif args.edit_grub:
-            mode = (root / bootfiles.GRUB_DEFAULT).stat().st_mode & 0o7777
+            st = root_file_stat(root, bootfiles.GRUB_DEFAULT)
+            mode = 0o644 if st is None else st.st_mode & 0o7777  # None: removed since read; written anew
             grub_change = edit.new_text.encode("utf-8", "surrogateescape"), mode
         else:
             lines.append(f"  in {root / bootfiles.GRUB_DEFAULT} (not edited; --edit-grub does it), then run "

@@ -4,21 +4,28 @@ The checks behind `imaguard policy install` that stand between an installed poli
 does not come up (DESIGN.md §1.4): the next boot loads only the certificates in ROOT/etc/keys/ima,
 through the initramfs-tools hook (copied into each initramfs when it is built) or dracut's module,
 and honours ``ima_appraise=log`` only when every kernel that may boot allows it and secure boot is off.
-Reads the root (and runs ``lsinitramfs`` for images it cannot read itself); writes nothing.
+Reads the root (and runs ``lsinitramfs`` for images it cannot read itself); writes nothing. Every
+read stays inside the root and never blocks: configuration and certificates through
+``rootfiles`` (no symlink followed, regular files only, bounded), initramfs images and mtimes
+through ``openat2(RESOLVE_IN_ROOT)`` (an image's ``boot/initrd.img-X -> /boot/...`` is the
+image's own), opened non-blocking and judged by ``fstat`` (a FIFO is no initramfs).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
-from imaguard.errors import FormatError
+from imaguard.errors import FormatError, HostStateError
 from imaguard.ima import bootfiles
 from imaguard.ima.hostfacts import AppraiseMode, SecureBootState, effective_appraise_mode, parse_kernel_config
-from imaguard.ima.rootfiles import read_root_file
-from imaguard.keys import Verifier, load_certificate
+from imaguard.ima.rootfiles import list_root_dir, read_root_file
+from imaguard.keys import Certificate, Verifier, load_certificate, parse_certificate
+from imaguard.rootfs import Root
 
 __all__ = ["boot_key_loaders", "boot_keys", "next_boot_may_enforce", "stale_initramfs"]
 
@@ -26,11 +33,22 @@ __all__ = ["boot_key_loaders", "boot_keys", "next_boot_may_enforce", "stale_init
 def boot_keys(root: Path, certs: list[Path]) -> tuple[frozenset[bytes], Verifier, list[str]]:
     """The key ids the next boot loads (only the certificates in ROOT/KEY_DIR: what the initramfs hook
     and dracut's integrity module load), a verifier over those and ``--cert``, and the files."""
-    key_dir = root / bootfiles.KEY_DIR
-    files = sorted(key_dir.glob("*.der")) if key_dir.is_dir() else []
-    at_boot = [load_certificate(p) for p in files]
+    files = [root / bootfiles.KEY_DIR / name for name in _cert_names(root)]
+    at_boot = [_boot_certificate(root, p.name) for p in files]
     extra = [load_certificate(p) for p in certs]  # checks signatures; loads nothing at boot
     return frozenset(c.key_id for c in at_boot), Verifier.of([*at_boot, *extra]), [str(p) for p in files]
+
+
+def _cert_names(root: Path) -> list[str]:
+    return [n for n in list_root_dir(root, bootfiles.KEY_DIR) or [] if n.endswith(".der")]
+
+
+def _boot_certificate(root: Path, name: str) -> Certificate:
+    data = read_root_file(root, f"{bootfiles.KEY_DIR}/{name}")
+    path = root / bootfiles.KEY_DIR / name
+    if data is None:
+        raise HostStateError(f"{path}: removed while read", reason="unreadable", path=str(path))
+    return parse_certificate(data, str(path))
 
 
 def boot_key_loaders(root: Path) -> list[str]:
@@ -51,37 +69,57 @@ _NOT_BOOTED = (".old-dkms", "kdump.img")
 _REBUILD = {"initramfs-tools": "update-initramfs -u -k all", "dracut": "dracut -f --regenerate-all"}
 
 
+def _open_in_root(root: Path, path: Path, flags: int) -> int:
+    """Open ``path`` (under ``root``) with symlinks resolved as if ROOT were / (RESOLVE_IN_ROOT)."""
+    inside = Root.at(str(root))
+    try:
+        return inside.open(b"/" + os.fsencode(path.relative_to(root)), flags | os.O_CLOEXEC)
+    finally:
+        inside.close()
+
+
 def _mtime_ns(root: Path, path: Path) -> int | None:
     """mtime of ``path``, following symlinks inside ROOT (an absolute link target is under ROOT)."""
-    for _ in range(16):
-        if not path.is_symlink():
-            break
-        target = path.readlink()
-        path = root / str(target).lstrip("/") if target.is_absolute() else path.parent / target
     try:
-        return path.stat().st_mtime_ns
+        fd = _open_in_root(root, path, os.O_PATH)
     except OSError:
         return None
+    try:
+        return os.fstat(fd).st_mtime_ns
+    finally:
+        os.close(fd)
 
 
 class DamagedImageError(Exception):
     """The initramfs cannot be unpacked: the kernel would boot without the keys it should hold."""
 
 
-def _keys_in_image(image: Path) -> tuple[str, dict[str, bytes | None] | None]:
+def _keys_in_image(root: Path, image: Path) -> tuple[str, dict[str, bytes | None] | None]:
     """The certificates in an initramfs image, and how they were read: ``content`` (names and bytes,
     gzip, xz or uncompressed), ``names`` (lsinitramfs, for zstd and the rest), or ``mtime`` (neither
     could read it: only the image's age was checked). DamagedImageError when the image is damaged where
     it can be read, or lsinitramfs fails on it."""
+    try:
+        fd = _open_in_root(root, image, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return "mtime", None
+    try:
+        return _keys_in_open_image(fd)
+    finally:
+        os.close(fd)
+
+
+def _keys_in_open_image(fd: int) -> tuple[str, dict[str, bytes | None] | None]:
     prefix = f"{bootfiles.KEY_DIR}/"
     files = None
     try:
-        with image.open("rb") as f:
-            # By its size: read(LIMIT + 1) would allocate the whole limit up front (a MemoryError in
-            # a 1 GiB guest), and an image past the limit is left to lsinitramfs.
-            size = os.fstat(f.fileno()).st_size
-            if size <= bootfiles.MAX_INITRAMFS_SIZE:
-                files = bootfiles.initramfs_files(f.read(size), prefix)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block us, and no boot loader can load it
+            raise DamagedImageError("not a regular file")
+        # By its size: read(LIMIT + 1) would allocate the whole limit up front (a MemoryError in
+        # a 1 GiB guest), and an image past the limit is left to lsinitramfs.
+        if st.st_size <= bootfiles.MAX_INITRAMFS_SIZE:
+            files = bootfiles.initramfs_files(_read_exactly(fd, st.st_size), prefix)
     except OSError:
         return "mtime", None
     except FormatError as exc:
@@ -92,7 +130,9 @@ def _keys_in_image(image: Path) -> tuple[str, dict[str, bytes | None] | None]:
     if tool is None:
         return "mtime", None
     try:
-        proc = subprocess.run([tool, str(image)], capture_output=True, check=False, timeout=300)
+        # The very file examined, through its descriptor: a path could be swapped meanwhile.
+        proc = subprocess.run([tool, f"/proc/self/fd/{fd}"], capture_output=True, check=False, timeout=300,
+                              pass_fds=(fd,))  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
         return "mtime", None
     names = [n.decode("utf-8", "surrogateescape").removeprefix("./") for n in proc.stdout.splitlines()]
@@ -100,6 +140,24 @@ def _keys_in_image(image: Path) -> tuple[str, dict[str, bytes | None] | None]:
         said = proc.stderr.decode("utf-8", "replace").strip().splitlines()
         raise DamagedImageError(f"lsinitramfs cannot list it (exit {proc.returncode}{': ' + said[0] if said else ''})")
     return "names", {n: None for n in names if n.startswith(prefix) and n.endswith(".der")}
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    """``size`` bytes from ``fd`` (fewer if it shrank meanwhile: then the archive reads as truncated)."""
+    chunks: list[bytes] = []
+    left = size
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _boot_names(root: Path, patterns: tuple[str, ...]) -> list[Path]:
+    names = list_root_dir(root, "boot") or []
+    return [root / "boot" / n for n in names if any(fnmatch.fnmatchcase(n, g) for g in patterns)]
 
 
 def stale_initramfs(root: Path, loaders: list[str], checked: dict[str, str]) -> str:
@@ -119,12 +177,11 @@ def stale_initramfs(root: Path, loaders: list[str], checked: dict[str, str]) -> 
     for loader in loaders:
         if loader == "initramfs-tools":
             loader_files = [root / bootfiles.INITRAMFS_HOOK, root / bootfiles.INITRAMFS_SCRIPT]
-            inputs.update(dict.fromkeys([key_dir, *sorted(key_dir.glob("*.der")), *loader_files]))
+            inputs.update(dict.fromkeys([key_dir, *(key_dir / n for n in _cert_names(root)), *loader_files]))
         else:
             inputs[root / bootfiles.DRACUT_CONF] = None
         for pattern in _IMAGE_GLOBS[loader]:
-            images.update(dict.fromkeys(p for p in sorted((root / "boot").glob(pattern))
-                                        if not p.name.endswith(_NOT_BOOTED)))  # fmt: skip
+            images.update(dict.fromkeys(p for p in _boot_names(root, (pattern,)) if not p.name.endswith(_NOT_BOOTED)))
     chroot = "" if root.resolve() == Path("/") else f"chroot {root} "
     how = "rebuild: " + " ; ".join(f"{chroot}{_REBUILD[loader]}" for loader in loaders)
     if not images:
@@ -140,10 +197,10 @@ def stale_initramfs(root: Path, loaders: list[str], checked: dict[str, str]) -> 
                 f"every file signed with a key the image lacks; {how}")  # fmt: skip
     if "initramfs-tools" not in loaders:
         return ""
-    want = {f"{bootfiles.KEY_DIR}/{p.name}": p.read_bytes() for p in sorted(key_dir.glob("*.der"))}
+    want = {f"{bootfiles.KEY_DIR}/{n}": read_root_file(root, f"{bootfiles.KEY_DIR}/{n}") for n in _cert_names(root)}
     for image in images:
         try:
-            how_read, held = _keys_in_image(image)
+            how_read, held = _keys_in_image(root, image)
         except DamagedImageError as exc:
             checked[str(image)] = "damaged"
             return (f"{image} cannot be unpacked: {exc}; the kernel would boot without the IMA keys it should "
@@ -169,11 +226,11 @@ def next_boot_may_enforce(root: Path, secure_boot: SecureBootState) -> str:
     in scope from early boot on, a host that may not come up. Every kernel under ROOT/boot may be
     the one booted; ``secure_boot`` is the state of the firmware that boots ROOT.
     """
-    configs = sorted((root / "boot").glob("config-*"))
+    configs = _boot_names(root, ("config-*",))
     if not configs:
         return f"no kernel config under {root / 'boot'} tells whether ima_appraise=log will be honoured"
     for path in configs:
-        text = read_root_file(root, str(path.relative_to(root)))
+        text = read_root_file(root, f"boot/{path.name}")
         config = parse_kernel_config(text.decode("utf-8", "replace"), str(path)) if text is not None else None
         mode, why = effective_appraise_mode(("ima_appraise=log",), config, secure_boot)
         if mode is not AppraiseMode.LOG:
