@@ -57,6 +57,22 @@ def _image(tmp_path: Path, keys, form: str):
         (world.root / "usr/share/keyrings").mkdir(parents=True)
         (world.root / "usr/share/keyrings/debian-archive-keyring.gpg").write_bytes(binary)
         sources.write_bytes(head + f"Signed-By: {host}\n".encode())
+    elif form == "signed-by-mount-point":  # review: the image guesses where it is mounted on the host
+        (world.root / "etc/apt/keyrings/evil.gpg").write_bytes(binary)
+        sources.write_bytes(head + f"Signed-By: {world.root}/etc/apt/keyrings/evil.gpg\n".encode())
+    elif form == "signed-by-proc-cwd":  # review: an operator who ran `cd IMAGE; imaguard … --root .`
+        (world.root / "etc/apt/keyrings/evil.gpg").write_bytes(binary)
+        sources.write_bytes(head + b"Signed-By: /proc/self/cwd/etc/apt/keyrings/evil.gpg\n")
+    elif form == "signed-by-user-file":  # review: a file any local user could put in /tmp
+        planted = tmp_path / "planted" / "evil.gpg"
+        planted.parent.mkdir(mode=0o755)
+        planted.write_bytes(binary)
+        os.chown(planted, 65534, 65534)
+        sources.write_bytes(head + f"Signed-By: {planted}\n".encode())
+    elif form == "signed-by-fifo":  # review: a FIFO hung the chain, /dev/zero would read forever
+        fifo = tmp_path / "anchor.fifo"
+        os.mkfifo(fifo)
+        sources.write_bytes(head + f"Signed-By: {fifo}\n".encode())
     else:
         assert form == "inline"  # make_world's own form: a key block in the image's .sources
     return world
@@ -75,10 +91,15 @@ def _files(world, *, anchors=()):
         ("signed-by-host-path", "no signature by a trusted key"),
         ("signed-by-image-only-path", "Signed-By /etc/apt/keyrings/imaguard-test-evil.gpg: no such keyring on this host"),
         ("inline", "Signed-By is a key block the image carries itself, no trust anchor"),
+        ("signed-by-mount-point", "/etc/apt/keyrings/evil.gpg: lies in the image ("),
+        ("signed-by-proc-cwd", "Signed-By /proc/self/cwd/etc/apt/keyrings/evil.gpg: lies in the image ("),
+        ("signed-by-user-file", "evil.gpg: owned by uid 65534 with mode 0644 (root's alone: 0644), no trust anchor"),
+        ("signed-by-fifo", "anchor.fifo: cannot read: not a regular file, no trust anchor"),
     ],
 )
-def test_regression_an_image_cannot_vouch_for_its_own_repository(tmp_path, keys, form, why):
+def test_regression_an_image_cannot_vouch_for_its_own_repository(tmp_path, keys, form, why, monkeypatch):
     world = _image(tmp_path, keys, form)
+    monkeypatch.chdir(world.root)  # for signed-by-proc-cwd; harmless for the others
     files = _files(world)
     igt = files[b"/usr/bin/igt"]
     # dpkg's MD5 stays a hint (never signed without the loud override), and the reason says why.

@@ -313,6 +313,22 @@ def test_an_image_never_vouches_for_its_own_headers(lab):
     assert stranger.header_trust(stranger.package("ig-stranger")).verified
 
 
+def test_the_host_rpm_keyring_is_not_chosen_by_home(lab, tmp_path, monkeypatch):
+    """Review: rpm's own %_dbpath is ~/.rpmdb on Debian, so an inherited HOME (sudo -E) holding the
+    image's key made the image's headers verify. The host rpmdb is found where distributions keep it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    _run(["rpm", "--dbpath", str(home / ".rpmdb"), "--initdb"])
+    _run(["rpm", "--dbpath", str(home / ".rpmdb"), "--import", str(lab["keys"]["trusted"])])
+    own = RpmSource(lab["root"], lab["top"] / "state")
+    assert own.header_trust(own.package("ig-signed")) == HeaderTrust(verified=False, reason="header-key-unknown")
+    # The premise: rpm's default view of "the host" is that HOME rpmdb, whose key verifies the header.
+    premise = RpmSource(lab["root"], lab["top"] / "state")
+    premise._check_ts.setKeyring(rpm.TransactionSet("/").getKeyring())  # the anchor before the review
+    assert premise.header_trust(premise.package("ig-signed")).verified
+
+
 def test_trusted_keyring_for_rpm_must_be_armored_public_keys(lab, tmp_path):
     binary = tmp_path / "k.gpg"
     binary.write_bytes(b"\x99\x01\x0d" + bytes(40))

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imaguard.errors import FormatError, HostStateError, ImaguardError, UsageError
-from imaguard.fsio import ensure_directory, write_atomically
+from imaguard.fsio import check_private_directory, ensure_directory, read_regular, write_atomically
 from imaguard.packages import debchain
 from imaguard.packages.aptsources import Repository, parse_deb822_sources, parse_one_line_sources
 from imaguard.packages.debchain import ChainError, ChainReason, IndexedVersion
@@ -65,6 +65,7 @@ _LIST_EXTS = ("", ".lz4", ".zst", ".gz", ".xz", ".bz2", ".lzma")
 
 # An armored key file of a few keys is some KiB; Debian's whole archive keyring is ~100 KiB.
 _MAX_KEYRING = 16 << 20
+_MAX_APT_FILE = 16 << 20  # sources and Release files: Debian's InRelease is ~150 KB
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +81,11 @@ class TrustedKeyring:
         out = b""
         for path in paths:
             try:
-                with path.open("rb") as fh:
-                    data = fh.read(_MAX_KEYRING + 1)
+                data = read_regular(path, _MAX_KEYRING)
             except OSError as exc:
-                raise UsageError(f"--trusted-keyring {path}: cannot read: {exc.strerror}") from exc
-            if len(data) > _MAX_KEYRING:
-                raise UsageError(f"--trusted-keyring {path}: larger than {_MAX_KEYRING} bytes, not a keyring")
+                what = f"larger than {_MAX_KEYRING} bytes, not a keyring" if exc.errno == errno.EFBIG else (
+                    f"cannot read: {exc.strerror}")  # fmt: skip
+                raise UsageError(f"--trusted-keyring {path}: {what}") from exc
             try:
                 out += debchain.keyring_bytes(data, name=f"--trusted-keyring {path}")
             except FormatError as exc:
@@ -148,11 +148,39 @@ class AptLayout:
         )
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path, limit: int = _MAX_APT_FILE) -> bytes:
+    """A sources, Release or keyring file: regular, bounded, never a FIFO that would hang us."""
     try:
-        return path.read_bytes()
+        return read_regular(path, limit)
     except OSError as exc:
         raise HostStateError(f"{path}: cannot read: {exc.strerror}", errno=exc.errno, path=str(path)) from exc
+
+
+def _host_anchor(f: Path, root: Path, origin: str) -> bytes:
+    """A keyring an image's Signed-By names, read as this host's anchor only if it is one: a root-owned
+    regular file, writable by root only, in directories only root can change, and not inside the
+    image (which could name itself through its mount point or /proc/self/cwd) — else no anchor."""
+    resolved = f.resolve()
+    image = root.resolve()
+
+    def refuse(why: str) -> ChainError:
+        return ChainError(ChainReason.UNTRUSTED_RELEASE, f"{origin}: Signed-By {f}: {why}, no trust anchor")
+
+    if not resolved.exists():
+        raise refuse("no such keyring on this host")
+    if resolved == image or image in resolved.parents or resolved.parts[1:2] == ("proc",):
+        raise refuse(f"lies in the image ({resolved})")
+    try:
+        check_private_directory(resolved.parent, "keyring directory")
+        st = resolved.stat()
+    except (HostStateError, OSError) as exc:
+        raise refuse(str(exc)) from exc
+    if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise refuse(f"owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o} (root's alone: 0644)")
+    try:
+        return read_regular(resolved, _MAX_KEYRING)
+    except OSError as exc:
+        raise refuse(f"cannot read: {exc.strerror}") from exc
 
 
 def repositories(layout: AptLayout) -> list[Repository]:
@@ -184,18 +212,15 @@ def _keyring(layout: AptLayout, repo: Repository) -> bytes:
         return debchain.keyring_bytes(sb.inline, name=f"{repo.origin_file}: Signed-By")
     # A Signed-By path names a keyring of this host (for --root too): the image's file is never read.
     files = [Path(p) for p in sb.keyrings]
-    if not layout.is_host:
-        for f in files:
-            if not f.exists():
-                raise ChainError(
-                    ChainReason.UNTRUSTED_RELEASE,
-                    f"{repo.origin_file}: Signed-By {f}: no such keyring on this host",
-                )
+    if files and not layout.is_host:
+        return b"".join(
+            debchain.keyring_bytes(_host_anchor(f, layout.root, repo.origin_file), name=str(f)) for f in files
+        )
     if not files:  # apt's default: trusted.gpg and trusted.gpg.d/*.{gpg,asc}, the host's
         files = [layout.trusted] if layout.trusted.is_file() else []
         if layout.trustedparts.is_dir():
             files += sorted(p for p in layout.trustedparts.iterdir() if p.suffix in (".gpg", ".asc"))
-    return b"".join(debchain.keyring_bytes(_read(f), name=str(f)) for f in files)
+    return b"".join(debchain.keyring_bytes(_read(f, _MAX_KEYRING), name=str(f)) for f in files)
 
 
 def _gpgv(keyring: bytes, signed: Path, detached: Path | None, allowed: frozenset[str] | None) -> bytes:

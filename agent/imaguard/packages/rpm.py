@@ -128,23 +128,7 @@ class RpmSource:
         return "rpm"
 
     def _open(self, dbpath: str, backend: str, vsflags: int) -> Any:
-        rpm = self._rpm
-        # Macros are process-global: push them for the open, then pop back to the previous values.
-        rpm.addMacro("_dbpath", dbpath)
-        rpm.addMacro("_db_backend", backend)
-        try:
-            ts = rpm.TransactionSet(str(self._root), vsflags)
-            rc = ts.openDB()
-        finally:
-            rpm.delMacro("_db_backend")
-            rpm.delMacro("_dbpath")
-        if rc != 0 or ts.getVSFlags() != vsflags:
-            raise HostStateError(
-                f"{self._root}: cannot open the rpm database {dbpath} ({backend})",
-                reason="rpmdb-unreadable",
-                path=str(self._root / dbpath.lstrip("/")),
-            )
-        return ts
+        return _open_ts(self._rpm, self._root, dbpath, backend, vsflags)
 
     # --- headers -------------------------------------------------------------------------------
 
@@ -248,9 +232,34 @@ def _anchors(rpm: Any, root: Path, trusted_keyrings: Sequence[Path]) -> Any | No
         return keyring
     if root.resolve() == Path("/"):
         return None
-    # This host's rpmdb, in rpm's own configuration (on a Debian host usually empty: then every
-    # header of the image is header-key-unknown until its vendor key is given).
-    return rpm.TransactionSet("/").getKeyring()
+    # This host's rpmdb, found where distributions keep it, never through rpm's own %_dbpath: on
+    # Debian that is ~/.rpmdb, which an inherited HOME (sudo -E) or ~/.rpmmacros would choose
+    # (review). No rpmdb here (a Debian host): no anchors, so every header of the image is
+    # header-key-unknown until its vendor's key is given.
+    try:
+        dbpath, backend = _find_rpmdb(Path("/"))
+    except UnsupportedError:
+        return rpm.keyring()
+    return _open_ts(rpm, Path("/"), dbpath, backend, 0).getKeyring()
+
+
+def _open_ts(rpm: Any, root: Path, dbpath: str, backend: str, vsflags: int) -> Any:
+    # Macros are process-global: push them for the open, then pop back to the previous values.
+    rpm.addMacro("_dbpath", dbpath)
+    rpm.addMacro("_db_backend", backend)
+    try:
+        ts = rpm.TransactionSet(str(root), vsflags)
+        rc = ts.openDB()
+    finally:
+        rpm.delMacro("_db_backend")
+        rpm.delMacro("_dbpath")
+    if rc != 0 or ts.getVSFlags() != vsflags:
+        raise HostStateError(
+            f"{root}: cannot open the rpm database {dbpath} ({backend})",
+            reason="rpmdb-unreadable",
+            path=str(root / dbpath.lstrip("/")),
+        )
+    return ts
 
 
 def _armored_keys(path: Path) -> list[bytes]:
