@@ -173,8 +173,11 @@ def test_the_ak_is_the_same_for_every_quote_and_a_pinned_ak_refuses_another_tpm(
     assert capsys.readouterr().out == (f"{first}: verified (schema-version, entries, replay, nonce, quote, ak); "
                                        f"nonce 'one'; quoted by AK {fingerprint}\n")  # fmt: skip
     assert main(["report", "verify", "--ak", str(ak), "--json", str(second)]) == 0
-    doc = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
     assert (doc["ak"], doc["ak_pinned"], doc["checks"][-1]) == (fingerprint, True, "ak")
+    # Without a nonce of the verifier's own the pin says which TPM quoted, not when: said loudly.
+    assert captured.err.startswith("imaguard: warning [W-NOT-FRESH]: --ak without --nonce: ")
 
     # A second TPM has another endorsement seed, so another AK: its quotes are refused with the first pinned.
     other_state = tmp_path / "tpm2"
@@ -191,18 +194,24 @@ def test_the_ak_is_the_same_for_every_quote_and_a_pinned_ak_refuses_another_tpm(
         proc.wait(timeout=10)
     assert other["fingerprint"] == _ak_of(foreign) != fingerprint
     capsys.readouterr()
-    assert main(["report", "verify", "--ak", str(ak), str(foreign)]) == 3
+    assert main(["report", "verify", "--ak", str(ak), "--nonce", "two", str(foreign)]) == 3
     assert capsys.readouterr().err == (f"imaguard: error: {foreign}: the quote is signed by attestation key "
                                        f"{other['fingerprint']}, which is not one of the --ak keys given\n")  # fmt: skip
     (tmp_path / "other.pem").write_text(other["ak_public_pem"])
-    assert main(["report", "verify", "--ak", str(ak), "--ak", str(tmp_path / "other.pem"), str(foreign)]) == 0
+    assert main(["report", "verify", "--ak", str(ak), "--ak", str(tmp_path / "other.pem"), "--nonce", "two",
+                 str(foreign)]) == 0  # fmt: skip
 
     # --ak needs a quote; and a file that is not a public key is a usage error, not a traceback.
     bare = _report(tmp_path, index_dir)
     capsys.readouterr()
     assert main(["report", "verify", "--ak", str(ak), str(bare)]) == 3
-    assert capsys.readouterr().err == (f"imaguard: error: {bare}: the report has no TPM quote, so no attestation "
-                                       "key vouches for it\n")  # fmt: skip
-    assert main(["report", "verify", "--ak", str(LOG), str(first)]) == 2
+    assert capsys.readouterr().err.endswith(f"\nimaguard: error: {bare}: the report has no TPM quote, so no "
+                                            "attestation key vouches for it\n")  # fmt: skip
+    assert main(["report", "verify", "--ak", str(LOG), "--nonce", "one", str(first)]) == 2
     assert capsys.readouterr().err == (f"imaguard: error: {LOG}: not a PEM public key (give the output of "
                                        "`imaguard report ak`)\n")  # fmt: skip
+    fifo = tmp_path / "ak.fifo"
+    os.mkfifo(fifo)  # review: the pinned key was read with a blocking open
+    assert main(["report", "verify", "--ak", str(fifo), "--nonce", "one", str(first)]) == 2
+    assert capsys.readouterr().err == (f"imaguard: error: {fifo}: cannot read the attestation key: "
+                                       "not a regular file\n")  # fmt: skip

@@ -53,8 +53,11 @@ TPM quote, that the quote is signed by the attestation key in the report, for th
 over PCR 10 only, with the replayed value. --nonce N also requires that the report was made for
 N and has a quote. --ak FILE (the host's AK, recorded with `imaguard report ak`) also requires a
 quote signed by that AK: without it, the quote convinces only whoever trusts the AK the report
-itself names. Not checked (the reporter's claims, from its own package index and
-certificates): package classes and packages, signature verdicts, processes (docs/report.md).
+itself names. Give the AK of the one host the report must come from (the report's host identity
+is not in the quote, so with several hosts' AKs one host's report could pass for another's), and
+a fresh --nonce with it (else a warning, W-NOT-FRESH: an old report would verify too). Not
+checked (the reporter's claims, from its own package index and certificates): package classes and
+packages, signature verdicts, processes (docs/report.md).
 
 Exit status: 0 verified, 3 verification failed (the message names the check), 2 usage error.
 """
@@ -112,8 +115,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="certificate the report must be signed with (repeatable)")  # fmt: skip
     v.add_argument("--nonce", metavar="N", help="the nonce the report must have been made for")
     v.add_argument("--ak", type=Path, action="append", default=[], metavar="FILE",
-                   help="the host's attestation key (PEM, from `imaguard report ak`); the quote must be "
-                        "signed by it (repeatable: any of them)")  # fmt: skip
+                   help="the reporting host's attestation key (PEM, from `imaguard report ak`); the quote must "
+                        "be signed by it (repeatable: any of them, e.g. before and after a TPM change)")  # fmt: skip
     v.add_argument("--json", action="store_true", help="print the result as one JSON document")
     v.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
     v.add_argument("file", type=Path, metavar="FILE", help="the report (signed envelope or bare document)")
@@ -232,11 +235,13 @@ def _cmd_ak(args: argparse.Namespace) -> int:
 
 
 def _pinned_ak(path: Path) -> bytes:
-    from imaguard.keys.material import read_small_file  # noqa: PLC0415
+    from imaguard.fsio import read_regular  # noqa: PLC0415
     from imaguard.report.tpmquote import ak_public_key  # noqa: PLC0415
 
     try:
-        return ak_public_key(read_small_file(path, "attestation key", limit=64 << 10, reason="bad-ak"))
+        return ak_public_key(read_regular(path, 64 << 10))
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the attestation key: {exc.strerror}", reason="bad-ak") from exc
     except FormatError as exc:
         raise UsageError(f"{path}: not a PEM public key (give the output of `imaguard report ak`)",
                          reason="bad-ak") from exc  # fmt: skip
@@ -248,6 +253,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     certs = tuple(load_certificate(p) for p in args.cert)
     aks = tuple(_pinned_ak(p) for p in args.ak)
+    if aks and args.nonce is None:
+        # The pinned AK proves which TPM quoted, not when: without a nonce of the verifier's own, an
+        # old report of the same host verifies just as well (review).
+        print("imaguard: warning [W-NOT-FRESH]: --ak without --nonce: the quote is checked against the nonce "
+              "the report states, so an old report of this host would verify too; challenge with a fresh "
+              "--nonce", file=sys.stderr)  # fmt: skip
     # A report of 100,000 entries is some tens of MiB; the limit keeps a wrong path from being slurped.
     data = read_small_file(args.file, "report", limit=256 << 20, reason="bad-report")
     try:
