@@ -6,10 +6,13 @@ import base64
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
+from imaguard.cli.keys_install import _revocation_state  # the one place that tells host from image
 from imaguard.cli.main import main
+from imaguard.keys.revocation_store import load_revoked
 from imaguard_keyring.cli import main as keyring_main
 
 pytestmark = pytest.mark.root
@@ -228,3 +231,36 @@ def test_a_refused_keys_install_records_nothing_and_state_dirs_ignore_the_umask(
     assert modes == {"var": 0o755, "var/lib": 0o755, "var/lib/imaguard": 0o700}
     assert len(list((root / "var/lib/imaguard").iterdir())) == 1
     capsys.readouterr()
+
+
+def test_a_host_state_dir_is_followed_through_symlinks_and_must_be_roots_alone(ceremony, tmp_path, capsys):
+    """Review: keys install on the host itself walked /var/lib/imaguard without following symlinks
+    (an image's rule), so a host whose /var is a symlink was refused; and the host's record of the
+    newest list accepted was not checked for who can write it (whoever can, can remove the record
+    and with it the rollback check)."""
+    assert _revocation_state(Path("/")) == (Path("/var/lib/imaguard"), None)
+    assert _revocation_state(tmp_path) == (Path("var/lib/imaguard"), tmp_path)
+
+    ca, keys = ceremony
+    target = tmp_path / "tool"
+    shutil.copy("/usr/bin/true", target)
+    assert main(["sign", "--key", str(keys / "new.key"), "--cert", str(keys / "new.pem"), str(target)]) == 0
+    rl = tmp_path / "revocations.json"
+    assert keyring_main(["revoke", "--ca", str(ca), "--list", str(rl), "--key-id", "01020304", "--new"]) == 0
+    real = tmp_path / "elsewhere" / "var"
+    real.mkdir(parents=True)
+    (tmp_path / "var").symlink_to(real)  # like a host whose /var is a symlink to another disk
+    state = tmp_path / "var" / "lib" / "imaguard"
+    argv = ["--cert", str(keys / "new.pem"), "--state-dir", str(state), "--revocation-ca", str(ca / "ca.pem"),
+            "--revocation-list", str(rl), str(target)]  # fmt: skip
+    # What keys load and keys install --root / call to record the list (both need a kernel or the host's /etc).
+    assert load_revoked(rl, ca / "ca.pem", state) == frozenset({bytes.fromhex("01020304")})
+    assert next(p.name for p in (real / "lib" / "imaguard").iterdir()).startswith("revocation-accepted-")
+    capsys.readouterr()
+    code, doc, _ = _verify(capsys, *argv)
+    assert (code, doc["files"][0]["status"]) == (0, "verified")
+    (real / "lib" / "imaguard").chmod(0o777)
+    code, doc, err = _verify(capsys, *argv)
+    assert code == 1
+    assert doc["error"]["reason"] == "unsafe-state-dir"
+    assert f"{state}: the state directory is writable by other users (mode 0777)" in err

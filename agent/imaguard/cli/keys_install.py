@@ -221,6 +221,15 @@ def _sign_boot_files(paths: list[str], signer: LocalSigner | None, verifier: Ver
     return out
 
 
+def _revocation_state(root: Path) -> tuple[Path, Path | None]:
+    """Where the revocation record lives: inside an image, walked without following symlinks; on this
+    host (``--root /``), the host's state directory, followed like any host path (review: a host whose
+    /var is a symlink was refused) and checked like every state directory."""
+    if root.resolve() == Path("/"):
+        return Path("/") / STATE_DIR, None
+    return Path(STATE_DIR), root
+
+
 def cmd_install(args: argparse.Namespace) -> int:
     root = root_dir(args.root)
     certs = list({c.key_id: c for c in (load_certificate(p) for p in args.certs)}.values())
@@ -228,7 +237,8 @@ def cmd_install(args: argparse.Namespace) -> int:
         raise UsageError("--password-file is the password of --sign-key's key: give --sign-key too")
     # Checked against the recorded list now, recorded only once the install is done: a refused
     # install writes nothing, the record of the accepted list included (review finding).
-    revoked = load_revoked(args.revocation_list, args.revocation_ca, Path(STATE_DIR), record=False, root=root)
+    state_dir, state_root = _revocation_state(root)
+    revoked = load_revoked(args.revocation_list, args.revocation_ca, state_dir, record=False, root=state_root)
     # The key directory and every target are checked before anything is written: a directory
     # another user can write may already hold their certificate, which the boot would load.
     check_install_targets(root, _targets(root, certs))
@@ -265,7 +275,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         warnings.append(f"W-UNSIGNED-BOOT-FILES: {', '.join(unsigned)}: executables without a signature; under an "
                         "enforcing appraisal policy update-initramfs would be refused running them (use --sign-key "
                         "KEY, or review and `imaguard sign` them)")  # fmt: skip
-    load_revoked(args.revocation_list, args.revocation_ca, Path(STATE_DIR), root=root)
+    load_revoked(args.revocation_list, args.revocation_ca, state_dir, root=state_root)
     return _report(args, _Outcome(root, changes, kept, rebuild, warnings, signatures))
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imaguard.errors import FormatError, HostStateError, TrustError, UsageError
-from imaguard.fsio import ensure_directory, read_regular
+from imaguard.fsio import check_private_directory, ensure_directory, read_regular
 from imaguard.keys.material import read_small_file
 from imaguard.keys.revocation import RevocationList, parse_ca_certificate, verify_revocation_list
 from imaguard.rootfs import open_dir_nofollow, write_in_dir
@@ -105,6 +105,9 @@ class _StateDir:
             if self.root is None:
                 if create:
                     ensure_directory(self.path)
+                elif not self.path.exists():
+                    return None
+                check_private_directory(self.path)  # the record is what stops a rollback: root's alone
                 return os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             rfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
