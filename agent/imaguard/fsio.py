@@ -8,7 +8,8 @@
   lies under one they could rename: caches there are trusted (a planted deb-chain cache entry
   would be read as ``repo-verified``).
 - ``read_regular``: read a file that must be a regular file, bounded, without following a
-  symlink in its last component or blocking on a FIFO.
+  symlink in its last component or blocking on a FIFO; ``read_open_regular``: the same checks
+  and bound for a descriptor opened elsewhere (inside a root, with ``openat2``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from pathlib import Path
 
 from imaguard.errors import HostStateError
 
-__all__ = ["check_private_directory", "ensure_directory", "read_regular", "write_atomically"]
+__all__ = [
+    "check_private_directory",
+    "ensure_directory",
+    "ensure_private_directory",
+    "read_open_regular",
+    "read_regular",
+    "write_atomically",
+]
 
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
@@ -130,3 +138,34 @@ def read_regular(path: Path, limit: int, *, dir_fd: int | None = None) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def read_open_regular(fd: int, limit: int, name: str) -> bytes:
+    """The content of the open descriptor ``fd`` (the caller opened and closes it), which must be a
+    regular file of at most ``limit`` bytes: ``read_regular`` for a file opened another way (inside
+    a root with ``openat2``). Raises OSError (EINVAL not a regular file, EFBIG past ``limit``) with
+    ``name`` as ``filename``."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", name)
+    if st.st_size > limit:  # a sparse or huge file is refused before a byte is read
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", name)
+    chunks: list[bytes] = []
+    left = limit + 1  # the size can grow after fstat: the read itself is bounded too
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    if left <= 0:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", name)
+    return b"".join(chunks)
+
+
+def ensure_private_directory(path: Path, what: str = "state directory") -> None:
+    """``ensure_directory`` (0700, parents 0755) then ``check_private_directory``: a directory
+    made now is judged like one found, since a parent, or the directory itself made meanwhile by
+    someone else, may not be ours. Raises OSError (cannot make it) or HostStateError."""
+    ensure_directory(path)
+    check_private_directory(path, what)

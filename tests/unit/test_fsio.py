@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from imaguard.errors import HostStateError
-from imaguard.fsio import check_private_directory, ensure_directory, read_regular
+from imaguard.fsio import (
+    check_private_directory,
+    ensure_directory,
+    ensure_private_directory,
+    read_open_regular,
+    read_regular,
+)
 
 
 def _mode(p: Path) -> int:
@@ -115,3 +121,39 @@ def test_read_regular_reads_bounded_and_refuses_links_fifos_devices(tmp_path):
         assert read_regular(Path("f"), 10, dir_fd=dfd) == b"12345"
     finally:
         os.close(dfd)
+
+
+def test_read_open_regular_bounds_a_descriptor_and_refuses_a_fifo_or_a_sparse_giant(tmp_path):
+    f = tmp_path / "f"
+    f.write_bytes(b"12345")
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        assert read_open_regular(fd, 5, "f") == b"12345"
+    finally:
+        os.close(fd)
+    os.truncate(f, 1 << 40)  # 1 TiB, sparse: refused from its size, before a byte is read
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError, match="larger than 4096 bytes") as err:
+            read_open_regular(fd, 4096, "f")
+        assert (err.value.errno, err.value.filename) == (errno.EFBIG, "f")
+    finally:
+        os.close(fd)
+    os.mkfifo(tmp_path / "fifo")
+    fd = os.open(tmp_path / "fifo", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(OSError, match="not a regular file") as err:
+            read_open_regular(fd, 100, "fifo")
+        assert err.value.errno == errno.EINVAL
+    finally:
+        os.close(fd)
+
+
+def test_ensure_private_directory_makes_0700_and_judges_what_it_found_above(tmp_path, umask_000):
+    ensure_private_directory(tmp_path / "a" / "state")
+    assert (_mode(tmp_path / "a"), _mode(tmp_path / "a" / "state")) == (0o755, 0o700)
+    (tmp_path / "open").mkdir(mode=0o777)  # made by someone else before us, under umask 000
+    with pytest.raises(HostStateError) as err:
+        ensure_private_directory(tmp_path / "open" / "state")
+    assert err.value.reason == "unsafe-state-dir"
+    assert _mode(tmp_path / "open" / "state") == 0o700  # made, then refused: nothing is trusted in it

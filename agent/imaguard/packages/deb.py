@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from imaguard.config import Limits
 from imaguard.digests import HashAlgo, hash_fd
 from imaguard.errors import FormatError, HostStateError, UnsupportedError, UsageError
-from imaguard.fsio import write_atomically
+from imaguard.fsio import check_private_directory, ensure_directory, read_regular, write_atomically
 from imaguard.packages import aptrepo, debchain, dpkgdb
 from imaguard.packages.debchain import ChainError, ChainReason
 from imaguard.packages.debfile import MAINTAINER_SCRIPTS, DebMember, read_deb
@@ -99,8 +99,28 @@ def decode_members(data: bytes) -> VerifiedDeb:
         raise FormatError(f"chain cache: {exc}") from exc
 
 
+# A chain cache record takes ~150 bytes per member of the .deb: 64 MiB is over 400,000 members,
+# more than any Debian package ships. A larger file is not ours: the chain is walked again.
+CHAIN_CACHE_MAX = 64 << 20
+
+
+def _private_state(state_dir: Path) -> None:
+    """Refuse (``unsafe-state-dir``) a state directory others could write, or a cache directory in
+    it that they own or could write (made before the directory was made private): the chain
+    cache is read back as ``repo-verified``. A missing state directory is made (0700, parents
+    0755) and checked then; one that cannot be made holds nothing to trust, and nothing is cached."""
+    try:
+        ensure_directory(state_dir)
+    except OSError:
+        return
+    check_private_directory(state_dir)
+    for sub, what in (("deb-chain", "chain cache directory"), ("apt-index", "apt index cache directory")):
+        if (state_dir / sub).is_dir():
+            check_private_directory(state_dir / sub, what)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ensure_directory(path.parent)  # below the state directory, checked by ``_private_state``
     write_atomically(path, data)
 
 
@@ -148,6 +168,7 @@ class DebSource:
     def indexes(self) -> aptrepo.Indexes:
         """The repository indexes, walked once per source (gpgv + one pass over each Packages)."""
         if self._indexes is None:
+            self._check_state()  # its apt-index cache is trusted too
             wanted = frozenset(p.name for p in self._dpkg())
             self._indexes = aptrepo.load_indexes(self._apt(), wanted, self.state_dir / "apt-index")
             for iv in self._indexes.entries:
@@ -259,15 +280,24 @@ class DebSource:
         where = "fetching through apt failed" if self.fetch else "fetching is disabled"
         raise ChainError(ChainReason.DEB_UNAVAILABLE, f"{file_name}: not in {self._apt().archives} or {own}; {where}")
 
+    _state_checked = False  # ``_private_state`` passed: once per source, not per package
+
+    def _check_state(self) -> None:
+        """Refuse an unsafe state directory before any cache in it (apt-index, deb-chain) is read."""
+        if not self._state_checked:
+            _private_state(self.state_dir)
+            self._state_checked = True
+
     def chain(self, pkg: InstalledPackage) -> VerifiedDeb:
         """The verified members and scripts of the package's .deb; ChainError naming the link that broke."""
         dp = self._entry(pkg.name, pkg.architecture)
         if dp.version != pkg.version:
             raise UsageError(f"{pkg.ident}: installed version is {dp.version}", reason="not-installed")
+        self._check_state()  # whatever the chain gives: before the cache is trusted
         entry = self._choose(dp).entry
         cache = self._cache_path(dp, entry.sha256)
-        with contextlib.suppress(OSError, FormatError):
-            return decode_members(cache.read_bytes())
+        with contextlib.suppress(OSError, FormatError):  # a symlink, FIFO or huge file: walked again
+            return decode_members(read_regular(cache, CHAIN_CACHE_MAX))
         members = self._walk(dp, entry)
         with contextlib.suppress(OSError):  # a read-only state directory costs speed, not correctness
             _atomic_write(cache, encode_members(members))

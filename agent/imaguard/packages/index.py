@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from imaguard.digests import HashAlgo
 from imaguard.errors import HostStateError, UsageError
+from imaguard.fsio import check_private_directory, ensure_private_directory
 from imaguard.packages.model import Evidence
 
 if TYPE_CHECKING:
@@ -78,8 +79,7 @@ def _entry(r: tuple[str, str, str, bytes, int, str, str, str, bytes]) -> IndexEn
 def _create(state_dir: Path, path: Path) -> None:
     """Make an empty index at ``path``: built under a temporary name and linked into place, so that
     ``path`` is an imaguard index from its first byte (a file there that is not one is someone
-    else's) and a concurrent builder's index is never replaced."""
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    else's) and a concurrent builder's index is never replaced. ``state_dir`` exists, checked."""
     fd, tmp = tempfile.mkstemp(prefix=f".{INDEX_NAME}.", dir=state_dir)
     try:
         os.fchmod(fd, 0o644)  # as SQLite creates files: package digests are no secret
@@ -149,15 +149,22 @@ class DigestIndex:
         written; without it (the builder) a missing index is created, whole or not at all. Either
         way an existing file is used only if it is an imaguard index: another program's database,
         or an empty one, is refused and left as it is.
+
+        The index feeds reports and exports, so ``state_dir`` must be writable by root only
+        (HostStateError ``unsafe-state-dir``, before any file in it is read); the builder makes a
+        missing one (0700, parents 0755) and checks it then.
         """
         path = state_dir / INDEX_NAME
         try:
             if read_only:
+                if state_dir.is_dir():  # a missing one holds no index: said below
+                    check_private_directory(state_dir)
                 if not path.is_file():
                     raise UsageError(f"{path}: no digest index; build it with `imaguard packages index`",
                                      reason="no-index")
                 db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
             else:
+                ensure_private_directory(state_dir)
                 if not path.exists():
                     _create(state_dir, path)
                 db = sqlite3.connect(path, isolation_level=None)

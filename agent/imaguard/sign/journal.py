@@ -8,26 +8,35 @@ Written atomically (temp file, fsync, rename, fsync of the directory), at most a
 second, so a SIGKILL loses at most a second of work and never leaves a torn file. The journal is
 keyed by the run's configuration; a run that completes removes it, so the next run re-examines
 everything (cheaply: valid signatures are ``already-signed``).
+
+The journal decides which packages a run skips, so it is trusted: its directory (the state
+directory) must be writable by root only (``unsafe-state-dir``), checked before it is read and
+after it is made.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from pathlib import Path
 
 from imaguard.errors import HostStateError
-from imaguard.fsio import write_atomically
+from imaguard.fsio import check_private_directory, ensure_private_directory, read_regular, write_atomically
 
 __all__ = ["Journal", "atomic_write"]
 
 _FLUSH_INTERVAL = 1.0
+# The journal lists package idents (~40 bytes each): a host of 10,000 packages writes ~400 KiB.
+# Past this it is not a journal of ours: started over, never read into memory.
+JOURNAL_MAX = 16 << 20
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` (mode 0600, parents made) with ``data`` whole; HostStateError on failure."""
+    """Replace ``path`` (mode 0600) with ``data`` whole; HostStateError on failure. Its directory
+    is made if missing (0700, parents 0755) and must be writable by root only."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_private_directory(path.parent)
         write_atomically(path, data)
     except OSError as exc:
         raise HostStateError(f"{path}: cannot write: {exc.strerror}", reason="state-write", errno=exc.errno,
@@ -48,13 +57,19 @@ class Journal:
         """The journal of an interrupted run with the same configuration, or an empty one.
 
         A file that is not a journal (torn or edited by hand) is started over, which is always safe;
-        ``discarded`` then says why. A state directory that cannot hold the journal is a HostStateError.
+        ``discarded`` then says why. A state directory that cannot hold the journal, or that others
+        could write (``unsafe-state-dir``), is a HostStateError.
         """
+        if path.parent.is_dir():  # a missing one is checked once made (``atomic_write``)
+            check_private_directory(path.parent)
         try:
-            raw = path.read_bytes()
+            raw = read_regular(path, JOURNAL_MAX)
         except FileNotFoundError:
             return cls(path, config, set())
         except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EINVAL, errno.EFBIG):  # a symlink, FIFO, device, or huge
+                why = "a symbolic link" if exc.errno == errno.ELOOP else str(exc.strerror)
+                return cls._discard(path, config, why)
             raise HostStateError(f"{path}: cannot read the enroll journal: {exc.strerror}", reason="state-read",
                                  errno=exc.errno, path=str(path)) from exc
         try:
