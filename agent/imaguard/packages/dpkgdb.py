@@ -4,22 +4,33 @@ The status file is parsed here, in Python: python-apt's ``TagFile`` dereferences
 for a field name that is not UTF-8 and cuts names at a NUL, and ``--root`` trees are not trusted
 input. ``apt_pkg`` is imported here and in ``aptrepo.py`` only, lazily, so ``import imaguard``
 works without python-apt. Paths read from the database stay bytes: dpkg stores them undecoded.
+
+Every file of the database is read confined to the root (``openat2(RESOLVE_IN_ROOT)``, ``rootfs``),
+bounded, and only if it is a regular file: an image's ``info/foo.list -> /dev/zero``, a FIFO or a
+symlink into the host is one error naming the file, never a hang, an OOM or a host file read.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import re
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imaguard.errors import FormatError, HostStateError, UnsupportedError
+from imaguard.fsio import read_open_regular
+from imaguard.rootfs import Root
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from pathlib import Path
 
 __all__ = [
+    "DIVERSIONS_MAX",
+    "INFO_MAX",
+    "STATUS_MAX",
     "Diversion",
     "DpkgPackage",
     "apt_pkg_module",
@@ -34,6 +45,12 @@ __all__ = [
 ]
 
 DPKG_DIR = "var/lib/dpkg"
+# Bounds on each file read from the database (a --root tree is untrusted input: a huge or sparse
+# file there must not exhaust memory), far above what dpkg writes: a status file of ~1,500
+# packages is under 1 MiB, the largest info file seen (google-cloud-cli.md5sums) 5 MiB.
+STATUS_MAX = 256 << 20
+INFO_MAX = 64 << 20  # one package's info/<pkg>.list, .md5sums
+DIVERSIONS_MAX = 16 << 20
 # dpkg-query's "installed enough to own files" states (dpkg(1) "Package states"), and the others.
 _FILE_STATES = frozenset({b"installed", b"unpacked", b"half-configured", b"triggers-awaited", b"triggers-pending"})
 _STATES = _FILE_STATES | {b"not-installed", b"config-files", b"half-installed"}
@@ -91,14 +108,103 @@ class Diversion:
         return self.by != package
 
 
-def _read(path: Path, *, missing_ok: bool = False) -> bytes | None:
+class _Roots:
+    """The ``Root`` of each root path, opened once per process.
+
+    The database is read per package (``.list``, ``.md5sums``): each read costs one ``openat2``
+    inside a held root descriptor, never a fresh walk to the root. ``read_status``, the first read
+    of every package source, opens the root again when the directory at its path is no longer
+    the one held (a tree rebuilt at the same path). The host (``/``) needs no descriptor.
+    """
+
+    _MAX = 8  # a process reads one root (--root); tests and long-lived callers a few more
+
+    def __init__(self) -> None:
+        self._held: dict[str, Root] = {}
+
+    def get(self, root: Path, *, fresh: bool = False) -> Root:
+        key = os.fspath(root)
+        if key == "/":
+            return Root.host()
+        held = self._held.get(key)
+        if held is not None and (not fresh or _same_directory(held, root)):
+            return held
+        opened = Root.at(key)
+        if held is not None:
+            del self._held[key]
+            held.close()
+        self._held[key] = opened
+        while len(self._held) > self._MAX:
+            self._held.pop(next(iter(self._held))).close()
+        return opened
+
+
+def _same_directory(held: Root, root: Path) -> bool:
     try:
-        return path.read_bytes()
+        st = root.stat()
+    except OSError:
+        return False
+    ref = os.fstat(held.dir_fd) if held.dir_fd is not None else Path("/").stat()
+    return (st.st_dev, st.st_ino) == (ref.st_dev, ref.st_ino)
+
+
+_ROOTS = _Roots()
+# On the host, dpkg's own root-owned files: one open, never a symlink, never blocking on a FIFO.
+_HOST_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_KINDS = ((stat.S_ISLNK, "a symbolic link (not followed)"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))  # fmt: skip
+
+
+def _shown(root: Path, path: bytes) -> str:
+    return str(root / os.fsdecode(path.lstrip(b"/")))
+
+
+def _read_in(fsroot: Root, path: bytes, limit: int, name: str) -> bytes:
+    if fsroot.is_host:
+        fd = os.open(path, _HOST_FLAGS)
+    else:
+        # Inside an image, look before opening (O_PATH): opening a device runs its driver (a
+        # watchdog arms, a tape rewinds), so only a regular file is opened for reading.
+        handle = fsroot.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(handle).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", name)
+            fd = fsroot.reopen(handle, path, _HOST_FLAGS)
+        finally:
+            os.close(handle)
+    try:
+        return read_open_regular(fd, limit, name)
+    finally:
+        os.close(fd)
+
+
+def _why(fsroot: Root | None, path: bytes, exc: OSError) -> str:
+    """What is wrong with ``path``, for the one error line: its kind when it is not a regular file."""
+    if fsroot is not None and exc.errno in (errno.ELOOP, errno.EINVAL):
+        try:
+            mode = fsroot.lstat(path).st_mode
+        except OSError:
+            mode = 0
+        kind = next((what for test, what in _KINDS if test(mode)), None)
+        if kind is not None:
+            return f"not a regular file but {kind}"
+    return exc.strerror or str(exc)
+
+
+def _read(root: Path, path: bytes, limit: int, *, missing_ok: bool = False, fresh: bool = False) -> bytes | None:
+    """``path`` (absolute inside ``root``, resolved there): a regular file of at most ``limit``
+    bytes; None when absent and ``missing_ok``, else HostStateError naming the file and why."""
+    fsroot = None
+    name = _shown(root, path)
+    try:
+        fsroot = _ROOTS.get(root, fresh=fresh)
+        return _read_in(fsroot, path, limit, name)
     except OSError as exc:
         if missing_ok and exc.errno == errno.ENOENT:
             return None
         raise HostStateError(
-            f"{path}: cannot read: {exc.strerror}", reason="read-error", errno=exc.errno, path=str(path)
+            f"{name}: cannot read: {_why(fsroot, path, exc)}", reason="read-error", errno=exc.errno, path=name
         ) from exc
 
 
@@ -243,19 +349,16 @@ def parse_status(data: bytes, *, name: str) -> list[DpkgPackage]:
 
 def read_status(root: Path) -> list[DpkgPackage]:
     """Packages that own files, from ``var/lib/dpkg/status``, sorted by name then architecture."""
-    path = root / DPKG_DIR / "status"
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise HostStateError(f"{path}: cannot read: {exc.strerror}", errno=exc.errno, path=str(path)) from exc
-    return parse_status(data, name=str(path))
+    path = f"/{DPKG_DIR}/status".encode()
+    data = _read(root, path, STATUS_MAX, fresh=True)
+    assert data is not None  # noqa: S101 - not missing_ok
+    return parse_status(data, name=_shown(root, path))
 
 
 def read_info(root: Path, pkg: DpkgPackage, suffix: str) -> bytes | None:
     """``info/<pkg>:<arch>.<suffix>`` (Multi-Arch: same) or ``info/<pkg>.<suffix>``; None when absent."""
-    info = root / DPKG_DIR / "info"
     for stem in (f"{pkg.name}:{pkg.architecture}", pkg.name):
-        data = _read(info / f"{stem}.{suffix}", missing_ok=True)
+        data = _read(root, f"/{DPKG_DIR}/info/{stem}.{suffix}".encode(), INFO_MAX, missing_ok=True)
         if data is not None:
             return data
     return None
@@ -268,7 +371,11 @@ def info_file(root: Path, pkg: DpkgPackage, suffix: str) -> bytes:
     ``<pkg>``; its ``.list`` file, which every installed package has, shows which.
     """
     qualified = f"{pkg.name}:{pkg.architecture}"
-    stem = qualified if (root / DPKG_DIR / "info" / f"{qualified}.list").exists() else pkg.name
+    try:  # looked up inside the root, like every read here
+        _ROOTS.get(root).lstat(f"/{DPKG_DIR}/info/{qualified}.list".encode())
+        stem = qualified
+    except OSError:
+        stem = pkg.name
     return f"/{DPKG_DIR}/info/{stem}.{suffix}".encode()
 
 
@@ -329,6 +436,6 @@ def parse_diversions(data: bytes, *, name: str) -> dict[bytes, Diversion]:
 
 
 def read_diversions(root: Path) -> dict[bytes, Diversion]:
-    path = root / DPKG_DIR / "diversions"
-    data = _read(path, missing_ok=True)
-    return {} if data is None else parse_diversions(data, name=str(path))
+    path = f"/{DPKG_DIR}/diversions".encode()
+    data = _read(root, path, DIVERSIONS_MAX, missing_ok=True)
+    return {} if data is None else parse_diversions(data, name=_shown(root, path))
