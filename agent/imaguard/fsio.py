@@ -83,10 +83,10 @@ def ensure_directory(path: Path, mode: int = 0o700, parents_mode: int = 0o755) -
 
 
 def _writable_by_others(st: os.stat_result, *, leaf: bool) -> bool:
-    # Group write counts unless the group is root's. Above the leaf, a sticky directory (/tmp)
-    # is fine: nobody else may rename or remove what root made in it.
-    others = st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and st.st_gid != 0)
-    return bool(others) and (leaf or not st.st_mode & stat.S_ISVTX)
+    # Any group write counts, root's group too (the rule of keys install's checks as well: members
+    # of group root are not root). Above the leaf, a sticky directory (/tmp) is fine: nobody else
+    # may rename or remove what root made in it.
+    return bool(st.st_mode & (stat.S_IWOTH | stat.S_IWGRP)) and (leaf or not st.st_mode & stat.S_ISVTX)
 
 
 def check_private_directory(path: Path, what: str = "state directory") -> None:

@@ -60,11 +60,12 @@ def test_check_private_directory_accepts_root_owned_dirs_under_sticky_tmp(tmp_pa
     check_private_directory(d)  # tmp_path lies under /tmp (1777, sticky): fine above the leaf
 
 
-@pytest.mark.parametrize("mode", [0o777, 0o775, 0o1777, 0o702])
-def test_check_private_directory_refuses_a_directory_others_can_write(tmp_path, mode):
+@pytest.mark.parametrize("gid", [0, 100])  # root's group too: its members are not root
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o1777, 0o702, 0o770])
+def test_check_private_directory_refuses_a_directory_others_can_write(tmp_path, mode, gid):
     d = tmp_path / "state"
     d.mkdir()
-    os.chown(d, 0, 100)  # a group other than root's: its write bit counts
+    os.chown(d, 0, gid)
     d.chmod(mode)
     with pytest.raises(HostStateError) as err:
         check_private_directory(d)
