@@ -195,55 +195,46 @@ def _read_in(root: Path, relpath: str, dir_fd: int, name: str) -> bytes | None:
     return data
 
 
+@contextlib.contextmanager
+def _dir_in_root(root: Path, relpath: str) -> Iterator[int | None]:
+    """A descriptor of the directory ``ROOT/relpath`` reached without following a symlink on the
+    way (``symlink-in-path``), or None if it does not exist; closed on leaving."""
+    with _root_fd(root) as rfd:
+        try:
+            dfd = open_dir_nofollow(rfd, relpath)
+        except FileNotFoundError:
+            dfd = None
+        except OSError as exc:
+            raise _walk_error(root, exc, "read") from exc
+        try:
+            yield dfd
+        finally:
+            if dfd is not None:
+                os.close(dfd)
+
+
 def read_root_file(root: Path, relpath: str) -> bytes | None:
     """The content of ``ROOT/relpath``, None if it does not exist; a symlink on the way
     (``symlink-in-path``), a FIFO, device or directory, or more than 1 MiB (a prefix would be
     rewritten as the whole file) is an error (``unreadable``). Never blocks."""
     parent, name = _split(relpath)
-    with _root_fd(root) as rfd:
-        try:
-            dfd = open_dir_nofollow(rfd, parent)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise _walk_error(root, exc, "read") from exc
-        try:
-            return _read_in(root, relpath, dfd, name)
-        finally:
-            os.close(dfd)
+    with _dir_in_root(root, parent) as dfd:
+        return None if dfd is None else _read_in(root, relpath, dfd, name)
 
 
 def root_file_stat(root: Path, relpath: str) -> os.stat_result | None:
     """``lstat`` of ``ROOT/relpath`` reached without following a symlink on the way (None if missing)."""
     parent, name = _split(relpath)
-    with _root_fd(root) as rfd:
-        try:
-            dfd = open_dir_nofollow(rfd, parent)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise _walk_error(root, exc, "read") from exc
-        try:
-            return _lstat_in(dfd, name)
-        finally:
-            os.close(dfd)
+    with _dir_in_root(root, parent) as dfd:
+        return None if dfd is None else _lstat_in(dfd, name)
 
 
 def list_root_dir(root: Path, relpath: str) -> list[str] | None:
     """The sorted names in the directory ``ROOT/relpath`` (None if it does not exist), reached
     without following a symlink: globbing ``ROOT/boot`` would list the host's ``/boot`` through an
     image's ``boot -> /boot``."""
-    with _root_fd(root) as rfd:
-        try:
-            dfd = open_dir_nofollow(rfd, relpath)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise _walk_error(root, exc, "read") from exc
-        try:
-            return sorted(os.listdir(dfd))  # noqa: PTH208 - a directory descriptor; pathlib cannot list one
-        finally:
-            os.close(dfd)
+    with _dir_in_root(root, relpath) as dfd:
+        return None if dfd is None else sorted(os.listdir(dfd))  # noqa: PTH208 - a directory descriptor
 
 
 def install_file(root: Path, relpath: str, data: bytes, mode: int) -> FileChange:
