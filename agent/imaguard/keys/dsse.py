@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from imaguard.errors import FormatError, TrustError
 from imaguard.keys.material import Certificate, PrivateKey
 
-__all__ = ["Envelope", "pae", "sign_envelope", "verify_envelope"]
+__all__ = ["MAX_SIGNATURES", "Envelope", "pae", "sign_envelope", "verify_envelope"]
+
+# DSSE allows several signatures (one per signer); imaguard makes one. A few spare for co-signing.
+MAX_SIGNATURES = 8
 
 _T = TypeVar("_T")
 
@@ -127,17 +131,28 @@ def verify_envelope(env: Envelope, payload_type: str, certs: tuple[Certificate, 
     if env.payload_type != payload_type:
         raise TrustError(f"{source}: payload type {env.payload_type!r}, expected {payload_type!r}",
                          reason="wrong-payload-type")
-    message = pae(env.payload_type, env.payload)
+    if len(env.signatures) > MAX_SIGNATURES:
+        # Each try costs a public-key operation; an envelope nobody has authenticated yet must not
+        # buy hours of CPU with thousands of one-byte signatures (audit).
+        raise TrustError(f"{source}: {len(env.signatures)} signatures; an envelope may carry at most "
+                         f"{MAX_SIGNATURES}", reason="bad-envelope-signature")  # fmt: skip
+    # The message is hashed once, whatever the number of tries (it may be tens of MiB).
+    digest = hashlib.sha256(pae(env.payload_type, env.payload)).digest()
+    prehashed = utils.Prehashed(hashes.SHA256())
+    tried: set[tuple[str, bytes]] = set()
     for keyid, sig in env.signatures:
+        if (keyid, sig) in tried:
+            continue
+        tried.add((keyid, sig))
         for cert in certs:
             if cert.key_id.hex() != keyid:
                 continue
             key = cert.public_key
             try:
                 if isinstance(key, rsa.RSAPublicKey):
-                    key.verify(sig, message, padding.PKCS1v15(), hashes.SHA256())
+                    key.verify(sig, digest, padding.PKCS1v15(), prehashed)
                 else:
-                    key.verify(sig, message, ec.ECDSA(hashes.SHA256()))
+                    key.verify(sig, digest, ec.ECDSA(prehashed))
             except InvalidSignature:
                 continue
             return env.payload
