@@ -264,3 +264,25 @@ def test_a_host_state_dir_is_followed_through_symlinks_and_must_be_roots_alone(c
     assert code == 1
     assert doc["error"]["reason"] == "unsafe-state-dir"
     assert f"{state}: the state directory is writable by other users (mode 0777)" in err
+
+
+def test_a_recorded_list_stays_in_force_when_no_list_is_given(ceremony, tmp_path, capsys):
+    """Audit: leaving --revocation-list out made the record of the accepted list count for nothing,
+    so verify and enroll (a cron job written before revocation existed) took a revoked key again."""
+    ca, keys = ceremony
+    target = tmp_path / "tool"
+    shutil.copy("/usr/bin/true", target)
+    assert main(["sign", "--key", str(keys / "old.key"), "--cert", str(keys / "old.pem"), str(target)]) == 0
+    rl = tmp_path / "revocations.json"
+    assert keyring_main(["revoke", "--ca", str(ca), "--list", str(rl), "--cert", str(keys / "old.pem"), "--new"]) == 0
+    state = tmp_path / "state"
+    assert load_revoked(rl, ca / "ca.pem", state)  # what keys load / enroll do: check and record
+    capsys.readouterr()
+    code, doc, _ = _verify(capsys, "--cert", str(keys / "old.pem"), "--state-dir", str(state), str(target))
+    assert (code, doc["files"][0]["reason"]) == (3, "revoked-key")
+    # A damaged record fails closed, named, instead of counting as "nothing revoked".
+    record = next(state.iterdir())
+    record.write_text("{")
+    code, doc, err = _verify(capsys, "--cert", str(keys / "old.pem"), "--state-dir", str(state), str(target))
+    assert (code, doc["error"]["reason"]) == (1, "revocation-state")
+    assert "the record of a revocation list accepted is damaged" in err

@@ -32,7 +32,7 @@ def _read(path: Path, what: str) -> bytes:
 
 def accepted_list_path(state_dir: Path, issuer_key_id: bytes) -> Path:
     """Where the newest list accepted from the CA with ``issuer_key_id`` is kept (its payload)."""
-    return state_dir / f"revocation-accepted-{issuer_key_id.hex()}.json"
+    return state_dir / f"{_RECORD_PREFIX}{issuer_key_id.hex()}{_RECORD_SUFFIX}"
 
 
 def load_revoked(
@@ -56,7 +56,9 @@ def load_revoked(
     if list_path is None:
         if ca_path is not None:  # silently checking nothing would look like "nothing revoked"
             raise UsageError("--revocation-ca is the CA of a --revocation-list: give the list, or leave it out")
-        return frozenset()
+        # A list accepted before stays in force: leaving the option out (a script written before
+        # revocation existed) must not un-revoke a key (audit).
+        return frozenset() if state_dir is None else _recorded(_StateDir(state_dir, root))
     if ca_path is None:
         raise UsageError("--revocation-list needs --revocation-ca: the CA certificate that signs it")
     ca = parse_ca_certificate(_read(ca_path, "CA certificate"), str(ca_path))
@@ -64,9 +66,41 @@ def load_revoked(
         rl = verify_revocation_list(_read(list_path, "revocation list"), (ca,), str(list_path))
     except FormatError as exc:
         raise TrustError(str(exc), reason="bad-revocation-list") from exc
-    if state_dir is not None:
-        _check_and_record(rl, _StateDir(state_dir, root), str(list_path), record=record)
-    return rl.key_ids
+    if state_dir is None:
+        return rl.key_ids
+    state = _StateDir(state_dir, root)
+    _check_and_record(rl, state, str(list_path), record=record)
+    # The lists recorded for other CAs count too; this CA's record is a subset of ``rl`` (a list
+    # never drops a key: check_successor), so the union adds nothing older for it.
+    return rl.key_ids | _recorded(state)
+
+
+_RECORD_PREFIX, _RECORD_SUFFIX = "revocation-accepted-", ".json"
+
+
+def _recorded(state: _StateDir) -> frozenset[bytes]:
+    """Every key id on the lists recorded as accepted in ``state`` (none if there is none)."""
+    dir_fd = state.open(create=False)
+    if dir_fd is None:
+        return frozenset()
+    out: set[bytes] = set()
+    try:
+        for name in sorted(os.listdir(dir_fd)):  # noqa: PTH208 - a directory descriptor
+            if not (name.startswith(_RECORD_PREFIX) and name.endswith(_RECORD_SUFFIX)):
+                continue
+            path = state.shown / name
+            kept = _read_record(dir_fd, path)
+            if kept is None:  # removed meanwhile
+                continue
+            try:
+                out |= RevocationList.from_payload(kept, str(path)).key_ids
+            except FormatError as exc:  # fail closed, as when a list is given
+                raise HostStateError(f"{exc}; the record of a revocation list accepted is damaged: remove it only "
+                                     "if you know the newest list", reason="revocation-state",
+                                     path=str(path)) from exc  # fmt: skip
+    finally:
+        os.close(dir_fd)
+    return frozenset(out)
 
 
 def _state_problem(st: os.stat_result) -> str | None:
