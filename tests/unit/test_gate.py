@@ -304,3 +304,41 @@ def test_only_the_keyring_the_kernel_verifies_against_counts() -> None:
     # a linked key /proc/keys does not show (not ours to view) is named by keyctl describe
     hidden = coverage.ima_keyring_keys(keys[2:3], LINKS.__getitem__, lambda _s: "hidden: aabbccdd00112233")
     assert hidden == coverage.KernelKeys(".ima", frozenset({bytes.fromhex("00112233")}))
+
+
+def test_appraise_algos_denies_a_file_whose_security_ima_algorithm_is_left_out() -> None:
+    """Regression (audit): process_measurement (6.1) denies "denied-hash-algorithm" after a pass."""
+    policy = parse_policy("appraise func=BPRM_CHECK appraise_type=imasig appraise_algos=sha512\n")
+    result = run_gate(policy, [facts(xattr=sig(), signature_valid=True)], LOADED)
+    assert result.uncovered == (Uncovered(
+        "/usr/bin/prog", "denied-hash-algo",
+        "security.ima is a sha256 signature, the rule allows only appraise_algos=sha512", 1),)  # fmt: skip
+    assert "denied-hash-algo" in REFUSAL_REASONS
+    allowed = parse_policy("appraise func=BPRM_CHECK appraise_type=imasig appraise_algos=sha512,sha256\n")
+    assert run_gate(allowed, [facts(xattr=sig(), signature_valid=True)], LOADED).allowed
+    # A hash is held to it too (its algorithm byte), and a failing signature is reported as such first.
+    hashed = parse_policy("appraise func=BPRM_CHECK appraise_algos=sha512\n")
+    digest = ImaDigest(HashAlgo.SHA256, bytes(32))
+    assert [u.reason for u in run_gate(hashed, [facts(xattr=digest, digest_matches=True)], LOADED).uncovered] == [
+        "denied-hash-algo"
+    ]
+    assert [u.reason for u in run_gate(policy, [facts(xattr=sig(), signature_valid=False)], LOADED).uncovered] == [
+        "bad-signature"
+    ]
+
+
+def test_verity_rule_needs_a_v3_signature() -> None:
+    """Regression (audit): xattr_verify (6.1) fails a v2 signature or a hash: "verity-signature-required"."""
+    policy = parse_policy("appraise func=BPRM_CHECK digest_type=verity appraise_type=sigv3\n")
+    result = run_gate(policy, [facts(xattr=sig(), signature_valid=True)], LOADED)
+    assert [(u.reason, u.rule_line) for u in result.uncovered] == [("needs-sigv3", 1)]
+    assert "needs-sigv3" in REFUSAL_REASONS
+    digest = ImaDigest(HashAlgo.SHA256, bytes(32))
+    assert [u.reason for u in run_gate(policy, [facts(xattr=digest, digest_matches=True)], LOADED).uncovered] == [
+        "needs-sigv3"
+    ]
+    # Another rule that may decide, with a plain imasig: the verity rule is the one blamed.
+    both = parse_policy("appraise func=BPRM_CHECK uid=1000 appraise_type=imasig\n"
+                        "appraise func=BPRM_CHECK digest_type=verity appraise_type=sigv3\n")  # fmt: skip
+    result = run_gate(both, [facts(xattr=sig(), signature_valid=True)], LOADED)
+    assert [(u.reason, u.rule_line) for u in result.uncovered] == [("needs-sigv3", 2)]

@@ -85,7 +85,10 @@ policy without appraise rules denies nothing and needs no keys (JSON "keys_from"
 
 Reasons a file would be denied: no-signature, unknown-key (its key is not loaded), bad-signature,
 unchecked-signature (key loaded, no --cert to check it), digest-only (a hash where a signature
-is required), bad-digest, unsupported-form, malformed, unsupported-fs, unreadable.
+is required), bad-digest, unsupported-form, malformed, unsupported-fs, unreadable, needs-sigv3
+(a rule has digest_type=verity appraise_type=sigv3: the kernel refuses a v2 signature or a hash),
+denied-hash-algo (the file passes, but a rule's appraise_algos= leaves out the hash algorithm of
+its security.ima: the kernel refuses it after appraisal).
 
 Exit status: 0 allow, 3 refuse (the files are listed), 2 invalid policy or usage, 1 failure.
 """

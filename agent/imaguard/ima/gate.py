@@ -64,7 +64,7 @@ _EXEC, _WRITE, _READ, _APPEND = 0x1, 0x2, 0x4, 0x8
 # Stable reason codes of files the policy would deny (STYLE.md §7): spelled once, here.
 REFUSAL_REASONS = frozenset(
     {"no-signature", "unknown-key", "bad-signature", "unchecked-signature", "digest-only", "bad-digest",
-     "unsupported-form", "malformed", "unsupported-fs", "unreadable"}
+     "unsupported-form", "malformed", "unsupported-fs", "unreadable", "needs-sigv3", "denied-hash-algo"}
 )  # fmt: skip
 
 
@@ -307,27 +307,61 @@ def fs_excluded(policy: Policy, fs: FsFacts) -> bool:
     return True
 
 
-def _failure(facts: FileFacts, loaded_key_ids: frozenset[bytes], needs_signature: bool) -> tuple[str, str] | None:
-    """Why the kernel would deny this file (reason, detail), or None if it would pass."""
+def _failure(
+    facts: FileFacts, loaded_key_ids: frozenset[bytes], rules: tuple[Rule, ...]
+) -> tuple[str, str, Rule] | None:
+    """Why the kernel would deny this file (reason, detail, the rule to blame), or None if it would pass.
+
+    ``rules`` are the appraise rules that may decide for the file (sorted by line); the file must pass
+    each of them. The checks follow the kernel's order (6.1): ``xattr_verify`` in ``ima_appraise.c``
+    first, then ``process_measurement``'s ``appraise_algos=`` check, which runs only after a pass.
+    """
+    signing = tuple(r for r in rules if r.requires_signature)
+    first = signing[0] if signing else rules[0]
+    # digest_type=verity appraise_type=sigv3: xattr_verify fails a v2 signature or a hash with
+    # "verity-signature-required" (IMA_DIGSIG_REQUIRED | IMA_VERITY_REQUIRED).
+    verity = next((r for r in signing if r.digest_type == "verity"), None)
     if facts.xattr_error:
-        return facts.xattr_error, f"security.ima cannot be used ({facts.xattr_error})"
+        return facts.xattr_error, f"security.ima cannot be used ({facts.xattr_error})", first
     value = facts.xattr
     if value is None:
-        return "no-signature", "no security.ima"
+        return "no-signature", "no security.ima", first
     if isinstance(value, ImaDigest):
-        if needs_signature:
-            return "digest-only", f"security.ima holds a {value.form} hash, the rule requires a signature"
-        if facts.digest_matches is True:
-            return None
-        return "bad-digest", "the security.ima hash does not match the file"
-    if not isinstance(value, ImaSignature) or value.form != "sigv2":
-        return "unsupported-form", f"security.ima is a {value.form} value"
-    if value.keyid not in loaded_key_ids:
-        return "unknown-key", f"signed with key {value.keyid_hex}, which is not loaded"
-    if facts.signature_valid is None:
-        return "unchecked-signature", f"key {value.keyid_hex} is loaded but no certificate was given to check it"
-    if not facts.signature_valid:
-        return "bad-signature", f"the signature does not verify with key {value.keyid_hex}"
+        if verity is not None:
+            return "needs-sigv3", _NEEDS_SIGV3.format(f"a {value.form} hash"), verity
+        if signing:
+            return "digest-only", f"security.ima holds a {value.form} hash, the rule requires a signature", first
+        if facts.digest_matches is not True:
+            return "bad-digest", "the security.ima hash does not match the file", first
+    elif not isinstance(value, ImaSignature) or value.form != "sigv2":
+        return "unsupported-form", f"security.ima is a {value.form} value", first
+    elif verity is not None:
+        return "needs-sigv3", _NEEDS_SIGV3.format(f"a v2 signature (key {value.keyid_hex})"), verity
+    elif value.keyid not in loaded_key_ids:
+        return "unknown-key", f"signed with key {value.keyid_hex}, which is not loaded", first
+    elif facts.signature_valid is None:
+        return "unchecked-signature", f"key {value.keyid_hex} is loaded but no certificate was given to check it", first
+    elif not facts.signature_valid:
+        return "bad-signature", f"the signature does not verify with key {value.keyid_hex}", first
+    return _algo_failure(value, rules)
+
+
+# What xattr_verify says of a v2 signature or a hash under digest_type=verity (ima_appraise.c, 6.1).
+_NEEDS_SIGV3 = (
+    "security.ima holds {}, the rule (digest_type=verity appraise_type=sigv3) requires a v3 fs-verity signature"
+)
+
+
+def _algo_failure(value: ImaDigest | ImaSignature, rules: tuple[Rule, ...]) -> tuple[str, str, Rule] | None:
+    """process_measurement (ima_main.c, 6.1): after appraisal passed, EACCES ("denied-hash-algorithm")
+    if the deciding rule has ``appraise_algos=`` without the algorithm of security.ima (the hash's or
+    the signature's, as ``ima_get_hash_algo`` reads it)."""
+    for rule in rules:
+        if rule.appraise_algos and value.algo not in rule.appraise_algos:
+            allowed = ",".join(a.kernel_name for a in rule.appraise_algos)
+            kind = "signature" if isinstance(value, ImaSignature) else "hash"
+            detail = f"security.ima is a {value.algo.kernel_name} {kind}, the rule allows only appraise_algos={allowed}"
+            return "denied-hash-algo", detail, rule
     return None
 
 
@@ -340,11 +374,9 @@ def run_gate(policy: Policy, files: Iterable[FileFacts], loaded_key_ids: frozens
         if not rules:
             continue
         in_scope += 1
-        needs_signature = any(r.requires_signature for r in rules)
-        failure = _failure(facts, loaded_key_ids, needs_signature)
+        failure = _failure(facts, loaded_key_ids, rules)
         if failure is not None:
-            rule = next((r for r in rules if r.requires_signature), rules[0]) if needs_signature else rules[0]
-            uncovered.append(Uncovered(facts.path, failure[0], failure[1], rule.line))
+            uncovered.append(Uncovered(facts.path, failure[0], failure[1], failure[2].line))
     uncovered.sort(key=lambda u: u.path)
     decision = Decision.REFUSE if uncovered else Decision.ALLOW
     return GateResult(decision, in_scope, tuple(uncovered), len(policy.appraise_rules))
