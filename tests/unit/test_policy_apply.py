@@ -212,3 +212,22 @@ def test_first_rejected_rule_reported_with_errno_and_line(
     assert code == 1
     assert doc["rejected"] == {"index": 18, "line": rule.line, "rule": render_rule(rule), "errno": "EINVAL"}
     assert f"the kernel rejected IMA policy rule 18 of 22 (line {rule.line}) with EINVAL" in err
+
+
+@pytest.mark.parametrize(("value", "refused"), [("0", False), ("1", True), ("2", True), ("6", True), ("4", False),
+                                                ("-2147483647", True)])
+def test_enforce_is_refused_while_an_evm_key_is_loaded(
+    fake_ima: Callable[..., Path], capsys: pytest.CaptureFixture[str], value: str, refused: bool
+) -> None:
+    """Audit: with an EVM key loaded (securityfs evm: EVM_INIT_HMAC 1 or EVM_INIT_X509 2) the kernel
+    denies every appraised file without security.evm ("missing-HMAC"), which imaguard never writes."""
+    policy = fake_ima()  # nothing unsigned: the gate alone would allow
+    (policy.parent.parent / "evm").write_text(value + "\n")
+    code, doc, err = run(["policy", "apply", "--stage", "enforce"], capsys)
+    if not refused:
+        assert (code, doc["loaded"]) == (0, True)
+        return
+    assert (code, doc["error"]["reason"]) == (1, "evm-initialized")
+    assert (f"imaguard: error: EVM is initialized here ({policy.parent.parent / 'evm'} = {value}): with an EVM key "
+            "loaded the kernel denies every appraised file that has no valid security.evm") in err
+    assert policy.read_text() == ""

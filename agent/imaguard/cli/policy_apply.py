@@ -84,7 +84,9 @@ Order of checks; the first that fails stops everything, and nothing is written t
      kernel config (/boot/config-RELEASE or /proc/config.gz; none found: refused), and secure boot
      off (the kernel ignores ima_appraise= under secure boot; no /sys/firmware/efi: BIOS, off;
      EFI variables unreadable: refused). There is no override: use --stage enforce behind the gate.
-     --stage enforce on a kernel in log mode warns that failures are only logged;
+     --stage enforce on a kernel in log mode warns that failures are only logged; --stage enforce
+     is refused while an EVM key is loaded (securityfs evm has bit 1 or 2, exit 1): the kernel then
+     denies every appraised file without security.evm, which imaguard does not write;
   4. for log and enforce, the gate (as `imaguard policy check`): every file the appraise rules
      cover on the filesystems under --root must carry a signature that verifies with a key
      loaded now in the keyring the kernel verifies against (.ima if it made one, else _ima;
@@ -303,6 +305,25 @@ def read_appraisal_mode() -> tuple[AppraiseMode | None, str]:
     return effective_appraise_mode(read_cmdline(), config, probe.read_secure_boot(EFI_DIR))
 
 
+# security/integrity/evm/evm.h: EVM_INIT_HMAC | EVM_INIT_X509, the bits of a loaded EVM key.
+_EVM_KEY_BITS = 0x1 | 0x2
+
+
+def _refuse_with_evm(evm_file: Path) -> None:
+    """Refuse to enforce while an EVM key is loaded: the kernel then checks security.evm for every
+    appraised file (``evm_verifyxattr``), and one without it is denied ("missing-HMAC"); imaguard
+    writes security.ima only, so the gate's "allow" would not hold (audit). No file: no EVM."""
+    try:
+        value = int(evm_file.read_text(encoding="ascii").strip() or "0")
+    except (OSError, ValueError):
+        return
+    if value & _EVM_KEY_BITS:
+        raise HostStateError(f"EVM is initialized here ({evm_file} = {value}): with an EVM key loaded the kernel "
+                             "denies every appraised file that has no valid security.evm (missing-HMAC), and "
+                             "imaguard writes security.ima only; enforcing would lock this host out. Nothing was "
+                             "written", reason="evm-initialized", path=str(evm_file))  # fmt: skip
+
+
 def _preflight(args: argparse.Namespace) -> AppraiseMode:
     """IMA present, policy file still there, the boot mode fits the stage; nothing written."""
     ima_dir = Path(IMA_DIR)
@@ -320,6 +341,8 @@ def _preflight(args: argparse.Namespace) -> AppraiseMode:
                              "lacks CONFIG_IMA_WRITE_POLICY; the next policy takes a reboot (`imaguard policy "
                              "install` makes it the boot policy)", reason="policy-already-loaded",
                              path=str(ima_dir / "policy"))  # fmt: skip
+    if args.stage == "enforce":
+        _refuse_with_evm(ima_dir.parent / "evm")
     mode, why = read_appraisal_mode()
     if args.stage == "log" and mode is not AppraiseMode.LOG:
         asked = cmdline_value(read_cmdline(), "ima_appraise") == AppraiseMode.LOG.value
