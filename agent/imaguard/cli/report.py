@@ -57,7 +57,11 @@ itself names. Give the AK of the one host the report must come from (the report'
 is not in the quote, so with several hosts' AKs one host's report could pass for another's), and
 a fresh --nonce with it (else a warning, W-NOT-FRESH: an old report would verify too). Not
 checked (the reporter's claims, from its own package index and certificates): package classes and
-packages, signature verdicts, processes (docs/report.md).
+packages, signature verdicts, processes (docs/report.md). Nor the template name of an entry: the
+kernel does not hash it, so a report could rename a file entry to a template of the same layout
+(ima-sig to ima-buf hides its signature); renames that its data gives away are refused, and
+--template NAME (repeatable: every template the host's policy logs, boot_aggregate's included,
+e.g. --template ima-sig --template ima-buf) refuses any other (template-not-allowed).
 
 Exit status: 0 verified, 3 verification failed (the message names the check), 2 usage error.
 """
@@ -117,6 +121,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     v.add_argument("--ak", type=Path, action="append", default=[], metavar="FILE",
                    help="the reporting host's attestation key (PEM, from `imaguard report ak`); the quote must "
                         "be signed by it (repeatable: any of them, e.g. before and after a TPM change)")  # fmt: skip
+    v.add_argument("--template", action="append", default=[], metavar="NAME",
+                   help="a template the host's IMA policy logs (repeatable); every entry's must be one of "
+                        "them")  # fmt: skip
     v.add_argument("--json", action="store_true", help="print the result as one JSON document")
     v.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
     v.add_argument("file", type=Path, metavar="FILE", help="the report (signed envelope or bare document)")
@@ -247,10 +254,25 @@ def _pinned_ak(path: Path) -> bytes:
                          reason="bad-ak") from exc  # fmt: skip
 
 
+def _pinned_templates(names: list[str]) -> frozenset[str] | None:
+    from imaguard.ima.templates import template_for  # noqa: PLC0415
+
+    for name in names:
+        try:
+            known = template_for(name).known
+        except FormatError:
+            known = False
+        if not known:
+            raise UsageError(f"--template {name!r}: not a built-in IMA template nor a format of known fields "
+                             "(ima-ng, ima-sig, ima-buf, d-ng|n-ng|sig, ...)", reason="bad-template")  # fmt: skip
+    return frozenset(names) if names else None
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from imaguard.keys.material import load_certificate, read_small_file  # noqa: PLC0415
     from imaguard.report.verify import verify_report  # noqa: PLC0415
 
+    templates = _pinned_templates(args.template)
     certs = tuple(load_certificate(p) for p in args.cert)
     aks = tuple(_pinned_ak(p) for p in args.ak)
     if aks and args.nonce is None:
@@ -262,14 +284,16 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     # A report of 100,000 entries is some tens of MiB; the limit keeps a wrong path from being slurped.
     data = read_small_file(args.file, "report", limit=256 << 20, reason="bad-report")
     try:
-        result = verify_report(data, certs=certs, nonce=args.nonce, source=str(args.file), aks=aks)
+        result = verify_report(data, certs=certs, nonce=args.nonce, source=str(args.file), aks=aks,
+                               templates=templates)  # fmt: skip
     except FormatError as exc:
         # A report that no longer parses was changed: that is a failed verification, not a crash.
         raise TrustError(f"verification failed: {exc}", reason=exc.reason) from exc
     if args.json:
         print(json.dumps({"verified": True, "checks": list(result.checks), "signed_by": result.signed_by,
                           "nonce": result.nonce, "quoted": result.quoted, "pcr10": result.pcr10,
-                          "ak": result.ak, "ak_pinned": bool(aks), "entries": result.entries}, indent=1))  # fmt: skip
+                          "ak": result.ak, "ak_pinned": bool(aks), "templates_pinned": sorted(templates or ()),
+                          "entries": result.entries}, indent=1))  # fmt: skip
     else:
         ak = f"; quoted by AK {result.ak}{'' if aks else ' (not pinned: --ak)'}" if result.ak else ""
         print(f"{args.file}: verified ({', '.join(result.checks)})"

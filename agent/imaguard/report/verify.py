@@ -4,9 +4,13 @@ Order of checks, each failing closed with a TrustError (exit 3) that names it:
 1. a signed report (DSSE envelope) must verify with a given certificate and carry the report
    payload type; a bare report given with ``--cert`` is refused (``report-not-signed``);
 2. the document is an imaguard report of schema version 1 (FormatError otherwise);
-3. every entry is of PCR 10 (``unattested-pcr``) and its extended digests are the hashes of its
-   template data, which parses under its template and holds the path, digest, signature key id
-   and structural class (violation, boot aggregate, buffer) the entry states (``entry-mismatch``);
+3. every entry is of PCR 10 (``unattested-pcr``), names a template imaguard knows
+   (``unknown-template``; with pinned templates, one of them: ``template-not-allowed``), and its
+   extended digests are the hashes of its template data, which parses under its template and holds
+   the path, digest, signature key id and structural class (violation, boot aggregate, buffer) the
+   entry states (``entry-mismatch``); a file entry has a path and a digest, and a buffer named like
+   a file path does not hold what a file's ``sig`` field holds (``entry-mismatch``: the template
+   name is not in the template hash, so a relabelled file entry is caught only by what it holds);
    the package classes and signature verdicts are the reporter's claims (docs/report.md);
    the extended digests, replayed from zero, give the report's PCR 10 (both banks);
 4. with ``--nonce``, the report was made for that nonce and carries a TPM quote;
@@ -24,7 +28,8 @@ from typing import Any
 
 from imaguard.errors import FormatError, TrustError, UsageError
 from imaguard.ima.logstream import Entry
-from imaguard.ima.templates import ByteOrder, split_template_data, template_for
+from imaguard.ima.templates import ByteOrder, Template, split_template_data, template_for
+from imaguard.ima.xattr import XattrType
 from imaguard.keys.material import Certificate
 from imaguard.report.build import KEY_STATUSES, LogItem, log_item, signature_form, structural_class
 from imaguard.report.envelope import is_envelope, open_envelope
@@ -34,6 +39,8 @@ from imaguard.report.tpmquote import Quote, ak_fingerprint, ak_public_key, verif
 __all__ = ["Verified", "check_entries", "verify_report"]
 
 _BANKS = {"sha1": 20, "sha256": 32}
+# ima_template_lib.c ima_eventsig_init (6.1): a `sig` field is empty or security.ima of these types.
+_SIG_FIELD_TYPES = frozenset({XattrType.DIGSIG, XattrType.VERITY_DIGSIG})
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +71,27 @@ def _extended(entry: dict[str, Any]) -> tuple[bytes, bytes]:
     return out[0], out[1]
 
 
-def _rebuilt(entry: dict[str, Any], n: int, byteorder: ByteOrder) -> tuple[LogItem, tuple[bytes, bytes]]:
+def _known_template(name: str, where: str) -> Template:
+    """The template ``name`` stands for; TrustError ``unknown-template`` unless the kernel can log it
+    and imaguard knows its fields: a built-in template, or a custom format of known fields only."""
+    template = template_for(name)
+    if not template.known:
+        # Its data would split into raw fields that state no path, digest or signature, and the
+        # template name is not in the template hash: any entry could be renamed to it (audit).
+        raise TrustError(f"{where} states template {name!r}, which is neither a built-in IMA template nor a "
+                         "format of known fields, so its template data cannot be checked",
+                         reason="unknown-template")  # fmt: skip
+    return template
+
+
+def _rebuilt(entry: dict[str, Any], n: int, byteorder: ByteOrder, where: str) -> tuple[LogItem, tuple[bytes, bytes]]:
     """The entry rebuilt from its template data the way the report builder sees a log entry, and
-    the extended digests the report states (TypeError/ValueError/KeyError/FormatError if unusable)."""
+    the extended digests the report states (TypeError/ValueError/KeyError/FormatError if unusable,
+    TrustError for a template imaguard does not know)."""
     stated = _extended(entry)
     violation = stated == (b"\xff" * 20, b"\xff" * 32)
     data = base64.b64decode(_text(entry["template_data"], "template_data"), validate=True)
-    template = template_for(_text(entry["template"], "template"))
+    template = _known_template(_text(entry["template"], "template"), where)
     fields = split_template_data(template, data, byteorder)
     log_entry = Entry.build(template.name, fields, pcr=10, byteorder=byteorder, violation=violation)
     if log_entry.template_data != data:  # split and build are inverses; anything else is not log data
@@ -100,6 +121,7 @@ def _check_claims(entry: dict[str, Any], item: LogItem, stated: tuple[bytes, byt
     if klass is None and stated_class not in (str(EntryClass.PACKAGE), str(EntryClass.MODIFIED),
                                               str(EntryClass.UNKNOWN)):  # fmt: skip
         raise mismatch("class", stated_class, "package, modified or unknown")
+    _check_template_fits(item, klass, where)
     signature = entry.get("signature")
     if not isinstance(signature, dict):
         raise mismatch("signature", signature, "an object")
@@ -111,10 +133,39 @@ def _check_claims(entry: dict[str, Any], item: LogItem, stated: tuple[bytes, byt
         raise mismatch("signature status", signature.get("status"), " or ".join(sorted(allowed)))
 
 
-def check_entries(entries: list[Any], byteorder: ByteOrder, source: str) -> dict[str, bytes]:
+def _check_template_fits(item: LogItem, klass: EntryClass | None, where: str) -> None:
+    """What the data itself shows of a renamed template (TrustError ``entry-mismatch``). The template
+    name is not in the template hash, so a reporter can rename an entry to another template of the
+    same field layout: ``ima-sig`` (d-ng|n-ng|sig) to ``ima-buf`` or ``d-ng|n-ng|buf`` makes an
+    executed file a buffer with no signature recorded. Only such renames whose data gives them away
+    are caught here; ``--template`` pins the rest (docs/report.md)."""
+    if klass is None and (not item.path or not item.digest):
+        raise TrustError(f"{where} is a file measurement (template {item.template!r}) without a "
+                         f"{'path' if not item.path else 'file digest'}: it would vouch for no file",
+                         reason="entry-mismatch")  # fmt: skip
+    # The kernel names a buffer after a keyring (KEY_CHECK: its buffer is a certificate or key, DER),
+    # a critical-data label or kexec-cmdline; only a keyring, named by a user, can look like a path,
+    # and its buffer is never empty nor a signature. A file's `sig` field is one of those two.
+    buf = item.buf
+    if (
+        klass is EntryClass.BUFFER
+        and buf is not None
+        and item.path.startswith(b"/")
+        and (not buf or buf[0] in _SIG_FIELD_TYPES)
+    ):
+        raise TrustError(f"{where} states template {item.template!r}: a buffer named like a file path "
+                         f"({path_text(item.path)!r}) that holds {'an IMA signature' if buf else 'nothing'}, "
+                         "as a file measurement's sig field does; the template name is not in the template "
+                         "hash, so this is a file entry renamed", reason="entry-mismatch")  # fmt: skip
+
+
+def check_entries(
+    entries: list[Any], byteorder: ByteOrder, source: str, templates: frozenset[str] | None = None
+) -> dict[str, bytes]:
     """Check every entry against its own template data, then replay PCR 10 from the ``extended``
     digests: PCR = H(PCR || x) from zero. An entry of another PCR is refused: the report states no
-    value for other PCRs, so nothing would vouch for it."""
+    value for other PCRs, so nothing would vouch for it. ``templates``: the only template names
+    allowed (the verifier's knowledge of the host's policy), or None for any imaguard knows."""
     pcrs = {bank: bytes(size) for bank, size in _BANKS.items()}
     for n, entry in enumerate(entries):
         where = f"{source}: entry {n}"
@@ -128,8 +179,12 @@ def check_entries(entries: list[Any], byteorder: ByteOrder, source: str) -> dict
         assert isinstance(entry, dict)  # noqa: S101 - for mypy: pcr came from a dict
         if entry.get("index") != n or type(entry.get("index")) is not int:
             raise TrustError(f"{where} states index {entry.get('index')!r}", reason="entry-mismatch")
+        if templates is not None and entry.get("template") not in templates:
+            raise TrustError(f"{where} states template {entry.get('template')!r}, not one of the --template "
+                             f"names given ({', '.join(sorted(templates))})",
+                             reason="template-not-allowed")  # fmt: skip
         try:
-            item, stated = _rebuilt(entry, n, byteorder)
+            item, stated = _rebuilt(entry, n, byteorder, where)
         except (KeyError, TypeError, ValueError, FormatError) as exc:
             raise FormatError(f"{where} has no usable template data or extended digests ({exc})",
                               reason="bad-report") from exc  # fmt: skip
@@ -188,9 +243,16 @@ def _check_ak(report: VerifiableReport, aks: tuple[bytes, ...], source: str) -> 
 
 
 def verify_report(
-    data: bytes, *, certs: tuple[Certificate, ...], nonce: str | None, source: str, aks: tuple[bytes, ...] = ()
+    data: bytes,
+    *,
+    certs: tuple[Certificate, ...],
+    nonce: str | None,
+    source: str,
+    aks: tuple[bytes, ...] = (),
+    templates: frozenset[str] | None = None,
 ) -> Verified:
-    """Check a report (see the module's list); ``aks`` are pinned AKs (SubjectPublicKeyInfo DER)."""
+    """Check a report (see the module's list); ``aks`` are pinned AKs (SubjectPublicKeyInfo DER),
+    ``templates`` the pinned template names (every entry's must be one of them)."""
     checks: list[str] = []
     signed_by: str | None = None
     try:
@@ -211,8 +273,10 @@ def verify_report(
     entries = report.document.get("entries")
     if not isinstance(entries, list):
         raise FormatError(f"{source}: report without entries", reason="bad-report")
-    replayed = check_entries(entries, _byteorder(report.document, source), source)
+    replayed = check_entries(entries, _byteorder(report.document, source), source, templates)
     checks.append("entries")
+    if templates is not None:
+        checks.append("templates")
     for bank, value in replayed.items():
         if report.pcr10.get(bank) != value:
             raise TrustError(f"{source}: the report's entries replay to PCR 10 {bank} {value.hex()}, "
