@@ -171,6 +171,10 @@ def _open_journal(args: argparse.Namespace, source: SignatureSource) -> Journal:
 def _cmd_enroll(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    # Before any work (the revocation record is read from it next), not after labelling.
+    if args.state_dir.exists() and not args.state_dir.is_dir():  # before any work, not after labelling
+        raise HostStateError(f"{args.state_dir}: --state-dir is not a directory", reason="state-dir",
+                             path=str(args.state_dir))
     source = _signature_source(args)
     if args.unsafe_trust_dpkg_md5sums:
         print("imaguard: warning [W-UNSAFE-MD5SUMS]: signing files whose only evidence is dpkg's unsigned MD5 "
@@ -179,9 +183,6 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         root = Root.at(args.root)
     except OSError as exc:
         raise UsageError(f"{args.root}: cannot use as root: {exc.strerror}") from exc
-    if args.state_dir.exists() and not args.state_dir.is_dir():  # before any work, not after labelling
-        raise HostStateError(f"{args.state_dir}: --state-dir is not a directory", reason="state-dir",
-                             path=str(args.state_dir))
     psrc = open_source(args.root, args.state_dir, args.package_db, fetch=not args.no_fetch,
                        trusted_keyrings=args.trusted_keyring)
     pkgs = [psrc.package(n) for n in args.packages] if args.packages else list(psrc.packages())
