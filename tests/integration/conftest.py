@@ -64,6 +64,20 @@ def imaguard_json(capsys: pytest.CaptureFixture[str]) -> Callable[[list[str]], t
     return call
 
 
+@pytest.fixture(name="run")
+def _run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, dict[str, object], str]]:
+    """``run(*argv)``: ``imaguard ARGV --json``: exit code, the JSON document, stderr (never a traceback)."""
+
+    def call(*argv: str) -> tuple[int, dict[str, object], str]:
+        capsys.readouterr()
+        code = main([*argv, "--json"])
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err, err
+        return code, json.loads(out), err
+
+    return call
+
+
 @pytest.fixture
 def ext4_dir(tmp_path: Path) -> Iterator[Path]:
     """A fresh ext4 filesystem on a loop image (chattr +i works here)."""

@@ -9,7 +9,6 @@ refusals that write nothing, and the grub advice (printed, edited only with --ed
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import stat
 import subprocess
@@ -69,18 +68,6 @@ def root(tmp_path: Path) -> Path:
     (r / "usr/bin").mkdir(parents=True)
     (r / "usr/bin/evmctl").write_text("")
     return r
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, dict, str]]:
-    def call(*argv: str) -> tuple[int, dict, str]:
-        capsys.readouterr()
-        code = main([*argv, "--json"])
-        out, err = capsys.readouterr()
-        assert "Traceback" not in err, err
-        return code, json.loads(out), err
-
-    return call
 
 
 def mode(path: Path) -> int:

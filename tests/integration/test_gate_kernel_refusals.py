@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from imaguard.cli import policy as policy_cli
-from imaguard.cli.main import Parser, main, run_guarded
+from imaguard.cli.main import main
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -32,11 +32,7 @@ CERT = KEYS / "ima-test-rsa2048.pem"
 
 
 def imaguard(argv: list[str]) -> int:
-    parser = Parser(prog="imaguard")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    sub.required = True
-    policy_cli.register(sub)
-    return run_guarded(parser, argv)
+    return main(argv)  # the real entry point (cli.main registers `policy`)
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from imaguard.cli.main import main
 from imaguard.ima import bootfiles, rootfiles
 from imaguard.ima.rootfiles import install_file
 from imaguard.rootfs import open_dir_nofollow, write_in_dir
@@ -34,18 +33,6 @@ REPO = Path(__file__).resolve().parents[2]
 TEST_CERT = REPO / "tests" / "data" / "keys" / "ima-test-rsa2048.pem"
 TEST_KEY_FILE = "imaguard-17b7ae8b.der"
 TIMEOUT = 60  # seconds; a run that blocks on a FIFO never ends
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, dict, str]]:
-    def call(*argv: str) -> tuple[int, dict, str]:
-        capsys.readouterr()
-        code = main([*argv, "--json"])
-        out, err = capsys.readouterr()
-        assert "Traceback" not in err, err
-        return code, json.loads(out), err
-
-    return call
 
 
 @pytest.fixture(scope="module")
