@@ -128,7 +128,7 @@ def test_one_key_for_the_authority_and_the_ima_signatures_is_refused(world, keyp
                          *world.root_args, "--state-dir", str(world.state), "--out", str(out)])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith(f"imaguard: error: bundle authority certificate {ima.cert_pem} has the same public key as "
+    assert err.startswith(f"imaguard-keyring: error: bundle authority certificate {ima.cert_pem} has the same public key as "
                           f"the IMA certificate {ima.cert_pem}: ")
     assert list(out.iterdir()) == []
     code = main(["enroll", "--source", f"bundle:{out}", "--cert", str(ima.cert_pem), "--authority-cert",

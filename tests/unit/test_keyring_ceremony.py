@@ -216,7 +216,7 @@ def test_p384_ca_signs_with_sha384(tmp_path, capsys):
 def test_ca_create_refuses_to_overwrite(world, capsys):
     before = {p.name: p.read_bytes() for p in (world / "ca").iterdir()}
     code, _, err = run_cli(capsys, ["ca", "create", "--out", str(world / "ca"), "--key-type", "rsa2048"])
-    assert (code, err) == (2, f"imaguard: error: {world / 'ca' / 'ca.key'}: already exists; refusing to overwrite\n")
+    assert (code, err) == (2, f"imaguard-keyring: error: {world / 'ca' / 'ca.key'}: already exists; refusing to overwrite\n")
     assert {p.name: p.read_bytes() for p in (world / "ca").iterdir()} == before
 
 
@@ -224,7 +224,7 @@ def test_cert_issue_refuses_to_overwrite(world, capsys):
     code, _, err = run_cli(capsys, ["cert", "issue", "--ca", str(world / "ca"), "--out", str(world / "keys"),
                                     "--name", "ima-2026", "--key-type", "rsa2048"])
     path = world / "keys" / "ima-2026.key"
-    assert (code, err) == (2, f"imaguard: error: {path}: already exists; refusing to overwrite\n")
+    assert (code, err) == (2, f"imaguard-keyring: error: {path}: already exists; refusing to overwrite\n")
 
 
 def test_a_failed_write_leaves_no_files(tmp_path, monkeypatch):
@@ -272,11 +272,11 @@ def test_encrypted_ca_key_needs_its_password(tmp_path, capsys):
     issue = ["cert", "issue", "--ca", str(tmp_path / "ca"), "--out", str(tmp_path / "k"), "--name", "a",
              "--key-type", "rsa2048"]
     code, _, err = run_cli(capsys, issue)
-    assert (code, err) == (2, f"imaguard: error: {tmp_path / 'ca' / 'ca.key'}: the key is encrypted; give its password\n")
+    assert (code, err) == (2, f"imaguard-keyring: error: {tmp_path / 'ca' / 'ca.key'}: the key is encrypted; give its password\n")
     wrong = tmp_path / "wrong"
     wrong.write_text("nope\n")
     code, _, err = run_cli(capsys, [*issue, "--ca-password-file", str(wrong)])
-    assert (code, err) == (2, f"imaguard: error: {tmp_path / 'ca' / 'ca.key'}: wrong password for the key\n")
+    assert (code, err) == (2, f"imaguard-keyring: error: {tmp_path / 'ca' / 'ca.key'}: wrong password for the key\n")
     assert not (tmp_path / "k").exists()
     code, _, _ = run_cli(capsys, [*issue, "--ca-password-file", str(pw), "--password-file", str(pw)])
     assert code == 0
@@ -289,7 +289,7 @@ def test_empty_password_file_is_refused(tmp_path, capsys):
     (tmp_path / "pw").write_text("\n")
     code, _, err = run_cli(capsys, ["ca", "create", "--out", str(tmp_path / "ca"), "--password-file",
                                     str(tmp_path / "pw")])
-    assert (code, err) == (2, f"imaguard: error: {tmp_path / 'pw'}: the password file is empty\n")
+    assert (code, err) == (2, f"imaguard-keyring: error: {tmp_path / 'pw'}: the password file is empty\n")
 
 
 # --- CLI errors: one line, exit 2 -------------------------------------------------------------------
@@ -317,7 +317,7 @@ def test_cli_errors_are_one_line_exit_2(world, tmp_path, capsys, argv, message):
     until = f"{load_pem(world / 'ca' / 'ca.pem').not_valid_after:%Y-%m-%d}"
     fill = {"t": str(tmp_path), "ca": str(world / "ca"), "cert": str(world / "keys" / "ima-2026.pem"), "until": until}
     code, out, err = run_cli(capsys, [a.format(**fill) for a in argv])
-    assert (code, out, err) == (2, "", f"imaguard: error: {message.format(**fill)}\n")
+    assert (code, out, err) == (2, "", f"imaguard-keyring: error: {message.format(**fill)}\n")
     assert not (tmp_path / "x").exists()
     assert not (tmp_path / "y").exists()
 
@@ -359,7 +359,7 @@ def test_mok_prepare_writes_der_and_prints_the_commands(world, tmp_path, capsys)
     assert "never runs mokutil" in out
     assert "without digitalSignature: this CA meets both. Otherwise" in out  # its own CA: keyCertSign only
     code, _, err = run_cli(capsys, ["mok", "prepare", "--ca", str(world / "ca"), "--out", str(tmp_path)])
-    assert (code, err) == (2, f"imaguard: error: {der}: already exists; refusing to overwrite\n")
+    assert (code, err) == (2, f"imaguard-keyring: error: {der}: already exists; refusing to overwrite\n")
 
 
 # --- rotation -----------------------------------------------------------------------------------------
@@ -396,7 +396,7 @@ def test_rotate_refuses_a_certificate_of_another_ca(world, tmp_path, capsys):
     code, _, err = run_cli(capsys, ["rotate", "--ca", str(tmp_path / "other"), "--old",
                                     str(world / "keys" / "ima-2026.pem"), "--out", str(tmp_path / "k")])
     assert code == 2
-    assert err.startswith(f"imaguard: error: {world / 'keys' / 'ima-2026.pem'}: not issued by the CA CN=imaguard IMA CA")
+    assert err.startswith(f"imaguard-keyring: error: {world / 'keys' / 'ima-2026.pem'}: not issued by the CA CN=imaguard IMA CA")
 
 
 # --- the revocation list: model ------------------------------------------------------------------------
@@ -543,17 +543,17 @@ def test_revoke_starts_a_list_only_with_new_and_never_makes_directories(world, t
     base = ["revoke", "--ca", str(world / "ca"), "--key-id", "1a2b3c4d"]
     missing = tmp_path / "typo" / "revocations.json"
     code, _, err = run_cli(capsys, [*base, "--list", str(missing)])
-    assert (code, err) == (2, f"imaguard: error: {missing}: no revocation list there; to start a new one (serial 1) "
+    assert (code, err) == (2, f"imaguard-keyring: error: {missing}: no revocation list there; to start a new one (serial 1) "
                               "give --new\n")  # fmt: skip
     code, _, err = run_cli(capsys, [*base, "--list", str(missing), "--new"])
-    assert (code, err) == (2, f"imaguard: error: {missing.parent}: no such directory (it is not created)\n")
+    assert (code, err) == (2, f"imaguard-keyring: error: {missing.parent}: no such directory (it is not created)\n")
     assert not missing.parent.exists()
     rl_path = tmp_path / "revocations.json"
     assert run_cli(capsys, [*base, "--list", str(rl_path), "--new"])[0] == 0
     before = rl_path.read_bytes()
     code, _, err = run_cli(capsys, ["revoke", "--ca", str(world / "ca"), "--key-id", "5e6f7a8b", "--list",
                                     str(rl_path), "--new"])  # fmt: skip
-    assert (code, err) == (2, f"imaguard: error: {rl_path}: a revocation list (serial 1) is already there: --new only "
+    assert (code, err) == (2, f"imaguard-keyring: error: {rl_path}: a revocation list (serial 1) is already there: --new only "
                               "starts a list where there is none\n")  # fmt: skip
     assert rl_path.read_bytes() == before
 
@@ -569,7 +569,7 @@ def test_revoke_refuses_to_extend_a_tampered_list(world, tmp_path, capsys):
     rl_path.write_text(json.dumps(env))
     tampered = rl_path.read_bytes()
     code, _, err = run_cli(capsys, [*base, "--key-id", "5e6f7a8b"])
-    assert (code, err) == (3, f"imaguard: error: {rl_path}: no signature verifies with a trusted authority certificate\n")
+    assert (code, err) == (3, f"imaguard-keyring: error: {rl_path}: no signature verifies with a trusted authority certificate\n")
     assert rl_path.read_bytes() == tampered
     code, _, err = run_cli(capsys, ["revocations", "show", "--list", str(rl_path), "--ca", str(world / "ca")])
     assert code == 3
@@ -580,7 +580,7 @@ def test_a_corrupt_list_is_a_format_error(world, tmp_path, capsys):
     rl_path.write_text("{not json")
     code, _, err = run_cli(capsys, ["revoke", "--ca", str(world / "ca"), "--list", str(rl_path), "--key-id", "1a2b3c4d"])
     assert code == 1
-    assert err.startswith(f"imaguard: error: {rl_path}: not a DSSE envelope")
+    assert err.startswith(f"imaguard-keyring: error: {rl_path}: not a DSSE envelope")
 
 
 def test_envelope_verifies_with_plain_cryptography(world, tmp_path):

@@ -86,7 +86,7 @@ def test_revoke_refuses_a_symlinked_list(ca_dir, tmp_path, capsys):
     link.symlink_to(target)
     code, out, err = run_cli(capsys, ["revoke", "--ca", str(ca_dir), "--list", str(link), "--key-id", "00000002"])
     assert (code, out) == (2, "")
-    assert err == f"imaguard: error: {link}: is a symbolic link; give the list's own path ({target})\n"
+    assert err == f"imaguard-keyring: error: {link}: is a symbolic link; give the list's own path ({target})\n"
     assert link.is_symlink()
     assert target.read_bytes() == before
 
@@ -109,7 +109,7 @@ def test_interrupted_ca_create_leaves_no_file_and_reruns(tmp_path, monkeypatch, 
     monkeypatch.setattr(ceremony.os, "fsync", fsync_then_interrupt)
     out = tmp_path / "ca"
     assert run_cli(capsys, ["ca", "create", "--out", str(out), "--key-type", "rsa2048"]) == (
-        130, "", "imaguard: interrupted\n")
+        130, "", "imaguard-keyring: interrupted\n")
     assert list(out.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
     monkeypatch.setattr(ceremony.os, "fsync", real_fsync)
@@ -128,7 +128,7 @@ def test_cert_issue_refuses_a_ca_without_skid(tmp_path, capsys):
          "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-addext", "subjectKeyIdentifier=none",
          "-addext", "authorityKeyIdentifier=none"], capture_output=True, check=False)
     assert made.returncode == 0, made.stderr
-    message = ("imaguard: error: the CA certificate CN=noSKID has no subjectKeyIdentifier: the kernel finds an IMA "
+    message = ("imaguard-keyring: error: the CA certificate CN=noSKID has no subjectKeyIdentifier: the kernel finds an IMA "
                "certificate's CA by it; use a CA made by `imaguard-keyring ca create`\n")
     code, out, err = run_cli(capsys, ["cert", "issue", "--ca", str(ca), "--out", str(tmp_path / "k"), "--name", "a",
                                       "--key-type", "rsa2048", "--days", "5"])
@@ -143,7 +143,7 @@ def test_unprintable_subjects_are_refused(ca_dir, tmp_path, capsys, subject, com
             ["cert", "issue", "--ca", str(ca_dir), "--out", str(tmp_path / "x"), "--name", "a"])
     code, out, err = run_cli(capsys, [*argv, "--key-type", "rsa2048", "--subject", subject])
     assert (code, out) == (2, "")
-    assert err == "imaguard: error: the subject common name must be printable UTF-8 text (no control characters)\n"
+    assert err == "imaguard-keyring: error: the subject common name must be printable UTF-8 text (no control characters)\n"
     assert not (tmp_path / "x").exists()
 
 
@@ -168,7 +168,7 @@ def test_end_of_input_at_a_keyring_password_prompt_is_one_line(tmp_path, capsys,
                      str(pw)]) == 0
         argv = ["cert", "issue", "--ca", str(tmp_path / "eca"), "--out", str(tmp_path / "x"), "--name", "a",
                 "--key-type", "rsa2048"]
-    assert run_cli(capsys, argv) == (2, "", "imaguard: error: no password entered (end of input)\n")
+    assert run_cli(capsys, argv) == (2, "", "imaguard-keyring: error: no password entered (end of input)\n")
     assert not (tmp_path / "x").exists()
 
 
@@ -179,7 +179,7 @@ def test_a_huge_password_file_is_refused_unread(tmp_path, capsys):
     big.write_bytes(b"x" * (64 << 10) + b"\n")
     code, out, err = run_cli(capsys, ["ca", "create", "--out", str(tmp_path / "x"), "--key-type", "rsa2048",
                                       "--password-file", str(big)])
-    assert (code, out, err) == (2, "", f"imaguard: error: {big}: larger than 65536 bytes, not a password\n")
+    assert (code, out, err) == (2, "", f"imaguard-keyring: error: {big}: larger than 65536 bytes, not a password\n")
     assert not (tmp_path / "x").exists()
 
 
@@ -197,7 +197,7 @@ def test_keyring_password_file_is_its_first_line_and_empty_is_refused(tmp_path, 
     empty.write_bytes(b"\nsecond\n")
     code, out, err = run_cli(capsys, ["ca", "create", "--out", str(tmp_path / "y"), "--key-type", "rsa2048",
                                       "--password-file", str(empty)])
-    assert (code, out, err) == (2, "", f"imaguard: error: {empty}: the password file is empty\n")
+    assert (code, out, err) == (2, "", f"imaguard-keyring: error: {empty}: the password file is empty\n")
 
 
 # --- 6. missing parents are made 0700 whatever the umask ---------------------------------------------------
@@ -219,7 +219,7 @@ def test_ca_create_makes_missing_parents_0700_under_umask_000(tmp_path):
 def test_ca_create_out_a_file_says_not_a_directory(tmp_path, capsys, out):
     (tmp_path / "afile").write_text("")
     code, stdout, err = run_cli(capsys, ["ca", "create", "--out", str(tmp_path / out), "--key-type", "rsa2048"])
-    assert (code, stdout, err) == (2, "", f"imaguard: error: {tmp_path / 'afile'}: not a directory\n")
+    assert (code, stdout, err) == (2, "", f"imaguard-keyring: error: {tmp_path / 'afile'}: not a directory\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 

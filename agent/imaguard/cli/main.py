@@ -79,20 +79,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_guarded(parser: argparse.ArgumentParser, args_list: list[str]) -> int:
     """Parse and dispatch to ``args.handler``; every ImaguardError becomes one line and its exit code."""
     want_json, verbose = _common_flags(args_list)
+    prog = parser.prog  # "imaguard" or "imaguard-keyring": the user sees which tool failed
     try:
         try:
             args = parser.parse_args(args_list)
         except ImaguardError as exc:
-            _report(str(exc), "usage", want_json)
+            _report(prog, str(exc), "usage", want_json)
             return ExitCode.USAGE
         code: int = args.handler(args)
     except ImaguardError as exc:
         if verbose:
             traceback.print_exc()
-        _report(str(exc), exc.reason, want_json)
+        _report(prog, str(exc), exc.reason, want_json)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("imaguard: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # `imaguard … | head`: the reader left; say nothing more (and not at interpreter exit either).
@@ -101,10 +102,10 @@ def run_guarded(parser: argparse.ArgumentParser, args_list: list[str]) -> int:
     return code
 
 
-def _report(message: str, reason: str, want_json: bool) -> None:
+def _report(prog: str, message: str, reason: str, want_json: bool) -> None:
     if want_json:
         print(json.dumps({"error": {"reason": reason, "message": message}}))
-    print(f"imaguard: error: {one_line(message)}", file=sys.stderr)
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
 
 
 def entry() -> None:
