@@ -102,6 +102,9 @@ def test_chattr_file_is_immutable(flag, previous, ext4_dir, imaguard_json):
 
     code, doc = imaguard_json(sign_args(target))
     assert_one_failure(code, doc, target, "immutable")
+    # The write changed nothing, so nothing is said to be lost (it said "could NOT be restored").
+    assert doc["files"][0]["detail"] == (f"{target}: cannot write security.ima: the file is immutable or "
+                                         "append-only (chattr +i/+a)")
     assert get_ima(target) == previous
     assert target.read_bytes() == CONTENT
 
@@ -120,6 +123,7 @@ def test_read_only_bind_mount_is_read_only(previous, ro_bind, imaguard_json):
 
     code, doc = imaguard_json(sign_args(target))
     assert_one_failure(code, doc, target, "read-only")
+    assert "restored" not in doc["files"][0]["detail"]
     assert get_ima(rw / "file") == previous
 
 
@@ -158,6 +162,7 @@ def test_full_xattr_block_is_xattr_space(previous, ext4_tight_xattr_dir, imaguar
 
     code, doc = imaguard_json(sign_args(target))
     assert_one_failure(code, doc, target, "xattr-space")
+    assert "restored" not in doc["files"][0]["detail"]
     assert get_ima(target) == previous
     assert {name: os.getxattr(target, name) for name in added} == added
 

@@ -205,6 +205,13 @@ def restore_ima(fd: int, previous: bytes | None) -> str:
     left behind that may not match the content must not be reported as rolled back.
     """
     try:
+        # Most failures (immutable, read-only, no space) changed nothing: then there is nothing to
+        # put back, and writing again would fail and report a damage that did not happen.
+        if _unless_nodata(os.getxattr, fd) == previous:
+            return ""
+    except OSError:
+        pass
+    try:
         if previous is not None:
             os.setxattr(fd, IMA_XATTR, previous)
         else:
