@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import traceback
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from imaguard import __version__
 from imaguard.errors import ExitCode, ImaguardError
@@ -29,6 +29,12 @@ exit codes: 0 ok, 1 failure, 2 usage error, 3 verification failed, 77 unsupporte
 
 class Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so main() owns every exit code and message."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No abbreviations: `--unsafe` must not stand for an --unsafe-… option, and `--js` must not
+        # give JSON on success but a text error (run_guarded looks for the literal `--json`).
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         # "imaguard sign: …" names the subcommand; the bare program name is already in the prefix.
@@ -96,8 +102,11 @@ def run_guarded(parser: argparse.ArgumentParser, args_list: list[str]) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # `imaguard … | head`: the reader left; say nothing more (and not at interpreter exit either).
+        # `imaguard … | head`: the reader left. Stop (a `sign -r … | head` must not go on unseen), say
+        # so once on stderr, since exit 1 alone hides that the work was cut short, and keep the
+        # interpreter's exit from raising again on the dead stdout.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"{prog}: stopped: the output was closed (broken pipe) before the command finished", file=sys.stderr)
         return ExitCode.FAILURE
     return code
 
