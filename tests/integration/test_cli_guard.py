@@ -4,6 +4,7 @@ and a reader that leaves (``imaguard … | head``) stops the work with one line 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,36 @@ def test_a_closed_output_stops_signing_and_says_so(tmp_path):
                               capture_output=True, check=False)
     statuses = {(f["status"], f.get("reason")) for f in json.loads(verified.stdout)["files"]}
     assert statuses <= {("verified", None), ("failed", "no-signature")}, statuses
+
+
+def _pipe_holding(data: bytes) -> str:
+    """``/dev/fd/N`` of a pipe holding ``data`` (what `--key <(vault read …)` gives a command)."""
+    r, w = os.pipe()
+    os.write(w, data)
+    os.close(w)
+    return f"/dev/fd/{r}"
+
+
+@pytest.mark.root
+def test_a_key_from_a_pipe_is_read_once(tmp_path, capsys):
+    # It was read twice (a peek for an encrypted header, then the load): the load found the pipe
+    # empty and said "not a PEM or DER private key".
+    target = tmp_path / "f"
+    target.write_bytes(b"content\n")
+    assert main(["sign", "--key", _pipe_holding(KEY.read_bytes()), "--cert", str(CERT), str(target)]) == 0
+    assert main(["verify", "--cert", str(CERT), str(target)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.root
+def test_an_encrypted_key_from_a_pipe_needs_a_password_given(tmp_path, capsys, monkeypatch):
+    encrypted = subprocess.run(["openssl", "pkey", "-in", str(KEY), "-aes256", "-passout", "pass:secret"],
+                               capture_output=True, check=True).stdout
+    target = tmp_path / "f"
+    target.write_bytes(b"content\n")
+    monkeypatch.delenv("IMAGUARD_KEY_PASSWORD", raising=False)
+    key = _pipe_holding(encrypted)
+    assert main(["sign", "--key", key, "--cert", str(CERT), str(target)]) == 2
+    assert capsys.readouterr().err == f"imaguard: error: {key}: the key is encrypted; give its password\n"
+    monkeypatch.setenv("IMAGUARD_KEY_PASSWORD", "secret")
+    assert main(["sign", "--key", _pipe_holding(encrypted), "--cert", str(CERT), str(target)]) == 0

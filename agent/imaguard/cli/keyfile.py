@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import stat
 import sys
 from typing import TYPE_CHECKING
 
@@ -77,6 +78,10 @@ def key_password(password_file: Path | None, key_path: Path) -> bytes | None:
     if env is not None:
         return env.encode()
     try:
+        if not stat.S_ISREG(key_path.stat().st_mode):
+            # A pipe (`--key <(vault read …)`) can be read once only: peeking here would leave
+            # load_private_key nothing. An encrypted key from a pipe needs --password-file.
+            return None
         with key_path.open("rb") as f:  # the PEM header is at the start; never read a wrong path whole
             encrypted = looks_encrypted(f.read(_PEM_HEADER_BYTES))
     except OSError:
