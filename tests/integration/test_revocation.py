@@ -195,10 +195,11 @@ def test_verify_checks_the_recorded_list_and_writes_nothing(ceremony, tmp_path, 
     assert {p: p.read_bytes() for p in state.iterdir()} == recorded
     # A host with no record yet: the list is taken and nothing is written (verify is read-only).
     empty = tmp_path / "empty"
+    empty.mkdir(mode=0o700)
     code, doc, _ = _verify(capsys, "--cert", str(keys / "old.pem"), "--state-dir", str(empty), *ca_opts,
                            "--revocation-list", str(old_list), str(target))  # fmt: skip
     assert (code, doc["files"][0]["status"]) == (0, "verified")
-    assert not empty.exists()
+    assert list(empty.iterdir()) == []
 
 
 def test_a_revocation_ca_without_a_list_is_a_usage_error(ceremony, capsys):
@@ -286,3 +287,22 @@ def test_a_recorded_list_stays_in_force_when_no_list_is_given(ceremony, tmp_path
     code, doc, err = _verify(capsys, "--cert", str(keys / "old.pem"), "--state-dir", str(state), str(target))
     assert (code, doc["error"]["reason"]) == (1, "revocation-state")
     assert "the record of a revocation list accepted is damaged" in err
+
+
+def test_a_state_dir_given_that_is_not_there_is_a_usage_error(ceremony, tmp_path, capsys):
+    """Audit: `verify --state-dir TYPO` read as "nothing recorded", so a recorded revoked key verified."""
+    ca, keys = ceremony
+    target = tmp_path / "tool"
+    shutil.copy("/usr/bin/true", target)
+    assert main(["sign", "--key", str(keys / "old.key"), "--cert", str(keys / "old.pem"), str(target)]) == 0
+    rl = tmp_path / "revocations.json"
+    assert keyring_main(["revoke", "--ca", str(ca), "--list", str(rl), "--cert", str(keys / "old.pem"), "--new"]) == 0
+    state = tmp_path / "state"
+    assert load_revoked(rl, ca / "ca.pem", state)
+    capsys.readouterr()
+    for wrong in (tmp_path / "stat", target):  # a typo, and a file
+        code, doc, err = _verify(capsys, "--cert", str(keys / "old.pem"), "--state-dir", str(wrong), str(target))
+        assert (code, doc) == (2, {"error": {"reason": "state-dir", "message": f"{wrong}: --state-dir is not a directory"}})
+        assert err == f"imaguard: error: {wrong}: --state-dir is not a directory\n"
+    code, doc, _ = _verify(capsys, "--cert", str(keys / "old.pem"), "--state-dir", str(state), str(target))
+    assert (code, doc["files"][0]["reason"]) == (3, "revoked-key")

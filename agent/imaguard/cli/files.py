@@ -95,7 +95,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_revocation_options(p)
     p.add_argument("--state-dir", type=Path, metavar="DIR",
                    help="where enroll and keys install record the newest revocation list accepted (default "
-                        "/var/lib/imaguard): an older list is refused (revocation-rollback); verify never writes it")
+                        "/var/lib/imaguard; a directory given here must exist): an older list is refused "
+                        "(revocation-rollback); verify never writes it")
     _add_common(p)
     p.set_defaults(handler=_cmd_verify)
 
@@ -190,6 +191,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     # An old signed list is still signed: check it against the host's record, as enroll does.
     state_dir = args.state_dir if args.state_dir is not None else DEFAULT_STATE_DIR
+    if args.state_dir is not None and not args.state_dir.is_dir():
+        # A fresh host has no default state dir (nothing recorded), but a --state-dir that is not
+        # there is a typo: read as "nothing recorded", it would let a revoked key verify (audit).
+        raise UsageError(f"{args.state_dir}: --state-dir is not a directory", reason="state-dir")
     revoked = load_revoked(args.revocation_list, args.revocation_ca, state_dir, record=False)
     verifier = Verifier.of((load_certificate(p) for p in args.cert), revoked)
     job = functools.partial(verify_path, verifier=verifier, limits=Limits())
