@@ -98,6 +98,28 @@ def test_invalid_policy_and_stage_mismatch_write_nothing(
     assert policy.read_text() == ""
 
 
+@pytest.mark.parametrize("stage", ["log", "enforce"])
+@pytest.mark.parametrize("verb", ["apply", "install"])
+def test_a_policy_without_appraise_rules_is_no_log_or_enforce_stage(
+    stage: str, verb: str, fake_ima: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Audit: an empty --file (or the measure template) was installed as "stage enforce".
+    policy = fake_ima()
+    empty = tmp_path / "empty.policy"
+    empty.write_text("")
+    root = tmp_path / "root"
+    root.mkdir()
+    where = ["--root", str(root)] if verb == "install" else []
+    for given, source in ((["--file", str(empty)], str(empty)), (["--template", "measure"], str(ROOT / "policies" / "measure.policy"))):
+        code, doc, err = run(["policy", verb, *given, "--stage", stage, *where], capsys)
+        message = (f"{source}: --stage {stage}, but the policy has no appraise rules: it would appraise nothing "
+                   "(use --stage measure, or a policy with appraise rules)")
+        assert (code, doc) == (2, {"error": {"reason": "stage-mismatch", "message": message}})
+        assert err == f"imaguard: error: {message}\n"
+    assert policy.read_text() == ""
+    assert list(root.iterdir()) == []
+
+
 def test_gate_refuses_enforce_and_writes_nothing(fake_ima: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
     policy = fake_ima(unsigned=("/usr/bin/unsigned-tool",))
     code, doc, err = run(["policy", "apply", "--stage", "enforce"], capsys)

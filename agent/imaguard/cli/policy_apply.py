@@ -236,6 +236,12 @@ def _checked_policy(args: argparse.Namespace) -> tuple[str, Policy]:
     if args.stage == "measure" and policy.appraise_rules:
         raise UsageError(f"{source}: --stage measure, but the policy has {len(policy.appraise_rules)} appraise "
                          "rules (use --stage log or enforce)", reason="stage-mismatch")  # fmt: skip
+    if args.stage in ("log", "enforce") and not policy.appraise_rules:
+        # Marked enforce, it would tell the admin the host enforces while it appraises nothing (an
+        # empty or truncated --file, a measure template) (audit).
+        raise UsageError(f"{source}: --stage {args.stage}, but the policy has no appraise rules: it would "
+                         "appraise nothing (use --stage measure, or a policy with appraise rules)",
+                         reason="stage-mismatch")  # fmt: skip
     return source, policy
 
 
