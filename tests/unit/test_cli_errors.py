@@ -208,11 +208,26 @@ def test_bad_pem_certificate(command, files, capsys):
         "verify", "--cert", files.bad_cert]
     code, out, err = run(capsys, *argv, files.target)
     assert (code, out) == (2, "")
-    [line] = err.splitlines()
-    # The tail is cryptography's own words; the head is ours and stable.
-    assert line.startswith(f"imaguard: error: {files.bad_cert}: not a PEM or DER X.509 certificate ("), line
+    # Not the parser's internal dump (it printed "(error parsing asn1 value: ParseError { kind: … })").
+    assert err == f"imaguard: error: {files.bad_cert}: a damaged PEM certificate\n"
     code, doc, _err = run_json(capsys, *argv, files.target)
     assert (code, doc["error"]["reason"]) == (2, "bad-certificate")
+
+
+def test_a_key_given_as_certificate_and_the_reverse_are_named(files, tmp_path, capsys):
+    code, _out, err = run(capsys, "verify", "--cert", files.key, files.target)
+    assert (code, err) == (2, f"imaguard: error: {files.key}: a private key, not a certificate (give its X.509 "
+                              "certificate)\n")
+    code, _out, err = run(capsys, "sign", "--key", files.cert, "--cert", files.cert, files.target)
+    assert (code, err) == (2, f"imaguard: error: {files.cert}: a certificate, not a private key\n")
+    other = tmp_path / "csr.pem"
+    other.write_bytes(b"-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n")
+    code, _out, err = run(capsys, "verify", "--cert", str(other), files.target)
+    assert (code, err) == (2, f"imaguard: error: {other}: a PEM CERTIFICATE REQUEST, not an X.509 certificate\n")
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x00\x01 not a certificate")
+    code, _out, err = run(capsys, "verify", "--cert", str(garbage), files.target)
+    assert (code, err) == (2, f"imaguard: error: {garbage}: not a PEM or DER X.509 certificate\n")
 
 
 # --- keys and certificates unfit for IMA --------------------------------------------------------

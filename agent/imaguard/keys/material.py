@@ -10,6 +10,7 @@ was made by RFC 5280 method 1 (``subjectKeyIdentifier=hash``).
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -107,6 +108,23 @@ class Certificate:
         return describe_key(self.public_key)
 
 
+_PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,40})-----")
+
+
+def not_a_certificate(data: bytes, source: str) -> UsageError:
+    """What to tell a user whose certificate does not parse: what the file is when PEM says it
+    (a key given as --cert is the usual mistake), never the parser's internal error dump."""
+    label = _PEM_LABEL.search(data)
+    if label is not None and b"PRIVATE KEY" in label.group(1):
+        return UsageError(f"{source}: a private key, not a certificate (give its X.509 certificate)",
+                          reason="bad-certificate")
+    if label is not None and label.group(1) != b"CERTIFICATE":
+        kind = label.group(1).decode()
+        return UsageError(f"{source}: a PEM {kind}, not an X.509 certificate", reason="bad-certificate")
+    what = "a damaged PEM certificate" if label is not None else "not a PEM or DER X.509 certificate"
+    return UsageError(f"{source}: {what}", reason="bad-certificate")
+
+
 def parse_certificate(data: bytes, source: str) -> Certificate:
     """Parse a PEM or DER certificate and check it is usable to verify IMA signatures."""
     try:
@@ -116,7 +134,7 @@ def parse_certificate(data: bytes, source: str) -> Certificate:
             cert = x509.load_der_x509_certificate(data)
         public = cert.public_key()
     except (ValueError, UnsupportedAlgorithm) as exc:
-        raise UsageError(f"{source}: not a PEM or DER X.509 certificate ({exc})", reason="bad-certificate") from exc
+        raise not_a_certificate(data, source) from exc
     checked = _check_fit(public, source)
     assert isinstance(checked, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)  # noqa: S101 - narrowing
     try:
@@ -175,6 +193,9 @@ def parse_private_key(data: bytes, source: str, password: bytes | None = None) -
     except ValueError as exc:
         if password is not None and _is_encrypted(loader, data):
             raise UsageError(f"{source}: wrong password for the key", reason="key-password") from exc
+        label = _PEM_LABEL.search(data)
+        if label is not None and b"CERTIFICATE" in label.group(1):
+            raise UsageError(f"{source}: a certificate, not a private key", reason="bad-key") from exc
         raise UsageError(f"{source}: not a PEM or DER private key", reason="bad-key") from exc
     except UnsupportedAlgorithm as exc:
         raise UsageError(f"{source}: unsupported key algorithm ({exc})", reason="unfit-key") from exc

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from imaguard.errors import FormatError, TrustError, UsageError
 from imaguard.keys.dsse import Envelope, sign_envelope, verify_envelope
-from imaguard.keys.material import Certificate, PrivateKey, key_id_from_public_key
+from imaguard.keys.material import Certificate, PrivateKey, key_id_from_public_key, not_a_certificate
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -302,7 +302,7 @@ def parse_ca_certificate(data: bytes, source: str) -> Certificate:
                 else x509.load_der_x509_certificate(data))
         public = _fit_ca_key(cert.public_key(), source)
     except (ValueError, UnsupportedAlgorithm) as exc:
-        raise UsageError(f"{source}: not a PEM or DER X.509 certificate ({exc})", reason="bad-certificate") from exc
+        raise not_a_certificate(data, source) from exc
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
