@@ -4,6 +4,7 @@ refuse a file that is not one, and hash the file under ``--root``, not the host'
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from pathlib import Path
 
@@ -118,3 +119,34 @@ def test_owner_does_not_write_to_the_index(tmp_path, capsys):
     assert capsys.readouterr().out == f"{tmp_path}/f: fake=1/amd64 /bin/ls [repo-verified]\n"
     assert index.read_bytes() == before
     assert index.stat().st_mtime_ns == mtime
+
+
+def test_a_file_known_only_by_its_path_is_not_called_not_in_package(tmp_path, capsys):
+    """Audit: a pristine /usr/bin/ls of a package with only dpkg's md5sums (local-db) in the index
+    was reported `not-in-package`, exit 3, as if no package had shipped it."""
+    content = b"the package's own bytes\n"
+    tool, other = tmp_path / "tool", tmp_path / "other"
+    tool.write_bytes(content)
+    other.write_bytes(b"another\n")
+    state = tmp_path / "state"
+    with DigestIndex.open(state) as index:
+        index.replace_package(InstalledPackage("pkg", "2", "amd64"), [
+            PackageFile(bytes(tool), FileKind.REGULAR, Evidence.LOCAL_DB, hashlib.md5(content).digest(), HashAlgo.MD5),
+            PackageFile(bytes(other), FileKind.REGULAR, Evidence.REPO_VERIFIED, hashlib.sha256(b"x").digest(),
+                        HashAlgo.SHA256)])  # fmt: skip
+    sha = hashlib.sha256(content).hexdigest()
+    assert main(["packages", "owner", "--state-dir", str(state), str(tool)]) == 0
+    assert capsys.readouterr().out == (f"{tool}: pkg=2/amd64 {tool} [local-db] (matches its md5 digest; no sha256 "
+                                       "of it in the index)\n")  # fmt: skip
+    assert main(["packages", "owner", "--state-dir", str(state), "--json", str(tool)]) == 0
+    [result] = json.loads(capsys.readouterr().out)["results"]
+    assert result == {"path": str(tool), "sha256": sha, "owners": [], "path_owners": [
+        {"package": "pkg=2/amd64", "path": str(tool), "evidence": "local-db", "algo": "md5", "status": "matches"}]}
+    # Changed on disk: the package's path, another content.
+    tool.write_bytes(b"tampered\n")
+    assert main(["packages", "owner", "--state-dir", str(state), str(tool)]) == 3
+    assert capsys.readouterr().out == (f"{tool}: modified: pkg=2/amd64 {tool} [local-db] lists another md5 digest "
+                                       f"(sha256 {hashlib.sha256(b'tampered' + bytes([10])).hexdigest()})\n")
+    assert main(["packages", "owner", "--state-dir", str(state), str(other)]) == 3
+    assert capsys.readouterr().out == (f"{other}: modified: pkg=2/amd64 {other} [repo-verified] lists another sha256 "
+                                       f"digest (sha256 {hashlib.sha256(b'another' + bytes([10])).hexdigest()})\n")

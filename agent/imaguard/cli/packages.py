@@ -20,6 +20,7 @@ from imaguard.ima import xattr_store
 from imaguard.packages import DEFAULT_STATE_DIR, open_source
 from imaguard.packages.index import DigestIndex
 from imaguard.packages.verify import FAILED_STATUSES, FileCheck, check_file
+from imaguard.report.paths import usr_aliases
 from imaguard.rootfs import Root
 from imaguard.shown import one_line, shown_path
 from imaguard.sign.parallel import default_jobs, run_jobs
@@ -64,18 +65,37 @@ could not be read, 0 otherwise.
 """
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+_OWNER_HELP = """\
+Hash each file with SHA-256 and look the digest up in the digest index (build it first with
+`imaguard packages index`): every package file with that content, and its evidence. When no
+package file has that SHA-256, the path itself is looked up (and its other name on a merged-/usr
+system): a package that lists the path with a digest of another algorithm (dpkg's md5sums,
+evidence local-db) is checked against it ("matches its md5 digest") or the file is reported
+"modified"; a path no package lists is "not-in-package". With --root DIR, each PATH is
+absolute inside DIR and opened without leaving it.
+
+Exit status: 0 every file matched a package's digest; 3 some file matched none (not-in-package,
+modified, or no digest to compare); 1 some file could not be read; 2 usage error.
+"""
+
+
+def _add_common(p: argparse.ArgumentParser, *, reads_packages: bool = True) -> None:
     p.add_argument("--root", type=Path, default=Path("/"), metavar="DIR",
                    help="inspect the tree mounted at DIR instead of this host (paths never leave it)")
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
                    help=f"where caches and the digest index live (default {DEFAULT_STATE_DIR})")
+    if reads_packages:  # `owner` reads the index only: the package database options mean nothing to it
+        _add_package_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("-v", "--verbose", action="store_true", help="more detail, tracebacks of errors")
+
+
+def _add_package_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", choices=("deb", "rpm"), help="package database (default: detected)")
     p.add_argument("--no-fetch", action="store_true",
                    help="never download a .deb through apt to verify the chain (evidence may stay local-db)")
     p.add_argument("--trusted-keyring", type=Path, action="append", default=[], metavar="FILE",
                    help=TRUSTED_KEYRING_HELP)
-    p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.add_argument("-v", "--verbose", action="store_true", help="more detail, tracebacks of errors")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -109,11 +129,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=_cmd_index)
 
     p = psub.add_parser("owner", help="which package file has this content (digest index lookup)",
-                        description="Hash each file with SHA-256 and look the digest up in the digest index "
-                        "(build it first with `imaguard packages index`). With --root DIR, each PATH is "
-                        "absolute inside DIR and opened without leaving it.", formatter_class=fmt)
+                        description=_OWNER_HELP, formatter_class=fmt)
     p.add_argument("paths", nargs="+", metavar="PATH")
-    _add_common(p)
+    _add_common(p, reads_packages=False)
     p.set_defaults(handler=_cmd_owner)
 
 
@@ -317,7 +335,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 def _cmd_owner(args: argparse.Namespace) -> int:
     limits = Limits()
-    results = []
+    results: list[dict[str, object]] = []
     code = ExitCode.OK
     root = _root(args)
     if not root.is_host and (rel := next((p for p in args.paths if not p.startswith("/")), None)) is not None:
@@ -330,27 +348,68 @@ def _cmd_owner(args: argparse.Namespace) -> int:
                 with xattr_store.open_regular(p, None if root.is_host else root) as (fd, _st):
                     name = os.fsdecode(root.display(os.fsencode(p)))
                     digest = xattr_store.hash_file(fd, HashAlgo.SHA256, limits, name)
+                    hits = index.lookup(digest)
+                    by_path = [] if hits else _path_owners(index, p, fd, limits, name)
             except HostStateError as exc:
                 results.append({"path": p, "error": exc.reason, "detail": str(exc)})
                 code = ExitCode.FAILURE
                 continue
-            hits = index.lookup(digest)
-            if not hits and code == ExitCode.OK:
+            found = bool(hits) or any(o["status"] == "matches" for o in by_path)
+            if not found and code == ExitCode.OK:
                 code = ExitCode.VERIFICATION_FAILED
-            results.append({"path": p, "sha256": digest.hex(), "owners": [
+            result: dict[str, object] = {"path": p, "sha256": digest.hex(), "owners": [
                 {"package": f"{h.name}={h.version}/{h.arch}", "path": _text(h.path), "evidence": str(h.evidence)}
                 for h in hits
-            ]})
+            ]}
+            if not hits:
+                result["path_owners"] = by_path
+            results.append(result)
     if args.json:
         _dump({"results": results, "exit_code": int(code)})
     else:
         for r in results:
-            if "error" in r:
-                print(one_line(str(r["detail"])), file=sys.stderr)  # the message names the file already
-            elif not r["owners"]:
-                print(f"{shown_path(str(r['path']))}: not-in-package (sha256 {r['sha256']})")
-            else:
-                shown = shown_path(str(r["path"]))
-                for o in r["owners"]:
-                    print(f"{shown}: {o['package']} {shown_path(str(o['path']))} [{o['evidence']}]")
+            _print_owner(r)
     return code
+
+
+def _path_owners(index: DigestIndex, path: str, fd: int, limits: Limits, name: str) -> list[dict[str, object]]:
+    """No package file has this SHA-256: who owns the path itself, and does the file match the
+    digest that package recorded in another algorithm (dpkg's md5sums, local-db evidence)? Without
+    this a pristine file of a package with no trusted SHA-256 read as "not-in-package" (audit)."""
+    if not path.startswith("/"):
+        path = os.path.abspath(path)  # noqa: PTH100 - a package path, never resolved through symlinks
+    hashed: dict[HashAlgo, bytes] = {}
+    out: list[dict[str, object]] = []
+    for alias in usr_aliases(os.fsencode(path)):
+        for e in index.lookup_path(alias):
+            if not e.digest:
+                status = "no-digest"
+            else:
+                if e.algo not in hashed:
+                    hashed[e.algo] = xattr_store.hash_file(fd, e.algo, limits, name)
+                status = "matches" if hashed[e.algo] == e.digest else "differs"
+            out.append({"package": f"{e.name}={e.version}/{e.arch}", "path": _text(e.path),
+                        "evidence": str(e.evidence), "algo": e.algo.name.lower(), "status": status})
+    return out
+
+
+def _print_owner(r: dict[str, object]) -> None:
+    if "error" in r:
+        print(one_line(str(r["detail"])), file=sys.stderr)  # the message names the file already
+        return
+    shown = shown_path(str(r["path"]))
+    owners, by_path = r["owners"], r.get("path_owners") or []
+    assert isinstance(owners, list)  # noqa: S101 - built above
+    assert isinstance(by_path, list)  # noqa: S101
+    for o in owners:
+        print(f"{shown}: {o['package']} {shown_path(str(o['path']))} [{o['evidence']}]")
+    for o in by_path:
+        where = f"{o['package']} {shown_path(str(o['path']))} [{o['evidence']}]"
+        if o["status"] == "matches":
+            print(f"{shown}: {where} (matches its {o['algo']} digest; no sha256 of it in the index)")
+        elif o["status"] == "differs":
+            print(f"{shown}: modified: {where} lists another {o['algo']} digest (sha256 {r['sha256']})")
+        else:
+            print(f"{shown}: {where} owns this path but has no digest to compare (sha256 {r['sha256']})")
+    if not owners and not by_path:
+        print(f"{shown}: not-in-package (sha256 {r['sha256']})")
