@@ -39,20 +39,32 @@ The key id in the signature is the last 4 bytes of the certificate's subject key
 identifier (what the kernel matches), or, without --cert, evmctl's id derived from
 the public key. The key password is read from --password-file, the environment
 variable IMAGUARD_KEY_PASSWORD, or asked for on a terminal.
+
+Reason codes for files not signed: missing, is-directory, not-regular-file, too-large,
+permission-denied, unsupported-fs, immutable, read-only, xattr-space, changed-during-sign,
+open-for-write, readback-mismatch.
+
+Exit status: 0 all signed, 1 some file was not signed, 2 usage error (key, certificate, password).
 """
 
 _VERIFY_HELP = """\
 Check each file's security.ima signature against its content and the given certificates,
 like the kernel's appraisal does: the key is found by key id, the digest recomputed with
 the signature's algorithm. Reason codes for failures: no-signature, digest-only,
-unsupported-form, malformed, unknown-key, bad-signature, not-regular-file, unsupported-fs.
+unsupported-form, malformed, unknown-key, revoked-key, bad-signature (verification failed);
+missing, is-directory, not-regular-file, too-large, permission-denied, unsupported-fs (the
+file could not be checked). A revocation list older than the one recorded is refused as a
+whole: revocation-rollback.
 
-Exit status: 0 all verified, 3 some file failed verification, 1 some file could not be checked.
+Exit status: 0 all verified, 3 some file failed verification, 1 some file could not be checked,
+2 usage error.
 """
 
 _HASH_HELP = """\
 Print each file's digest (like sha256sum), hashed through the same descriptor-based reader
 that signing uses. Useful to compare files with package metadata.
+
+Exit status: 0 all hashed, 1 some file could not be read, 2 usage error.
 """
 
 

@@ -160,7 +160,8 @@ often owned by configuration management, and a silent edit that is never followe
 would be a change nobody sees. With --edit-grub the file is rewritten atomically (only plain
 double-quoted GRUB_CMDLINE_LINUX/_DEFAULT lines are touched); run update-grub afterwards.
 
-Exit status: 0 installed or unchanged; 2 invalid policy or usage; 3 the gate refused.
+Exit status: 0 installed or unchanged; 2 invalid policy or usage; 3 the gate refused; 1 the root
+cannot be written safely (an unsafe or symlinked directory, a grub file it will not edit).
 """
 
 
