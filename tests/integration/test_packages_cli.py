@@ -93,6 +93,10 @@ def test_index_and_owner_lookup(world, capsys, tmp_path):
     code, doc = _run(capsys, "packages", "index", *_common(world))
     assert code == 0
     assert doc["packages"] == 1
+    assert doc["by_evidence"] == {"repo-verified": doc["files"]}  # every file of the world's one package
+    assert main(["packages", "index", *_common(world)]) == 0
+    assert capsys.readouterr().out == (f"index: 1 packages, {doc['files']} file digests in {doc['index']} "
+                                       f"(repo-verified {doc['files']})\n")
     copy = tmp_path / "somewhere"
     copy.write_bytes(IGT_1[b"/usr/share/igt/caf\xe9"])
     code, doc = _run(capsys, "packages", "owner", str(copy), "--state-dir", str(world.state))

@@ -65,6 +65,17 @@ could not be read, 0 otherwise.
 """
 
 
+_INDEX_HELP = """\
+Build (or bring up to date) the digest index, STATE/index.sqlite (--state-dir, default
+/var/lib/imaguard): every installed package version, its files, their digests and evidence
+levels, read through the verified chain as `packages files` does. `packages owner` and
+`report` (processes and log entries traced to packages, the Keylime policy export) read it;
+only this command writes it. Versions no longer installed are dropped. The summary counts
+the files by evidence: only repo-verified and vendor-signed digests vouch for a file.
+
+Exit status: 0 built, 1 failure, 2 usage error.
+"""
+
 _OWNER_HELP = """\
 Hash each file with SHA-256 and look the digest up in the digest index (build it first with
 `imaguard packages index`): every package file with that content, and its evidence. When no
@@ -123,7 +134,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add_common(p)
     p.set_defaults(handler=_cmd_verify)
 
-    p = psub.add_parser("index", help="(re)build the digest index in the state directory", description=_HELP,
+    p = psub.add_parser("index", help="(re)build the digest index in the state directory", description=_INDEX_HELP,
                         formatter_class=fmt)
     _add_common(p)
     p.set_defaults(handler=_cmd_index)
@@ -326,10 +337,14 @@ def _cmd_index(args: argparse.Namespace) -> int:
     ) as bar:
         npkg, nfiles = index.build(source, lambda _pkg: bar.update(1))
         path = index.path
+        by_evidence = index.evidence_counts()
     if args.json:
-        _dump({"index": str(path), "packages": npkg, "files": nfiles})
+        _dump({"index": str(path), "packages": npkg, "files": nfiles, "by_evidence": by_evidence})
     else:
-        print(f"index: {npkg} packages, {nfiles} file digests in {path}")
+        # The total alone hid how few digests can vouch for a file (an audit: 96,459 "digests", of
+        # which 5,819 repo-verified; the rest dpkg's MD5 lists).
+        levels = ", ".join(f"{level} {n}" for level, n in by_evidence.items())
+        print(f"index: {npkg} packages, {nfiles} file digests in {path} ({levels or 'none'})")
     return ExitCode.OK
 
 

@@ -277,6 +277,12 @@ class DigestIndex:
         row = self._db.execute("SELECT 1 FROM files WHERE path >= ? AND path < ? LIMIT 1", (lo, hi)).fetchone()
         return row is not None
 
+    def evidence_counts(self) -> dict[str, int]:
+        """Indexed files by evidence level: how many digests can vouch for a file (repo-verified,
+        vendor-signed) and how many are dpkg's MD5 hints (local-db)."""
+        rows = self._db.execute("SELECT evidence, count(*) FROM files GROUP BY evidence ORDER BY evidence")
+        return {str(evidence): int(n) for evidence, n in rows}
+
     def counts(self) -> tuple[int, int]:
         packages = self._db.execute("SELECT count(*) FROM packages").fetchone()[0]
         files = self._db.execute("SELECT count(*) FROM files").fetchone()[0]
