@@ -37,7 +37,9 @@ from the digest index: every trusted SHA-256 digest by path, --cert/--ima-cert a
 keys, excludes for directories no package owns), cel (the log as TCG Canonical Event Log JSON,
 each record with its package provenance).
 
-The digest index is built by `imaguard packages index`. The document goes to stdout or --output;
+The digest index is built by `imaguard packages index`. Every format reads the list (--file, or
+the kernel's) the same way, whole and checked: a --file that does not exist is a usage error, one
+that is not a binary measurement list an error naming it. The document goes to stdout or --output;
 a one-line summary to stderr (not with --json). Schema: docs/report.md.
 
 Exit status: 0 written, 1 failure, 2 usage error, 3 the TPM's PCR 10 does not match the log,
@@ -167,7 +169,7 @@ def _dumps(doc: object) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
+def _check_options(args: argparse.Namespace) -> None:
     if args.sign is not None and args.cert is None:
         raise UsageError("--sign needs --cert (the certificate of the signing key)")
     if args.password_file is not None and args.sign is None:
@@ -176,6 +178,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"--sign applies to the json report, not to --format {args.format}")
     if args.format not in ("json", "text") and args.nonce is not None:
         raise UsageError(f"--nonce applies to the json and text reports, not to --format {args.format}")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    _check_options(args)
     cert = None
     certs = []
     if args.cert is not None or args.ima_cert:
@@ -187,8 +193,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.format == "keylime-policy":
         from imaguard.report.policy_export import keylime_policy_here  # noqa: PLC0415
 
-        policy, stats = keylime_policy_here(state_dir, certs, args.file, _EXCLUDE_CANDIDATES)
+        export = keylime_policy_here(state_dir, certs, args.file, _EXCLUDE_CANDIDATES)
+        policy, stats = export.policy, export.stats
         _write(_dumps(policy), args.output)
+        if export.log_source is not None and export.boot_aggregate is None:
+            # Keylime compares the host's first entry with the policy's boot_aggregate: say it is absent.
+            print(f"imaguard: warning [W-NO-BOOT-AGGREGATE]: {export.log_source}: the list does not start with "
+                  "a boot_aggregate entry: the policy has no boot_aggregate digest", file=sys.stderr)  # fmt: skip
         if not args.json:
             print(f"keylime policy: {stats.paths} paths from {stats.files} package files with SHA-256 "
                   f"({stats.skipped_weak} without left out), excludes {policy['excludes']}",

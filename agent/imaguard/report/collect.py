@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imaguard import __version__
-from imaguard.errors import FormatError, HostStateError, TrustError, UsageError
+from imaguard.errors import TrustError
 from imaguard.host.identity import read_identity
 from imaguard.host.processes import RunningDigests, list_processes
-from imaguard.ima.logsource import locate
-from imaguard.ima.measurements import detect_byteorder, iter_binary
-from imaguard.ima.replay import ReplayedLog, replay
+from imaguard.ima.logsource import log_path, read_bytes, read_log, replay_bytes
+from imaguard.ima.measurements import detect_byteorder
+from imaguard.ima.replay import ReplayedLog
 from imaguard.packages.index import DigestIndex
 from imaguard.report.build import build_report
 from imaguard.report.formats.cel import CelRecord, cel_document
@@ -29,55 +29,17 @@ if TYPE_CHECKING:
 
     from imaguard.keys.material import Certificate
 
+# read_log and replay_bytes live in ima/logsource (the keylime-policy export reads the list the same
+# way without importing this module's process and X.509 code); still exported here for callers.
 __all__ = ["Collected", "cel_of", "collect", "read_log", "replay_bytes"]
 
 _QUOTE_ATTEMPTS = 4
-_LOG_LIMIT = 256 << 20  # config Limits has no log size yet; a list this large is not a real host's
 
 
 @dataclass(frozen=True, slots=True)
 class Collected:
     report: Report
     replayed: ReplayedLog
-
-
-def _read_bytes(path: str) -> bytes:
-    try:
-        with Path(path).open("rb", buffering=0) as f:
-            chunks: list[bytes] = []
-            total = 0
-            while chunk := f.read(1 << 20):
-                total += len(chunk)
-                if total > _LOG_LIMIT:
-                    raise HostStateError(f"{path} is larger than {_LOG_LIMIT} bytes", reason="size-limit-exceeded",
-                                         path=path)  # fmt: skip
-                chunks.append(chunk)
-    except FileNotFoundError as exc:
-        raise UsageError(f"{path}: no such measurement list", reason="missing") from exc
-    except OSError as exc:
-        raise HostStateError(f"cannot read {path}: {exc.strerror}", reason="measurements-unreadable",
-                             errno=exc.errno, path=path) from exc  # fmt: skip
-    return b"".join(chunks)
-
-
-def _log_path(log_file: Path | None) -> str:
-    return str(log_file) if log_file is not None else locate().path
-
-
-def read_log(log_file: Path | None) -> tuple[bytes, str]:
-    path = _log_path(log_file)
-    return _read_bytes(path), path
-
-
-def replay_bytes(data: bytes, source: str = "") -> ReplayedLog:
-    """The replayed binary list ``data``; a FormatError names ``source`` (the list's path)."""
-    try:
-        return replay(iter_binary(data, byteorder=detect_byteorder(data)))
-    except FormatError as exc:
-        if not source:
-            raise
-        message = str(exc).removesuffix(f" (at byte offset {exc.offset})")
-        raise FormatError(f"{source}: {message}", offset=exc.offset, reason=exc.reason) from exc
 
 
 def _host() -> HostFacts:
@@ -90,11 +52,11 @@ def _host() -> HostFacts:
 def _quoted(log_file: Path | None, nonce: str) -> tuple[bytes, QuoteReport]:
     from imaguard.report.quote import make_quote  # noqa: PLC0415 - only with --nonce
 
-    path = _log_path(log_file)
-    before = _read_bytes(path)
+    path = log_path(log_file)
+    before = read_bytes(path)
     for _ in range(_QUOTE_ATTEMPTS):
         quote = make_quote(nonce)
-        after = _read_bytes(path)
+        after = read_bytes(path)
         if after == before:
             return after, QuoteReport(nonce, quote.pcr_bank, quote.pcr_value, quote.attest, quote.signature,
                                       quote.ak_public_pem)  # fmt: skip
@@ -117,7 +79,7 @@ def collect(
     quote = None
     if nonce is not None:
         data, quote = _quoted(log_file, nonce)
-        source = _log_path(log_file)
+        source = log_path(log_file)
     else:
         data, source = read_log(log_file)
     replayed = replay_bytes(data, source)

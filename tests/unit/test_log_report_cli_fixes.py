@@ -1,0 +1,81 @@
+"""Regressions of the `log`/`report` CLI audit: --pcr values are not the TPM's, keylime-policy reads
+--file like the other formats, --json with --format text, -o over an input, options before
+`report verify|ak`, and the ASCII list given as a binary one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from imaguard.cli.main import main
+from imaguard.packages.index import DigestIndex
+
+LAB = Path(__file__).resolve().parents[1] / "data" / "lab"
+BINARY = LAB / "binary_runtime_measurements"
+ASCII = LAB / "ascii_runtime_measurements"
+PCR = json.loads((LAB / "pcr10.json").read_text())
+ZERO256 = "00" * 32
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Path:
+    """An empty digest index: enough for every format to read the list."""
+    with DigestIndex.open(tmp_path / "state"):
+        pass
+    return tmp_path / "state"
+
+
+def _json(capsys: pytest.CaptureFixture[str]) -> tuple[dict[str, object], str]:
+    captured = capsys.readouterr()
+    return json.loads(captured.out), captured.err
+
+
+# B. keylime-policy reads --file as the other formats do.
+
+
+@pytest.mark.parametrize("fmt", ["keylime-policy", "cel", "json"])
+def test_a_missing_list_is_a_usage_error_in_every_format(fmt, index, tmp_path, capsys):
+    missing = tmp_path / "nope"
+    argv = ["report", "--format", fmt, "--file", str(missing), "--index", str(index), "--no-processes"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"imaguard: error: {missing}: no such measurement list\n"
+    assert main([*argv, "--json"]) == 2
+    assert _json(capsys)[0] == {"error": {"reason": "missing", "message": f"{missing}: no such measurement list"}}
+
+
+@pytest.mark.parametrize("fmt", ["keylime-policy", "cel"])
+def test_a_malformed_list_fails_naming_the_file_in_every_format(fmt, index, tmp_path, capsys):
+    out = tmp_path / "out.json"
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"garbage garbage garbage garbage")
+    assert main(["report", "--format", fmt, "--file", str(garbage), "--index", str(index), "-o", str(out)]) == 1
+    assert capsys.readouterr().err == (f"imaguard: error: {garbage}: first PCR index 67617262 is not a PCR in either "
+                                       "byte order (at byte offset 0)\n")  # fmt: skip
+    # A whole first record (boot_aggregate) and garbage after it: the policy was written from the
+    # first record alone.
+    tail = tmp_path / "tail"
+    tail.write_bytes(BINARY.read_bytes()[:1704] + b"\xff" * 64)
+    assert main(["report", "--format", fmt, "--file", str(tail), "--index", str(index), "-o", str(out),
+                 "--json"]) == 1  # fmt: skip
+    assert _json(capsys)[0] == {"error": {"reason": "malformed", "message": (
+        f"{tail}: PCR index 4294967295 is out of range (byte order?) (at byte offset 1704)")}}  # fmt: skip
+    assert not out.exists()
+
+
+def test_keylime_policy_warns_when_the_list_has_no_boot_aggregate(index, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    out = tmp_path / "policy.json"
+    assert main(["report", "--format", "keylime-policy", "--file", str(empty), "--index", str(index), "-o", str(out),
+                 "--json"]) == 0  # fmt: skip
+    assert capsys.readouterr().err == (
+        f"imaguard: warning [W-NO-BOOT-AGGREGATE]: {empty}: the list does not start with a boot_aggregate entry: "
+        "the policy has no boot_aggregate digest\n"
+    )
+    assert "boot_aggregate" not in json.loads(out.read_text())["digests"]
+    assert main(["report", "--format", "keylime-policy", "--file", str(BINARY), "--index", str(index), "-o", str(out),
+                 "--json"]) == 0  # fmt: skip
+    assert capsys.readouterr().err == ""
+    assert list(json.loads(out.read_text())["digests"]) == ["boot_aggregate"]
