@@ -32,6 +32,67 @@ def _json(capsys: pytest.CaptureFixture[str]) -> tuple[dict[str, object], str]:
     return json.loads(captured.out), captured.err
 
 
+# A. --pcr values are what the user expects, not what a TPM holds.
+
+
+def test_given_pcrs_are_not_called_the_tpm(capsys):
+    assert main(["log", "--file", str(BINARY), "--summary", "--pcr", f"sha256:{PCR['sha256']}"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        f"PCR 10 sha1: {PCR['sha1']}",
+        f"PCR 10 sha256: {PCR['sha256']} = expected (--pcr)",
+        "the given values (--pcr; no TPM was read) match this list: every compared PCR equals the given value",
+    ]
+    assert main(["log", "--file", str(BINARY), "--summary", "--pcr", f"sha256:{ZERO256}"]) == 3
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[2:] == [
+        f"PCR 10 sha256: {PCR['sha256']} != expected (--pcr) {ZERO256}",
+        "the list does NOT match the given PCR values (--pcr)",
+    ]
+    assert captured.err == f"imaguard: PCR 10 sha256: log replays to {PCR['sha256']}, --pcr expects {ZERO256}\n"
+
+
+def test_json_says_where_the_compared_values_come_from(capsys, monkeypatch):
+    assert main(["log", "--file", str(BINARY), "--summary", "--json", "--pcr", f"sha256:{PCR['sha256']}"]) == 0
+    doc, _ = _json(capsys)
+    # "tpm" and "matches_tpm" keep their names for existing readers; "pcr_source" tells them apart.
+    assert (doc["pcr_source"], doc["tpm"], doc["matches_tpm"]) == ("given", {"sha256": {"10": PCR["sha256"]}}, True)
+    assert main(["log", "--file", str(BINARY), "--summary", "--json", "--replay"]) == 0
+    assert "pcr_source" not in _json(capsys)[0]  # nothing compared
+
+    import imaguard.ima.pcrs  # noqa: PLC0415
+
+    tpm = {bank: {10: bytes.fromhex(PCR[bank])} for bank in ("sha1", "sha256")}
+    monkeypatch.setattr(imaguard.ima.pcrs, "read_pcrs", lambda banks, indexes: tpm)
+    assert main(["log", "--file", str(BINARY), "--summary", "--json", "--pcr-from-tpm"]) == 0
+    doc, _ = _json(capsys)
+    assert (doc["pcr_source"], doc["matches_tpm"]) == ("tpm", True)
+    assert main(["log", "--file", str(BINARY), "--summary", "--pcr-from-tpm"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        f"PCR 10 sha1: {PCR['sha1']} = TPM",
+        f"PCR 10 sha256: {PCR['sha256']} = TPM",
+        "the TPM vouches for this list: every compared PCR equals the replay",
+    ]
+
+
+def test_a_bank_given_twice_with_different_values_is_a_usage_error(capsys):
+    argv = ["log", "--file", str(BINARY), "--summary", "--pcr", f"sha256:{PCR['sha256']}"]
+    assert main([*argv, "--pcr", f"sha256:{ZERO256}"]) == 2
+    assert capsys.readouterr().err == (
+        "imaguard: error: --pcr sha256: given twice with different values; give one value per bank\n"
+    )
+    assert main([*argv, "--pcr", f"sha256:{PCR['sha256'].upper()}"]) == 0  # the same value twice: fine
+    capsys.readouterr()
+    assert main([*argv, "--pcr", f"sha1:{ZERO256[:40]}", "--pcr", f"sha1:{'11' * 20}", "--json"]) == 2
+    assert _json(capsys)[0] == {"error": {"reason": "usage", "message": (
+        "--pcr sha1: given twice with different values; give one value per bank")}}  # fmt: skip
+
+
+def test_given_pcrs_and_the_tpm_do_not_mix(capsys):
+    # The TPM's values silently replaced the given ones (and the TPM was read to do so).
+    assert main(["log", "--file", str(BINARY), "--pcr", f"sha256:{PCR['sha256']}", "--pcr-from-tpm"]) == 2
+    assert capsys.readouterr().err == "imaguard: error: --pcr and --pcr-from-tpm: give one (values typed, or the TPM's)\n"
+
+
 # B. keylime-policy reads --file as the other formats do.
 
 

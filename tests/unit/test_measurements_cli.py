@@ -26,9 +26,9 @@ def test_listing_and_replay_matching_given_pcrs(capsys):
     ]
     assert out[7:] == [
         f"{BINARY}: 6 entries (ima-buf 1, ima-sig 5), 0 violations, 2092 bytes checked",
-        f"PCR 10 sha1: {PCR['sha1']} = TPM",
-        f"PCR 10 sha256: {PCR['sha256']} = TPM",
-        "the TPM vouches for this list: every compared PCR equals the replay",
+        f"PCR 10 sha1: {PCR['sha1']} = expected (--pcr)",
+        f"PCR 10 sha256: {PCR['sha256']} = expected (--pcr)",
+        "the given values (--pcr; no TPM was read) match this list: every compared PCR equals the given value",
     ]
 
 
@@ -36,8 +36,8 @@ def test_a_differing_pcr_exits_3_and_says_so(capsys):
     code = main(["log", "--ascii", "--file", str(ASCII), "--summary", "--pcr", "sha256:" + "00" * 32])
     captured = capsys.readouterr()
     assert code == 3
-    assert captured.out.splitlines()[-1] == "the list does NOT match the TPM"
-    assert captured.err == f"imaguard: PCR 10 sha256: log replays to {PCR['sha256']}, TPM has {'00' * 32}\n"
+    assert captured.out.splitlines()[-1] == "the list does NOT match the given PCR values (--pcr)"
+    assert captured.err == f"imaguard: PCR 10 sha256: log replays to {PCR['sha256']}, --pcr expects {'00' * 32}\n"
 
 
 def test_json_is_one_document_with_entries_and_replay(capsys):
@@ -73,8 +73,8 @@ def test_junk_after_a_whole_list_is_not_vouched_for(tmp_path, capsys):
     assert code == 0
     assert out[1] == ("the file ends inside a record at byte 2092 (20 bytes of it present): a copy taken while the "
                       "list grew, or bytes that are not a record; only the 6 entries before it were checked")
-    assert out[-1] == ("the TPM vouches for the 6 whole entries of this list (not the bytes after them): every "
-                       "compared PCR equals the replay")
+    assert out[-1] == ("the given values (--pcr; no TPM was read) match the 6 whole entries of this list (not the "
+                       "bytes after them): every compared PCR equals the given value")
 
 
 def test_a_corrupt_list_is_an_error_naming_the_offset(tmp_path, capsys):
@@ -114,11 +114,13 @@ def test_a_list_that_grew_after_the_pcr_read_is_vouched_for_up_to_the_pcr(capsys
     pcrs = [f"--pcr={bank}:{first5.pcr(10, bank).hex()}" for bank in ("sha1", "sha256")]
     assert main(["log", "--file", str(BINARY), "--summary", *pcrs]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == (
-        "the TPM vouches for the first 5 entries; 1 more were added after PCR 10 was read (the list grew)"
+        "the given PCR 10 values (--pcr) match the first 5 entries; the list has 1 more that they do not cover "
+        "(added after the values were taken)"
     )
     assert main(["log", "--file", str(BINARY), "--json", *pcrs]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert (doc["matches_tpm"], doc["vouched_entries"], doc["grew_after_pcr_read"]) == (False, 5, True)
+    assert doc["pcr_source"] == "given"
     # Only one bank reached: not a grown list but a mismatch.
     assert main(["log", "--file", str(BINARY), "--summary", pcrs[0], f"--pcr=sha256:{'00' * 32}"]) == 3
 

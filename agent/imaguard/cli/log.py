@@ -17,7 +17,7 @@ from imaguard.ima.measurements import (
     iter_ascii,
     iter_binary,
 )
-from imaguard.ima.replay import ReplayedLog, compare, replay, replay_binary
+from imaguard.ima.replay import PcrMismatch, ReplayedLog, compare, replay, replay_binary
 from imaguard.shown import one_line, shown_path
 
 if TYPE_CHECKING:
@@ -40,11 +40,14 @@ at the last whole record; the output says where.
 --replay computes PCR 10 (and any other PCR the list extends) for the sha1 and sha256 banks the
 way the kernel extends them (violations as all-0xff). --pcr-from-tpm reads the TPM's PCR 10 with
 tpm2_pcrread first, then the list, and compares; --pcr BANK:HEX compares with values given on the
-command line. A list that grew after the PCR was read is not a mismatch when the replay reached the
-TPM's value on the way in every bank: the output says for how many leading entries the TPM vouches.
+command line (one per bank; no TPM is read, and the output says "expected (--pcr)", not "TPM").
+The two do not combine. A list that grew after the PCR was read is not a mismatch when the replay
+reached the TPM's value on the way in every bank: the output says for how many leading entries the
+TPM vouches. In JSON, "tpm" holds the values compared and "pcr_source" says where they come from:
+"tpm" (--pcr-from-tpm) or "given" (--pcr).
 
 Exit status: 0 ok, 1 malformed list, 2 usage error (a --file that cannot be read included), 3 the
-replay differs from the TPM's PCRs, 77 no IMA, no TPM or no tpm2-tools here.
+replay differs from the TPM's PCRs (or the given ones), 77 no IMA, no TPM or no tpm2-tools here.
 """
 
 _BANKS = ("sha1", "sha256")
@@ -64,7 +67,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--pcr-from-tpm", action="store_true",
                    help="read PCR 10 from the TPM and compare (implies --replay)")
     p.add_argument("--pcr", action="append", default=[], metavar="BANK:HEX",
-                   help="expected PCR 10 value of a bank, compared with the replay (implies --replay; repeatable)")
+                   help="expected PCR 10 value of a bank, compared with the replay (implies --replay; once per "
+                        "bank; not with --pcr-from-tpm)")  # fmt: skip
     p.add_argument("--summary", action="store_true", help="counts and replay only, no entry listing")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
@@ -98,6 +102,9 @@ def _expected(values: list[str]) -> dict[str, dict[int, bytes]]:
             raise UsageError(f"--pcr {item!r}: expected BANK:HEX, BANK sha1 or sha256 (the banks replayed)")
         if len(raw) != BANK_DIGEST_SIZES[bank]:
             raise UsageError(f"--pcr {item!r}: expected {BANK_DIGEST_SIZES[bank] * 2} hex digits for {bank}")
+        if out.get(bank, {}).get(10, raw) != raw:
+            # Which one is right? Letting the last win would compare with a value the user may not mean.
+            raise UsageError(f"--pcr {bank}: given twice with different values; give one value per bank")
         out.setdefault(bank, {})[10] = raw
     return out
 
@@ -169,16 +176,25 @@ def _listed(stream: LogStream, out: IO[str], as_json: bool) -> Iterator[Entry]:
         yield e
 
 
-def _cmd_log(args: argparse.Namespace) -> int:
-    tpm = _expected(args.pcr)
-    want_replay = args.replay or args.pcr_from_tpm or bool(tpm)
-    if args.pcr_from_tpm:
-        # PCR first, list second: the kernel appends to the list before it extends the PCR, so a
-        # list read afterwards holds every entry the PCR covers (and maybe newer ones).
-        from imaguard.ima.pcrs import read_pcrs  # noqa: PLC0415 - runs tpm2_pcrread only when asked
+def _compared(args: argparse.Namespace) -> dict[str, dict[int, bytes]]:
+    """The PCR values to compare the replay with: --pcr's, or the TPM's (read now, before the list)."""
+    given = _expected(args.pcr)
+    if not args.pcr_from_tpm:
+        return given
+    if given:
+        # The TPM's values would silently replace the given ones bank by bank (and the output could
+        # not say which it compared with): one source per run.
+        raise UsageError("--pcr and --pcr-from-tpm: give one (values typed, or the TPM's)")
+    # PCR first, list second: the kernel appends to the list before it extends the PCR, so a
+    # list read afterwards holds every entry the PCR covers (and maybe newer ones).
+    from imaguard.ima.pcrs import read_pcrs  # noqa: PLC0415 - runs tpm2_pcrread only when asked
 
-        for bank, values in read_pcrs(_BANKS, (10,)).items():
-            tpm.setdefault(bank, {}).update(values)
+    return {bank: dict(values) for bank, values in read_pcrs(_BANKS, (10,)).items()}
+
+
+def _cmd_log(args: argparse.Namespace) -> int:
+    tpm = _compared(args)
+    want_replay = args.replay or args.pcr_from_tpm or bool(tpm)
     expect = {bank: values[10] for bank, values in tpm.items() if 10 in values}
     source, f = _open(args)
     out = sys.stdout
@@ -219,10 +235,10 @@ def _cmd_log(args: argparse.Namespace) -> int:
         and (_vouched(replayed) or 0) > 0
     )
     if args.json:
-        _finish_json(out, replayed, want_replay, tpm, mismatches, grown=grown)
+        _finish_json(out, replayed, want_replay, tpm, mismatches, grown=grown, from_tpm=args.pcr_from_tpm)
     else:
         _finish_text(out, source, replayed, want_replay=want_replay, tpm=tpm, mismatches=mismatches, grown=grown,
-                     saved=args.file is not None)
+                     saved=args.file is not None, from_tpm=args.pcr_from_tpm)
     return ExitCode.VERIFICATION_FAILED if mismatches and not grown else ExitCode.OK
 
 
@@ -233,7 +249,7 @@ def _vouched(r: ReplayedLog) -> int | None:
 
 def _finish_json(
     out: IO[str], r: ReplayedLog, want_replay: bool, tpm: dict[str, dict[int, bytes]], mismatches: list[Any],
-    *, grown: bool,
+    *, grown: bool, from_tpm: bool,
 ) -> None:
     tail: dict[str, Any] = {
         "count": r.count,
@@ -246,6 +262,9 @@ def _finish_json(
     if want_replay:
         tail["replay"] = {bank: {str(i): v.hex() for i, v in sorted(pcrs.items())} for bank, pcrs in r.pcrs.items()}
     if tpm:
+        # "tpm"/"matches_tpm" keep their names (scripts read them); "pcr_source" says whether a TPM
+        # was read at all or the values were typed with --pcr.
+        tail["pcr_source"] = "tpm" if from_tpm else "given"
         tail["tpm"] = {bank: {str(i): v.hex() for i, v in sorted(p.items())} for bank, p in tpm.items()}
         tail["matches_tpm"] = not mismatches
         tail["mismatches"] = [str(m) for m in mismatches]
@@ -256,7 +275,7 @@ def _finish_json(
 
 def _finish_text(
     out: IO[str], source: str, r: ReplayedLog, *, want_replay: bool, tpm: dict[str, dict[int, bytes]],
-    mismatches: list[Any], grown: bool, saved: bool = False,
+    mismatches: list[Any], grown: bool, saved: bool = False, from_tpm: bool = True,
 ) -> None:
     kinds = ", ".join(f"{name} {n}" for name, n in sorted(r.templates.items()))
     out.write(f"{source}: {r.count} entries ({kinds or 'none'}), {r.violations} violations, "
@@ -272,21 +291,35 @@ def _finish_text(
                   "present): the list grew while it was read; entries up to there were checked\n")
     if r.boot_aggregate is None:
         out.write("no boot_aggregate entry first: the list does not start at boot\n")
+    # Values typed with --pcr are what the user expects, not what a TPM holds: never call them the TPM's.
+    against = "TPM" if from_tpm else "expected (--pcr)"
     if want_replay:
         for bank, pcrs in r.pcrs.items():
             for index, value in sorted(pcrs.items()):
                 have = tpm.get(bank, {}).get(index)
-                verdict = "" if have is None else (" = TPM" if have == value else f" != TPM {have.hex()}")
+                verdict = "" if have is None else (f" = {against}" if have == value else f" != {against} {have.hex()}")
                 out.write(f"PCR {index} {bank}: {value.hex()}{verdict}\n")
-    if grown:
-        n = _vouched(r)
-        out.write(f"the TPM vouches for the first {n} entries; {r.count - (n or 0)} more were added after "
+    n = _vouched(r) or 0
+    what = f"the {r.count} whole entries of this list (not the bytes after them)" if r.truncated else "this list"
+    if grown and from_tpm:
+        out.write(f"the TPM vouches for the first {n} entries; {r.count - n} more were added after "
                   "PCR 10 was read (the list grew)\n")
         return
+    if grown:
+        out.write(f"the given PCR 10 values (--pcr) match the first {n} entries; the list has {r.count - n} more "
+                  "that they do not cover (added after the values were taken)\n")
+        return
     for m in mismatches:
-        print(f"imaguard: {m}", file=sys.stderr)
+        print(f"imaguard: {m if from_tpm else _given_mismatch(m)}", file=sys.stderr)
     if tpm and not mismatches:
-        what = f"the {r.count} whole entries of this list (not the bytes after them)" if r.truncated else "this list"
-        out.write(f"the TPM vouches for {what}: every compared PCR equals the replay\n")
+        out.write(f"the TPM vouches for {what}: every compared PCR equals the replay\n" if from_tpm else
+                  f"the given values (--pcr; no TPM was read) match {what}: every compared PCR equals the given "
+                  "value\n")  # fmt: skip
     elif mismatches:
-        out.write("the list does NOT match the TPM\n")
+        out.write("the list does NOT match the TPM\n" if from_tpm else
+                  "the list does NOT match the given PCR values (--pcr)\n")  # fmt: skip
+
+
+def _given_mismatch(m: PcrMismatch) -> str:
+    given = m.tpm.hex() if m.tpm is not None else "nothing"
+    return f"PCR {m.pcr} {m.bank}: log replays to {m.replayed.hex()}, --pcr expects {given}"
