@@ -140,3 +140,30 @@ def test_keylime_policy_warns_when_the_list_has_no_boot_aggregate(index, tmp_pat
                  "--json"]) == 0  # fmt: skip
     assert capsys.readouterr().err == ""
     assert list(json.loads(out.read_text())["digests"]) == ["boot_aggregate"]
+
+
+# F. The ASCII list given as a binary one.
+
+
+def test_the_ascii_list_without_ascii_gets_a_hint(tmp_path, capsys):
+    assert main(["log", "--file", str(ASCII), "--summary"]) == 1
+    assert capsys.readouterr().err == (f"imaguard: error: {ASCII}: first PCR index 31302032 is not a PCR in either "
+                                       "byte order (at byte offset 0); it looks like the ASCII list: use --ascii\n")  # fmt: skip
+    assert main(["log", "--file", str(ASCII), "--byteorder", "little", "--json"]) == 1
+    assert _json(capsys)[0]["error"] == {"reason": "malformed", "offset": 0, "message": (
+        f"{ASCII}: PCR index 840970289 is out of range (byte order?) (at byte offset 0); it looks like the ASCII "
+        "list: use --ascii")}  # fmt: skip
+    # Garbage that is not ASCII digits gets no hint.
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"garbage garbage garbage garbage")
+    assert main(["log", "--file", str(garbage)]) == 1
+    assert capsys.readouterr().err == (f"imaguard: error: {garbage}: first PCR index 67617262 is not a PCR in either "
+                                       "byte order (at byte offset 0)\n")  # fmt: skip
+
+
+def test_report_of_the_ascii_list_gets_a_hint(index, capsys):
+    assert main(["report", "--format", "cel", "--file", str(ASCII), "--index", str(index)]) == 1
+    assert capsys.readouterr().err == (
+        f"imaguard: error: {ASCII}: first PCR index 31302032 is not a PCR in either byte order (at byte offset 0); "
+        "it looks like the ASCII list: give the binary one (binary_runtime_measurements)\n"
+    )

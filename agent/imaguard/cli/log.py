@@ -8,6 +8,7 @@ import sys
 from typing import IO, TYPE_CHECKING, Any
 
 from imaguard.errors import ExitCode, FormatError, UsageError
+from imaguard.ima.logsource import looks_ascii
 from imaguard.ima.measurements import (
     BANK_DIGEST_SIZES,
     Entry,
@@ -123,16 +124,15 @@ def _open(args: argparse.Namespace) -> tuple[str, IO[bytes]]:
     return found.path, open_log(found)
 
 
-def _stream(args: argparse.Namespace, f: IO[bytes]) -> tuple[LogStream, LogReader, ByteOrder]:
-    """The entry stream, the reader it reads (for the summary path), and the byte order."""
+def _stream(args: argparse.Namespace, f: IO[bytes], head: bytes) -> tuple[LogStream, LogReader, ByteOrder]:
+    """The entry stream, the reader it reads (for the summary path), and the byte order; ``head`` is
+    the first bytes of a binary list, already read from ``f``."""
     byteorder: ByteOrder = "little" if args.byteorder == "auto" else args.byteorder
     if args.ascii:
         return iter_ascii(f, byteorder=byteorder), f, byteorder
-    reader: LogReader = f
     if args.byteorder == "auto":
-        head = f.read(4)
         byteorder = detect_byteorder(head)
-        reader = _Prefixed(head, f)
+    reader = _Prefixed(head, f)
     return iter_binary(reader, byteorder=byteorder, bank=args.bank), reader, byteorder
 
 
@@ -199,8 +199,10 @@ def _cmd_log(args: argparse.Namespace) -> int:
     source, f = _open(args)
     out = sys.stdout
     opened = False  # the JSON document has begun: an error must then close it, not start a second one
+    first = b""  # the first bytes of a binary list: the byte order, and whether it is the ASCII one
     try:
-        stream, reader, byteorder = _stream(args, f)
+        first = b"" if args.ascii else f.read(4)
+        stream, reader, byteorder = _stream(args, f, first)
         if args.json:
             head = {"source": source, "form": "ascii" if args.ascii else "binary", "bank": args.bank,
                     "byteorder": byteorder}
@@ -216,8 +218,12 @@ def _cmd_log(args: argparse.Namespace) -> int:
             replayed = replay(entries, banks=_BANKS, keep_entries=False, stream=stream, expect=expect)
     except FormatError as exc:
         message = f"{source}: {exc}"
+        if exc.offset == 0 and looks_ascii(first):
+            message += "; it looks like the ASCII list: use --ascii"
         if not opened:
-            raise FormatError(message.removesuffix(f" (at byte offset {exc.offset})"), offset=exc.offset) from exc
+            named = FormatError(message)  # the offset is in the message already
+            named.offset = exc.offset
+            raise named from exc
         # Entries were already streamed: close the one document with the error instead of adding a second.
         out.write("], " + json.dumps({"error": {"reason": exc.reason, "message": message, "offset": exc.offset}})[1:]
                   + "\n")
