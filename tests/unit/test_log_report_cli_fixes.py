@@ -142,6 +142,19 @@ def test_keylime_policy_warns_when_the_list_has_no_boot_aggregate(index, tmp_pat
     assert list(json.loads(out.read_text())["digests"]) == ["boot_aggregate"]
 
 
+# C. --json promises JSON: not with the text report.
+
+
+def test_json_with_the_text_report_is_a_usage_error(index, capsys):
+    argv = ["report", "--format", "text", "--file", str(BINARY), "--index", str(index), "--no-processes", "--json"]
+    assert main(argv) == 2
+    doc, err = _json(capsys)
+    message = ("--json asks for JSON, --format text is the report for a person: give --format json (the same report) "
+               "or leave out --json")  # fmt: skip
+    assert doc == {"error": {"reason": "usage", "message": message}}
+    assert err == f"imaguard: error: {message}\n"
+
+
 # F. The ASCII list given as a binary one.
 
 

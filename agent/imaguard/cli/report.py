@@ -40,7 +40,9 @@ each record with its package provenance).
 The digest index is built by `imaguard packages index`. Every format reads the list (--file, or
 the kernel's) the same way, whole and checked: a --file that does not exist is a usage error, one
 that is not a binary measurement list an error naming it. The document goes to stdout or --output;
-a one-line summary to stderr (not with --json). Schema: docs/report.md.
+a one-line summary to stderr (not with --json). --json prints errors as one JSON document on stdout
+for the formats whose document is JSON (json, keylime-policy, cel); with --format text it is a
+usage error, so a script never gets text where it asked for JSON. Schema: docs/report.md.
 
 Exit status: 0 written, 1 failure, 2 usage error, 3 the TPM's PCR 10 does not match the log,
 77 no IMA or no TPM (with --nonce) here.
@@ -111,7 +113,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="digest index (index.sqlite, or its state directory; default /var/lib/imaguard)")  # fmt: skip
     p.add_argument("--no-processes", action="store_true", help="leave running processes out")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the document here instead of stdout")
-    p.add_argument("--json", action="store_true", help="errors as JSON too (the document is JSON anyway)")
+    p.add_argument("--json", action="store_true",
+                   help="errors as one JSON document on stdout, and no summary line on stderr (json, "
+                        "keylime-policy and cel, whose document is JSON; not with --format text)")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
     p.set_defaults(handler=_cmd_report)
     rsub = p.add_subparsers(dest="report_command", metavar="{verify,ak}")
@@ -170,6 +174,11 @@ def _dumps(doc: object) -> bytes:
 
 
 def _check_options(args: argparse.Namespace) -> None:
+    if args.format == "text" and args.json:
+        # --json means "JSON on stdout, errors included": a text document there would break the
+        # script that asked for it, and a JSON error after text would not parse either.
+        raise UsageError("--json asks for JSON, --format text is the report for a person: give --format json "
+                         "(the same report) or leave out --json")  # fmt: skip
     if args.sign is not None and args.cert is None:
         raise UsageError("--sign needs --cert (the certificate of the signing key)")
     if args.password_file is not None and args.sign is None:
