@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,35 @@ def test_json_with_the_text_report_is_a_usage_error(index, capsys):
                "or leave out --json")  # fmt: skip
     assert doc == {"error": {"reason": "usage", "message": message}}
     assert err == f"imaguard: error: {message}\n"
+
+
+# D. -o never replaces an input.
+
+
+def test_output_over_the_input_list_is_refused(index, tmp_path, capsys):
+    saved = tmp_path / "saved.bin"
+    saved.write_bytes(BINARY.read_bytes())
+    for fmt in ("json", "cel", "keylime-policy"):
+        assert main(["report", "--format", fmt, "--file", str(saved), "--index", str(index), "--no-processes",
+                     "-o", str(saved)]) == 2  # fmt: skip
+        assert capsys.readouterr().err == (f"imaguard: error: -o {saved} is the --file input {saved}: refusing to "
+                                           "overwrite it; write the document elsewhere\n")  # fmt: skip
+    link = tmp_path / "hardlink.bin"
+    os.link(saved, link)
+    assert main(["report", "--format", "cel", "--file", str(saved), "--index", str(index), "-o", str(link),
+                 "--json"]) == 2  # fmt: skip
+    assert _json(capsys)[0]["error"] == {"reason": "usage", "message": (
+        f"-o {link} is the --file input {saved}: refusing to overwrite it; write the document elsewhere")}  # fmt: skip
+    assert saved.read_bytes() == BINARY.read_bytes()
+    db = index / "index.sqlite"
+    assert main(["report", "--format", "cel", "--file", str(saved), "--index", str(index), "-o", str(db)]) == 2
+    assert capsys.readouterr().err == (f"imaguard: error: -o {db} is the --index input {db}: refusing to overwrite "
+                                       "it; write the document elsewhere\n")  # fmt: skip
+    # An ordinary existing output file is replaced.
+    out = tmp_path / "cel.json"
+    out.write_text("old")
+    assert main(["report", "--format", "cel", "--file", str(saved), "--index", str(index), "-o", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["recnum"] == 0
 
 
 # F. The ASCII list given as a binary one.

@@ -39,8 +39,9 @@ each record with its package provenance).
 
 The digest index is built by `imaguard packages index`. Every format reads the list (--file, or
 the kernel's) the same way, whole and checked: a --file that does not exist is a usage error, one
-that is not a binary measurement list an error naming it. The document goes to stdout or --output;
-a one-line summary to stderr (not with --json). --json prints errors as one JSON document on stdout
+that is not a binary measurement list an error naming it. The document goes to stdout or --output
+(an existing file there is replaced, but never an input: --file, --index, a certificate, a key); a
+one-line summary to stderr (not with --json). --json prints errors as one JSON document on stdout
 for the formats whose document is JSON (json, keylime-policy, cel); with --format text it is a
 usage error, so a script never gets text where it asked for JSON. Schema: docs/report.md.
 
@@ -112,7 +113,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--index", type=Path, metavar="DB",
                    help="digest index (index.sqlite, or its state directory; default /var/lib/imaguard)")  # fmt: skip
     p.add_argument("--no-processes", action="store_true", help="leave running processes out")
-    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the document here instead of stdout")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE",
+                   help="write the document here instead of stdout (an existing file is replaced, an input "
+                        "never: --file, --index, --cert, --ima-cert, --sign, --password-file)")  # fmt: skip
     p.add_argument("--json", action="store_true",
                    help="errors as one JSON document on stdout, and no summary line on stderr (json, "
                         "keylime-policy and cel, whose document is JSON; not with --format text)")  # fmt: skip
@@ -173,6 +176,30 @@ def _dumps(doc: object) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False  # one does not exist (yet): not the same file
+
+
+def _refuse_output_over_input(args: argparse.Namespace) -> None:
+    """-o must not replace what the report is made from (a saved list may be the only copy of evidence)."""
+    if args.output is None:
+        return
+    from imaguard.packages import DEFAULT_STATE_DIR  # noqa: PLC0415 - lazy: start-up time
+    from imaguard.packages.index import INDEX_NAME  # noqa: PLC0415
+
+    index = args.index if args.index is not None else DEFAULT_STATE_DIR
+    inputs = [("--file", args.file), ("--index", index / INDEX_NAME if index.is_dir() else index),
+              ("--cert", args.cert), ("--sign", args.sign), ("--password-file", args.password_file),
+              *(("--ima-cert", c) for c in args.ima_cert)]  # fmt: skip
+    for option, path in inputs:
+        if path is not None and _same_file(args.output, path):
+            raise UsageError(f"-o {args.output} is the {option} input {path}: refusing to overwrite it; write the "
+                             "document elsewhere")  # fmt: skip
+
+
 def _check_options(args: argparse.Namespace) -> None:
     if args.format == "text" and args.json:
         # --json means "JSON on stdout, errors included": a text document there would break the
@@ -187,6 +214,7 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--sign applies to the json report, not to --format {args.format}")
     if args.format not in ("json", "text") and args.nonce is not None:
         raise UsageError(f"--nonce applies to the json and text reports, not to --format {args.format}")
+    _refuse_output_over_input(args)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
