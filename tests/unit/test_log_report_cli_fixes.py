@@ -185,6 +185,25 @@ def test_output_over_the_input_list_is_refused(index, tmp_path, capsys):
     assert json.loads(out.read_text())[0]["recnum"] == 0
 
 
+# E. Options of `report` given with `report verify|ak` were parsed and dropped.
+
+
+def test_report_options_before_verify_or_ak_are_a_usage_error(index, tmp_path, capsys):
+    report = tmp_path / "r.json"
+    report.write_text("{}")
+    assert main(["report", "--file", str(BINARY), "--index", str(index), "verify", str(report)]) == 2
+    assert capsys.readouterr().err == ("imaguard: error: imaguard report: --file, --index apply to the report, not to "
+                                       "`report verify`: give verify's own options after `verify`\n")  # fmt: skip
+    # --nonce exists in both: `report --nonce N verify R` used to verify without any nonce.
+    assert main(["report", "--nonce", "n1", "verify", "--json", str(report)]) == 2
+    assert _json(capsys)[0] == {"error": {"reason": "usage", "message": (
+        "imaguard report: --nonce applies to the report, not to `report verify`: give verify's own options after "
+        "`verify`")}}  # fmt: skip
+    assert main(["report", "-o", str(tmp_path / "ak.pem"), "ak"]) == 2
+    assert capsys.readouterr().err == ("imaguard: error: imaguard report: -o/--output applies to the report, not to "
+                                       "`report ak`: give ak's own options after `ak`\n")  # fmt: skip
+
+
 # F. The ASCII list given as a binary one.
 
 

@@ -6,9 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from imaguard.cli.keyfile import PASSWORD_HELP
 from imaguard.errors import ExitCode, FormatError, TrustError, UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["register"]
 
@@ -43,7 +47,9 @@ that is not a binary measurement list an error naming it. The document goes to s
 (an existing file there is replaced, but never an input: --file, --index, a certificate, a key); a
 one-line summary to stderr (not with --json). --json prints errors as one JSON document on stdout
 for the formats whose document is JSON (json, keylime-policy, cel); with --format text it is a
-usage error, so a script never gets text where it asked for JSON. Schema: docs/report.md.
+usage error, so a script never gets text where it asked for JSON. The options of `report` apply
+to the report only: give `report verify` and `report ak` their own options after the subcommand.
+Schema: docs/report.md.
 
 Exit status: 0 written, 1 failure, 2 usage error, 3 the TPM's PCR 10 does not match the log,
 77 no IMA or no TPM (with --nonce) here.
@@ -121,7 +127,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "keylime-policy and cel, whose document is JSON; not with --format text)")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
     p.set_defaults(handler=_cmd_report)
-    rsub = p.add_subparsers(dest="report_command", metavar="{verify,ak}")
+    rsub = p.add_subparsers(dest="report_command", metavar="{verify,ak}", action=_Subcommand)
     v = rsub.add_parser("verify", help="check a report: signature, schema, replay, nonce, TPM quote",
                         description=_VERIFY_HELP, formatter_class=fmt)  # fmt: skip
     v.add_argument("--cert", type=Path, action="append", default=[], metavar="CERT",
@@ -143,6 +149,35 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a.add_argument("--json", action="store_true", help="print one JSON document: the PEM and its fingerprint")
     a.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
     a.set_defaults(handler=_cmd_ak)
+
+
+if TYPE_CHECKING:
+    _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    _SubParsers = argparse._SubParsersAction  # not subscriptable at run time
+
+
+class _Subcommand(_SubParsers):
+    """`report verify|ak`: refuse options of `report` itself given before the subcommand.
+
+    argparse would parse them and then drop them (or let the subcommand's defaults overwrite them):
+    `report --file X verify R` looked like it checked R against X and did not.
+    """
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:  # fmt: skip
+        name = values[0] if isinstance(values, list | tuple) and values else values
+        given = [
+            "/".join(a.option_strings) for a in parser._actions
+            if a.option_strings and a.dest != argparse.SUPPRESS and a is not self
+            and getattr(namespace, a.dest, a.default) != a.default
+        ]  # fmt: skip
+        if given:
+            parser.error(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to the report, not to "
+                         f"`report {name}`: give {name}'s own options after `{name}`")
+        super().__call__(parser, namespace, values, option_string)
 
 
 def _index_dir(arg: Path | None) -> Path:
