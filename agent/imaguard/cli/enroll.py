@@ -81,7 +81,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--scope", choices=[str(s) for s in Scope], default=str(Scope.EXECUTABLES),
                    help="executables (exec bit, shared objects, kernel modules; default) or all")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the plan; writes no security.ima and no journal (verification caches: yes)")
+                   help="print the plan: every check of a real run, the source's signatures too; writes no "
+                        "security.ima and no journal (verification caches: yes)")
     p.add_argument("--unsafe-trust-dpkg-md5sums", action="store_true",
                    help="DANGEROUS: sign files whose only evidence is dpkg's unsigned MD5 list")
     p.add_argument("--restart", action="store_true", help="ignore the journal of an interrupted run")
@@ -140,7 +141,9 @@ def _signature_source(args: argparse.Namespace) -> SignatureSource:
         if not args.authority_cert:
             raise UsageError("bundle sources need --authority-cert: the certificate that signs bundles")
         authority = tuple(load_certificate(c) for c in args.authority_cert)
-        return BundleSource(spec.removeprefix("bundle:"), authority, verifier)
+        bundles = BundleSource(spec.removeprefix("bundle:"), authority, verifier)
+        bundles.check_location()  # a mistyped directory is a usage error, not every package no-bundle
+        return bundles
     raise UsageError(f"--source {spec!r}: use vendor, bundle:PATH_OR_URL or local:KEY")
 
 

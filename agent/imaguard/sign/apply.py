@@ -154,7 +154,10 @@ def _label(pkg: InstalledPackage, pf: PackageFile, ctx: Context, handle: int | N
                 first_of_inode=inode not in ctx.inodes,
             )
             decision = decide(pf, seen)
-            if decision.action is Action.WRITE and not ctx.dry_run:
+            if decision.action is Action.WRITE and ctx.dry_run:
+                # The plan must be the real run's: the source skips or refuses here as it would then.
+                ctx.source.check(pkg, pf, digests[HashAlgo.SHA256])
+            elif decision.action is Action.WRITE:
                 value = ctx.source.signature_for(pkg, pf, digests[HashAlgo.SHA256])
                 xattr_store.write_ima(fd, name, value, previous, before, leased=leased)
             if decision.action in (Action.WRITE, Action.KEEP):

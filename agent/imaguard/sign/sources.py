@@ -3,11 +3,13 @@
 One interface (STYLE.md §4): given a package file whose content already matched its trusted
 digest, return the ``security.ima`` value to write, or raise ``NoSignature`` with a reason code.
 Every source checks the signature it hands out against the IMA certificate before it is written:
-a value that the kernel would refuse is never put on a file.
+a value that the kernel would refuse is never put on a file. ``check`` is what a dry run asks: the
+same skips and refusals as ``signature_for``, without making what it would not write.
 """
 
 from __future__ import annotations
 
+import stat
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,14 +75,27 @@ class SignatureSource(Protocol):
 
     def signature_for(self, pkg: InstalledPackage, pf: PackageFile, sha256: bytes) -> bytes: ...
 
+    def check(self, pkg: InstalledPackage, pf: PackageFile, sha256: bytes) -> None:
+        """Raise the ``NoSignature`` that ``signature_for`` would (a dry run's plan), else return."""
+        ...
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class LocalSource:
     """``local:KEY``: sign the verified SHA-256 with a key on this host (weakest; said in reports)."""
 
     signer: Signer
     verifier: Verifier
     name: str = "local"
+    _checked: bool = False  # one signature of this process verified (``check``)
+
+    def check(self, pkg: InstalledPackage, pf: PackageFile, sha256: bytes) -> None:
+        # The key matches --cert and is not revoked (both refused when loaded): one verified
+        # signature shows what every file would get; only a faulty signer fails per file, at random,
+        # which no plan can foretell. Until one verifies, each file is tried like in a real run.
+        if not self._checked:
+            self.signature_for(pkg, pf, sha256)
+            self._checked = True
 
     def signature_for(self, pkg: InstalledPackage, pf: PackageFile, sha256: bytes) -> bytes:
         # The signer is a CheckedSigner (behind the memo): a signature --cert does not verify is refused.
@@ -112,6 +127,9 @@ class VendorSource:
             raise NoSignature(f"{pkg.ident}: vendor signature of {pf.path!r}: {exc}",
                               reason="vendor-signature-invalid", refuse=True) from exc
         return raw
+
+    def check(self, pkg: InstalledPackage, pf: PackageFile, sha256: bytes) -> None:
+        self.signature_for(pkg, pf, sha256)  # parses and verifies what is already there: no cost to save
 
 
 # A whole bundle must arrive within this time: the socket timeout alone bounds each read, so a
@@ -167,9 +185,35 @@ class BundleSource:
     def __post_init__(self) -> None:
         refuse_shared_key(self.authority, self.verifier.certificates)
 
-    def _fetch(self, file_name: str) -> bytes | None:
+    def check_location(self) -> None:
+        """UsageError unless the location is an http(s) URL or an existing directory: checked once,
+        before enrollment, since a mistyped path would otherwise make every package ``no-bundle``."""
+        directory = self._directory()
+        if directory is None:
+            return  # http(s): a server down now may be up for the first package; each fetch says so
+        try:
+            st = directory.stat()
+        except OSError as exc:
+            raise UsageError(f"bundle location {self.location!r}: {directory}: {exc.strerror}",
+                             reason="bundle-location") from exc
+        if not stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"bundle location {self.location!r}: {directory}: not a directory",
+                             reason="bundle-location")
+
+    def _directory(self) -> Path | None:
+        """The local directory of the bundles, None for an http(s) URL; UsageError for another scheme."""
         parsed = urllib.parse.urlparse(self.location)
         if parsed.scheme in ("http", "https"):
+            return None
+        if parsed.scheme == "":
+            return Path(self.location)
+        if parsed.scheme == "file" and parsed.path:
+            return Path(parsed.path)
+        raise UsageError(f"bundle location {self.location!r}: use a directory or an http(s) URL")
+
+    def _fetch(self, file_name: str) -> bytes | None:
+        directory = self._directory()
+        if directory is None:
             from urllib.error import HTTPError, URLError  # noqa: PLC0415 - see _http_get
 
             url = self.location.rstrip("/") + "/" + file_name
@@ -181,8 +225,8 @@ class BundleSource:
                 raise NoSignature(f"{url}: HTTP {exc.code}", reason="bundle-unavailable") from exc
             except (URLError, OSError) as exc:
                 raise NoSignature(f"{url}: {exc}", reason="bundle-unavailable") from exc
-        elif parsed.scheme in ("", "file"):
-            path = Path(parsed.path if parsed.scheme else self.location) / file_name
+        else:
+            path = directory / file_name
             try:
                 with path.open("rb") as f:
                     data = f.read(_MAX_BUNDLE + 1)
@@ -190,8 +234,6 @@ class BundleSource:
                 return None
             except OSError as exc:
                 raise NoSignature(f"{path}: {exc.strerror}", reason="bundle-unavailable") from exc
-        else:
-            raise UsageError(f"bundle location {self.location!r}: use a directory or an http(s) URL")
         if len(data) > _MAX_BUNDLE:
             raise NoSignature(f"{file_name}: larger than {_MAX_BUNDLE} bytes", reason="bundle-untrusted", refuse=True)
         return data
@@ -223,6 +265,9 @@ class BundleSource:
             return NoSignature(f"{file_name}: bundle is for {bundle.name}={bundle.version}/{bundle.architecture}",
                                reason="bundle-untrusted", refuse=True)
         return bundle
+
+    def check(self, pkg: InstalledPackage, pf: PackageFile, sha256: bytes) -> None:
+        self.signature_for(pkg, pf, sha256)  # fetch, DSSE and IMA verification: all can skip or refuse
 
     def signature_for(self, pkg: InstalledPackage, pf: PackageFile, sha256: bytes) -> bytes:
         try:
