@@ -251,17 +251,18 @@ def big_world(tmp_path):
     with make_keys(tmp_path / "gnupg") as keys:
         world = make_world(tmp_path / "w", keys, repo_debs=[], installed=[], cached=[])
         big = build_deb(tmp_path / "w" / "debs", "igt-big", "1.0", files, comp="gzip")
-    # The big package comes from the same signed repository as the others.
-    shutil.copy(big, world.repo / "pool" / big.name)
-    packages = run(["apt-ftparchive", "packages", "pool"], cwd=world.repo).stdout
-    (world.repo / "dists/test/main/binary-amd64/Packages").write_bytes(packages)
-    release = run(["apt-ftparchive", "-oAPT::FTPArchive::Release::Origin=imaguard-test", "-oAPT::FTPArchive::Release::Suite=test", "-oAPT::FTPArchive::Release::Codename=test",
-                   "-oAPT::FTPArchive::Release::Components=main", "-oAPT::FTPArchive::Release::Architectures=amd64",
-                   "release", "dists/test"], cwd=world.repo).stdout
-    (world.repo / "dists/test/Release").write_bytes(release)
-    (world.repo / "dists/test/InRelease").unlink()
-    world.keys.gpg("--local-user", world.keys.trusted, "--clearsign", "-o", world.repo / "dists/test/InRelease",
-                   world.repo / "dists/test/Release")
+        # The big package comes from the same signed repository as the others (signed inside the
+        # `with`: make_keys stops gpg-agent on leaving, and a later gpg call started one that was left running).
+        shutil.copy(big, world.repo / "pool" / big.name)
+        packages = run(["apt-ftparchive", "packages", "pool"], cwd=world.repo).stdout
+        (world.repo / "dists/test/main/binary-amd64/Packages").write_bytes(packages)
+        release = run(["apt-ftparchive", "-oAPT::FTPArchive::Release::Origin=imaguard-test", "-oAPT::FTPArchive::Release::Suite=test", "-oAPT::FTPArchive::Release::Codename=test",
+                       "-oAPT::FTPArchive::Release::Components=main", "-oAPT::FTPArchive::Release::Architectures=amd64",
+                       "release", "dists/test"], cwd=world.repo).stdout
+        (world.repo / "dists/test/Release").write_bytes(release)
+        (world.repo / "dists/test/InRelease").unlink()
+        world.keys.gpg("--local-user", world.keys.trusted, "--clearsign", "-o", world.repo / "dists/test/InRelease",
+                       world.repo / "dists/test/Release")
     run(["apt-get", "-q", "-o", f"Dir={world.root}", "-o", "Debug::NoLocking=1", "update"])
     run(["dpkg", f"--root={world.root}", "--force-script-chrootless", "--log=/dev/null", "-i", big])
     shutil.copy(big, world.root / "var/cache/apt/archives/igt-big_1.0_all.deb")
