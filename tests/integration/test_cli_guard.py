@@ -61,7 +61,7 @@ def test_a_closed_output_stops_signing_and_says_so(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 1
     assert first.startswith(b"signed   ")
-    assert err == "imaguard: stopped: the output was closed (broken pipe) before the command finished\n"
+    assert err == "imaguard: stopped: the output was closed (broken pipe); what was done before that stands\n"
     # Cut short, never half-written: every file is either signed and valid or has no label at all.
     verified = subprocess.run([str(IMAGUARD), "verify", "--cert", str(CERT), "-r", "--json", str(tree)],
                               capture_output=True, check=False)
@@ -100,3 +100,38 @@ def test_an_encrypted_key_from_a_pipe_needs_a_password_given(tmp_path, capsys, m
     assert capsys.readouterr().err == f"imaguard: error: {key}: the key is encrypted; give its password\n"
     monkeypatch.setenv("IMAGUARD_KEY_PASSWORD", "secret")
     assert main(["sign", "--key", _pipe_holding(encrypted), "--cert", str(CERT), str(target)]) == 0
+
+
+def test_a_json_error_into_a_closed_pipe_is_still_one_line(tmp_path):
+    # Audit: `… --json | true` ended in a BrokenPipeError traceback and exit 1 instead of the error's own.
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the command writes
+    try:
+        proc = subprocess.run([str(IMAGUARD), "verify", "--cert", str(tmp_path / "none.pem"), "--json", str(tmp_path)],
+                              stdout=w, stderr=subprocess.PIPE, check=False)
+    finally:
+        os.close(w)
+    assert (proc.returncode, proc.stderr.decode()) == (
+        2, f"imaguard: error: {tmp_path}/none.pem: cannot read certificate: No such file or directory\n")
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (KeyboardInterrupt(), (130, "interrupted", "imaguard: interrupted")),
+        (OSError(36, "File name too long", "/x/" + "a" * 300),
+         (1, "os-error", "imaguard: error: /x/" + "a" * 300 + ": File name too long")),
+    ],
+)
+def test_interrupts_and_stray_os_errors_keep_the_json_contract(raised, expected, monkeypatch, capsys):
+    code, reason, line = expected
+    from imaguard.cli import files  # noqa: PLC0415
+
+    def handler(_args):
+        raise raised
+
+    monkeypatch.setattr(files, "_cmd_verify", handler)
+    assert main(["verify", "--cert", "C", "F", "--json"]) == code
+    out, err = capsys.readouterr()
+    assert json.loads(out)["error"]["reason"] == reason
+    assert err == line + "\n"

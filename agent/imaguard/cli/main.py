@@ -99,22 +99,39 @@ def run_guarded(parser: argparse.ArgumentParser, args_list: list[str]) -> int:
         _report(prog, str(exc), exc.reason, want_json)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        _report(prog, "interrupted", "interrupted", want_json, label="")
         return 130
     except BrokenPipeError:
-        # `imaguard … | head`: the reader left. Stop (a `sign -r … | head` must not go on unseen), say
-        # so once on stderr, since exit 1 alone hides that the work was cut short, and keep the
-        # interpreter's exit from raising again on the dead stdout.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        print(f"{prog}: stopped: the output was closed (broken pipe) before the command finished", file=sys.stderr)
+        # `imaguard … | head`: the reader left. Stop (a `sign -r … | head` must not go on unseen) and
+        # say so once on stderr, since exit 1 alone hides that the work was cut short; what was done
+        # before the write that failed stands (a `ca create` prints only after writing its files).
+        _silence_stdout()
+        print(f"{prog}: stopped: the output was closed (broken pipe); what was done before that stands",
+              file=sys.stderr)
+        return ExitCode.FAILURE
+    except OSError as exc:
+        # An OS error no command turned into an ImaguardError (a path too long for a stat, EIO):
+        # still one line naming the file, not a traceback (audit).
+        if verbose:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        _report(prog, f"{where}{exc.strerror or exc}", "os-error", want_json)
         return ExitCode.FAILURE
     return code
 
 
-def _report(prog: str, message: str, reason: str, want_json: bool) -> None:
+def _silence_stdout() -> None:
+    """Point the dead stdout at /dev/null, so that nothing (not the interpreter's exit) writes it again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _report(prog: str, message: str, reason: str, want_json: bool, *, label: str = "error: ") -> None:
     if want_json:
-        print(json.dumps({"error": {"reason": reason, "message": message}}))
-    print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
+        try:
+            print(json.dumps({"error": {"reason": reason, "message": message}}), flush=True)
+        except BrokenPipeError:  # `… --json | true`: the error line below still reaches the user
+            _silence_stdout()
+    print(f"{prog}: {label}{one_line(message)}", file=sys.stderr)
 
 
 def entry() -> None:
