@@ -199,6 +199,12 @@ def test_keys_install_refusals_write_nothing(root: Path, tmp_path: Path, run: Ca
     code, doc, _ = run("keys", "install", "--root", str(root), str(pki().write(tmp_path, "ec_cert")))
     assert code == 77
     assert [r["reason"] for r in doc["refused"]] == ["no-ecdsa"]
+    # It names what it judged: the image's kernel configs, not the running kernel (audit).
+    ec = pki().cert("ec_cert")
+    assert doc["refused"][0]["detail"] == (
+        f"{ec.key_kind} key {ec.key_id.hex()}: the kernels installed in {root}/boot cannot use EC (ECDSA) keys: "
+        "every config-* there was built without CONFIG_CRYPTO_ECDSA (Debian 12's 6.1 kernel is one); issue an "
+        "RSA certificate (e.g. RSA-2048) for IMA")
     code, doc, _ = run("keys", "install", "--root", str(root), str(pki().write(tmp_path, "signing_ca_cert")))
     assert (code, [r["reason"] for r in doc["refused"]]) == (2, ["ca-certificate"])
     assert not (root / "etc/keys").exists()

@@ -172,6 +172,11 @@ def _has_initramfs_tools(root: Path) -> bool:
 
 def _refuse(args: argparse.Namespace, certs: list[Certificate], root: Path, revoked: frozenset[bytes]) -> int | None:
     refusals = certificate_refusals(certs, KernelFacts(ecdsa=_target_ecdsa(root)), revoked)
+    # The EC verdict here is the installed kernels' configs, not the running kernel's (audit).
+    running = "the running kernel cannot use EC (ECDSA) keys: it was"
+    target = f"the kernels installed in {root / 'boot'} cannot use EC (ECDSA) keys: every config-* there was"
+    refusals = tuple(Refusal(r.source, r.reason, r.detail.replace(running, target)) if r.reason == "no-ecdsa" else r
+                     for r in refusals)  # fmt: skip
     if args.revocation_list is not None:
         refusals += tuple(_kept_refusals(root, certs, revoked))
     if not refusals:
