@@ -7,6 +7,7 @@ in test_enroll.py covers random moments).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -89,6 +90,8 @@ def test_text_output_of_the_resumed_run_shows_the_refusal(world, keypair, capsys
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("refused        igt=1.0/all /usr/bin/igt [digest-mismatch] expected sha256:"), err
+    actual = hashlib.sha256(b"#!/bin/sh\necho tampered\n").hexdigest()
+    assert err.splitlines()[0].endswith(f" actual sha256:{actual}"), err  # both digests named with their algorithm
 
 
 def test_options_that_change_outcomes_are_part_of_the_journal_config(world, keypair, capsys, monkeypatch):

@@ -84,7 +84,7 @@ def test_human_output_names_both_digests(world, capsys):
         assert main(["packages", "verify", "igt", *_common(world)]) == 3
         out = capsys.readouterr().out
         assert (f"digest-mismatch  igt: /usr/share/igt/with space [repo-verified] expected sha256:"
-                f"{hashlib.sha256(original).hexdigest()} actual {hashlib.sha256(b'other' + bytes([10])).hexdigest()}") in out
+                f"{hashlib.sha256(original).hexdigest()} actual sha256:{hashlib.sha256(b'other' + bytes([10])).hexdigest()}") in out
     finally:
         target.write_bytes(original)
 

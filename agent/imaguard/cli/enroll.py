@@ -304,7 +304,7 @@ def _line(o: Outcome, dry_run: bool) -> str:
     if o.reason:
         line += f" [{o.reason}]"
     if o.expected is not None and o.actual is not None:
-        line += f" expected {o.algo}:{o.expected.hex()} actual {o.actual.hex()}"
+        line += f" expected {o.algo}:{o.expected.hex()} actual {o.algo}:{o.actual.hex()}"
     elif o.detail and o.action is Action.REFUSE:
         line += f" {one_line(o.detail)}"
     return line

@@ -324,7 +324,8 @@ def _check_line(c: FileCheck) -> str:
     f = c.file
     line = f"{c.status:16} {c.package.name}: {shown_path(f.path)} [{f.evidence}]"
     if c.status == "digest-mismatch" and f.digest is not None and f.digest_algo and c.actual is not None:
-        line += f" expected {f.digest_algo.kernel_name}:{f.digest.hex()} actual {c.actual.hex()}"
+        algo = f.digest_algo.kernel_name
+        line += f" expected {algo}:{f.digest.hex()} actual {algo}:{c.actual.hex()}"
     if c.detail:
         line += f" {one_line(c.detail)}"
     return line
