@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from imaguard.keys.material import Certificate, PrivateKey
 
 __all__ = [
+    "INTERRUPT_SIGNALS",
     "Authority",
     "Issued",
     "ca_files",
@@ -62,6 +63,7 @@ __all__ = [
     "new_signing_key",
     "prepare_mok",
     "refuse_existing",
+    "signals_interrupt",
     "write_new_files",
 ]
 
@@ -162,30 +164,37 @@ def issued_files(out: Path, name: str) -> tuple[Path, Path, Path]:
     return out / f"{stem}.key", out / f"{stem}.pem", out / f"{stem}.der"
 
 
+# The signals that end a ceremony from outside: kill's default, a dropped SSH session or closed
+# terminal, and Ctrl-\. Left at their default they kill the process without running any cleanup.
+INTERRUPT_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM behaves as Ctrl-C while files are written, so the cleanup of a half-written set runs."""
+def signals_interrupt() -> Iterator[None]:
+    """SIGTERM, SIGHUP and SIGQUIT behave as Ctrl-C inside the block, so the cleanup of a half-written
+    file or set runs (``except BaseException`` handlers); the previous handlers are put back after."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set in the main thread
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {signum: signal.signal(signum, _interrupt) for signum in INTERRUPT_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def write_new_files(files: Sequence[tuple[Path, bytes, int]]) -> None:
-    """Create every file exclusively with its mode; on any failure, Ctrl-C or SIGTERM remove the ones
-    created (a lone private key would make the rerun refuse with "already exists")."""
+    """Create every file exclusively with its mode; on any failure, Ctrl-C, SIGTERM, SIGHUP or SIGQUIT
+    remove the ones created (a lone private key would make the rerun refuse with "already exists")."""
     refuse_existing(p for p, _, _ in files)
     created: list[Path] = []
     try:
-        with _sigterm_interrupts():
+        with signals_interrupt():
             for path, data, mode in files:
                 _make_directories(path.parent)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
