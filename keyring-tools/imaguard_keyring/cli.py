@@ -83,14 +83,17 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     ima_cert = load_certificate(args.ima_cert)
     auth_cert = load_certificate(args.authority_cert)
     refuse_shared_key([auth_cert], [ima_cert])  # before any key is read: --authority-key matches its cert
+    source = open_source(args.root, args.state_dir, args.package_db, trusted_keyrings=args.trusted_keyring)
+    # Every name is resolved before a password is asked for or a bundle written: a typo in the last
+    # name must not leave the first packages' bundles replaced behind an exit 2. A repeated name counts once.
+    packages = [(name, source.package(name)) for name in dict.fromkeys(args.packages)]
     ima_key = load_private_key(args.ima_key, key_password(args.ima_password_file, args.ima_key), ima_cert)
     signer = LocalSigner.from_key(ima_key, ima_cert)
     auth_password = key_password(args.authority_password_file, args.authority_key)
     auth_key = load_private_key(args.authority_key, auth_password, auth_cert)
-    source = open_source(args.root, args.state_dir, args.package_db, trusted_keyrings=args.trusted_keyring)
     written: list[dict[str, object]] = []
-    for name in args.packages:
-        path, n = write_bundle(source=source, pkg=source.package(name), ima_signer=signer, authority_key=auth_key,
+    for name, pkg in packages:
+        path, n = write_bundle(source=source, pkg=pkg, ima_signer=signer, authority_key=auth_key,
                                authority_key_id=auth_cert.key_id, out_dir=args.out)
         written.append({"package": name, "bundle": str(path), "files": n})
         if not args.json:

@@ -1,0 +1,67 @@
+"""imaguard-keyring audit 2: bundle checks every package first, revocation lists that do not verify exit 3,
+over-long paths, CA validity dates, empty subjects, revoke --cert of another CA, rotate's derived name,
+bundle --help, unprotected CA keys. No root; P-256 keeps key generation fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from imaguard.errors import UsageError
+from imaguard.packages.model import InstalledPackage
+from imaguard_keyring import cli as keyring_cli
+from imaguard_keyring.cli import main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_keyring_ceremony import run_cli  # the ceremony tests' CLI runner
+
+
+def errors_only(err: str) -> str:
+    """stderr without the [W-EC-KEY] warnings P-256 keys draw."""
+    return "".join(line for line in err.splitlines(keepends=True) if "[W-EC-KEY]" not in line)
+
+
+@pytest.fixture(scope="module")
+def top(tmp_path_factory) -> Path:
+    top = tmp_path_factory.mktemp("audit2")
+    assert main(["ca", "create", "--out", str(top / "ca"), "--key-type", "p256"]) == 0
+    for name in ("ima", "auth"):
+        assert main(["cert", "issue", "--ca", str(top / "ca"), "--out", str(top / "k"), "--name", name,
+                     "--key-type", "p256", "--days", "5"]) == 0
+    return top
+
+
+# --- finding 3: bundle resolves every package before it signs or writes anything -----------------------------
+
+def _fake_source() -> types.SimpleNamespace:
+    def package(name: str) -> InstalledPackage:
+        if name == "typo":
+            raise UsageError("package typo is not installed", reason="not-installed")
+        return InstalledPackage(name, "1.0", "amd64")
+    return types.SimpleNamespace(package=package, files=lambda pkg: iter(()))
+
+
+def _bundle_argv(top: Path, out: Path, *packages: str) -> list[str]:
+    k = top / "k"
+    return ["bundle", *packages, "--ima-key", str(k / "ima.key"), "--ima-cert", str(k / "ima.pem"),
+            "--authority-key", str(k / "auth.key"), "--authority-cert", str(k / "auth.pem"), "--out", str(out)]
+
+
+def test_bundle_with_an_unknown_package_writes_nothing(top, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(keyring_cli, "open_source", lambda *_a, **_k: _fake_source())
+    code, out, err = run_cli(capsys, [*_bundle_argv(top, tmp_path / "B", "pkga", "typo"), "--json"])
+    assert (code, json.loads(out), err) == (
+        2, {"error": {"reason": "not-installed", "message": "package typo is not installed"}},
+        "imaguard-keyring: error: package typo is not installed\n")
+    assert not (tmp_path / "B").exists()
+
+
+def test_bundle_names_a_repeated_package_once(top, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(keyring_cli, "open_source", lambda *_a, **_k: _fake_source())
+    bundle = tmp_path / "B" / "pkga_1.0_amd64.bundle"
+    assert run_cli(capsys, _bundle_argv(top, tmp_path / "B", "pkga", "pkga")) == (0, f"{bundle}: 0 files\n", "")
+    assert sorted(p.name for p in (tmp_path / "B").iterdir()) == [bundle.name]
