@@ -138,7 +138,8 @@ certificate. Revoking a key that is already listed changes nothing and exits 0."
 
 _SHOW = """\
 Verify a revocation list against the CA certificate and print its serial and revoked key ids.
-Exit 3 if the list does not verify."""
+Exit 3 if the list does not verify: a bad signature, another CA's, no signature, or a file that is
+not a signed list at all (truncated, empty, garbage). Exit 2 if FILE does not exist."""
 
 
 def _days(text: str) -> int:

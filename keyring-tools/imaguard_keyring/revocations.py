@@ -13,7 +13,7 @@ import os
 import stat
 from typing import TYPE_CHECKING
 
-from imaguard.errors import HostStateError, UsageError
+from imaguard.errors import FormatError, HostStateError, TrustError, UsageError
 from imaguard.fsio import write_atomically
 from imaguard.keys.revocation import (
     MAX_REVOCATION_LIST_SIZE,
@@ -36,7 +36,9 @@ _NEW_LIST_MODE = 0o644  # public: hosts fetch it; only its signature matters
 
 
 def read_revocation_list(path: Path, ca: Certificate) -> RevocationList | None:
-    """The verified list at ``path``, or None if there is no file yet."""
+    """The verified list at ``path``, or None if there is no file yet; TrustError (exit 3) when it does
+    not verify: a bad signature or another CA's, or no signature or no envelope at all
+    (``bad-revocation-list``)."""
     try:
         with path.open("rb") as f:
             data = f.read(MAX_REVOCATION_LIST_SIZE + 1)
@@ -44,7 +46,12 @@ def read_revocation_list(path: Path, ca: Certificate) -> RevocationList | None:
         return None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the revocation list: {exc.strerror}", reason="unreadable") from exc
-    return verify_revocation_list(data, (ca,), str(path))
+    try:
+        return verify_revocation_list(data, (ca,), str(path))
+    except FormatError as exc:
+        # Stripped signatures, a truncated, empty or garbage file: a list that does not verify (exit 3,
+        # as `imaguard keys install` says of the same file), not a failure of this tool.
+        raise TrustError(str(exc), reason="bad-revocation-list") from exc
 
 
 def add_revocation(

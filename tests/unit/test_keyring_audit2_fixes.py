@@ -65,3 +65,48 @@ def test_bundle_names_a_repeated_package_once(top, tmp_path, capsys, monkeypatch
     bundle = tmp_path / "B" / "pkga_1.0_amd64.bundle"
     assert run_cli(capsys, _bundle_argv(top, tmp_path / "B", "pkga", "pkga")) == (0, f"{bundle}: 0 files\n", "")
     assert sorted(p.name for p in (tmp_path / "B").iterdir()) == [bundle.name]
+
+
+# --- finding 4: a list without signatures, truncated, empty or garbage does not verify: exit 3 -----------------
+
+@pytest.fixture(scope="module")
+def published(top) -> Path:
+    rl = top / "pub" / "rl.json"
+    rl.parent.mkdir()
+    assert main(["revoke", "--ca", str(top / "ca"), "--list", str(rl), "--key-id", "1a2b3c4d", "--new"]) == 0
+    return rl
+
+
+def _damaged(published: Path, tmp_path: Path, how: str) -> Path:
+    data = published.read_bytes()
+    if how == "no-signatures":
+        doc = json.loads(data)
+        doc["signatures"] = []
+        data = json.dumps(doc).encode()
+    damaged = {"no-signatures": data, "truncated": data[:100], "empty": b"", "garbage": b"not json\n"}[how]
+    path = tmp_path / f"{how}.json"
+    path.write_bytes(damaged)
+    return path
+
+
+@pytest.mark.parametrize("case", [
+    ("no-signatures", "DSSE envelope without signatures"),
+    ("truncated", "not a DSSE envelope (not JSON: "),
+    ("empty", "not a DSSE envelope (not JSON: "),
+    ("garbage", "not a DSSE envelope (not JSON: "),
+])
+@pytest.mark.parametrize("command", ["show", "revoke"])
+def test_a_list_that_does_not_verify_exits_3(published, tmp_path, capsys, case, command):
+    how, message = case
+    ca = published.parent.parent / "ca"
+    path = _damaged(published, tmp_path, how)
+    before = path.read_bytes()
+    argv = (["revocations", "show", "--ca", str(ca), "--list", str(path), "--json"] if command == "show" else
+            ["revoke", "--ca", str(ca), "--list", str(path), "--key-id", "22222222", "--json"])
+    code, out, err = run_cli(capsys, argv)
+    doc = json.loads(out)
+    assert (code, doc["error"]["reason"]) == (3, "bad-revocation-list")
+    assert doc["error"]["message"].startswith(f"{path}: {message}")
+    assert err == f"imaguard-keyring: error: {doc['error']['message']}\n"
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
