@@ -35,6 +35,7 @@ from imaguard.keys import load_certificate, load_private_key
 from imaguard.keys.material import key_id_from_public_key, read_small_file
 from imaguard.keys.revocation import parse_ca_certificate
 from imaguard_keyring import pkcs8
+from imaguard_keyring.paths import is_directory, lexists
 from imaguard_keyring.profiles import (
     KeyType,
     build_ca_certificate,
@@ -123,8 +124,8 @@ def _missing_directories(directory: Path) -> list[Path]:
     if a file (or a dangling symlink) stands where one of them goes."""
     missing: list[Path] = []
     current = directory
-    while not current.is_dir():
-        if current.exists() or current.is_symlink():
+    while not is_directory(current):
+        if lexists(current):
             raise UsageError(f"{current}: not a directory", reason="not-a-directory")
         missing.append(current)
         current = current.parent
@@ -138,7 +139,7 @@ def _make_directories(directory: Path) -> None:
         try:
             missing.mkdir(mode=0o700)
         except FileExistsError:
-            if not missing.is_dir():
+            if not is_directory(missing):
                 raise UsageError(f"{missing}: not a directory", reason="not-a-directory") from None
             continue
         missing.chmod(0o700)
@@ -149,7 +150,7 @@ def refuse_existing(paths: Iterable[Path]) -> None:
     ``not-a-directory`` when a file stands where its directory goes."""
     for path in paths:
         _missing_directories(path.parent)
-        if path.exists() or path.is_symlink():
+        if lexists(path):
             raise UsageError(f"{path}: already exists; refusing to overwrite", reason="exists")
 
 
@@ -256,7 +257,7 @@ def create_ca(
 
 
 def _ca_cert_path(ca: Path) -> Path:
-    return ca / "ca.pem" if ca.is_dir() else ca
+    return ca / "ca.pem" if is_directory(ca) else ca
 
 
 def load_ca_certificate(ca: Path) -> Certificate:
@@ -268,7 +269,7 @@ def load_ca_certificate(ca: Path) -> Certificate:
 
 def load_authority(ca_dir: Path, password: bytes | None) -> Authority:
     """The CA certificate and its key from a CA directory; refuses a key of another certificate."""
-    if not ca_dir.is_dir():
+    if not is_directory(ca_dir):
         raise UsageError(f"{ca_dir}: not a CA directory (made by `imaguard-keyring ca create`)", reason="no-ca")
     cert = load_ca_certificate(ca_dir)
     key = load_private_key(ca_dir / "ca.key", password, cert)

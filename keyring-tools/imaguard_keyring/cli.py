@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 from imaguard.cli.keyfile import PASSWORD_HELP, key_password
 from imaguard.cli.main import Parser, run_guarded
 from imaguard.cli.packages import TRUSTED_KEYRING_HELP
-from imaguard.errors import ExitCode
+from imaguard.errors import ExitCode, UsageError
 from imaguard.keys import LocalSigner, load_certificate, load_private_key
 from imaguard.packages import DEFAULT_STATE_DIR, open_source
 from imaguard.sign.sources import refuse_shared_key
-from imaguard_keyring import ceremony, commands
+from imaguard_keyring import ceremony, commands, paths
 from imaguard_keyring.bundles import write_bundle
 
 if TYPE_CHECKING:
@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
+    if paths.lexists(args.out) and not paths.is_directory(args.out):  # as `ca create --out FILE` says it
+        raise UsageError(f"{args.out}: not a directory", reason="not-a-directory")
     ima_cert = load_certificate(args.ima_cert)
     auth_cert = load_certificate(args.authority_cert)
     refuse_shared_key([auth_cert], [ima_cert])  # before any key is read: --authority-key matches its cert

@@ -21,6 +21,7 @@ from imaguard.keys.revocation import (
     sign_revocation_list,
     verify_revocation_list,
 )
+from imaguard_keyring import paths
 
 if TYPE_CHECKING:
     import datetime
@@ -70,11 +71,11 @@ def add_revocation(
     otherwise start a fresh list that lacks every key revoked so far, which hosts that never saw
     the real one would accept. No directory is ever created, for the same reason.
     """
-    if path.is_symlink():
+    if paths.is_symlink(path):
         # os.replace would turn the link into a regular file and leave the published target behind.
         raise UsageError(f"{path}: is a symbolic link; give the list's own path ({path.resolve()})",
                          reason="symlink-in-path")  # fmt: skip
-    if not path.parent.is_dir():
+    if not paths.is_directory(path.parent):
         if not new:
             raise UsageError(f"{path}: no revocation list there; to start a new one (serial 1) give --new",
                              reason="no-revocation-list")  # fmt: skip

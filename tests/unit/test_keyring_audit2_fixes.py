@@ -110,3 +110,36 @@ def test_a_list_that_does_not_verify_exits_3(published, tmp_path, capsys, case, 
     assert err == f"imaguard-keyring: error: {doc['error']['message']}\n"
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+# --- finding 6: a path the OS refuses to look at (too long here; EACCES, EIO alike) is one line, exit 2 --------
+
+LONG = "a" * 300  # one component longer than NAME_MAX: ENAMETOOLONG from stat
+
+
+@pytest.mark.parametrize("which", ["ca-create-out", "cert-issue-out", "cert-issue-ca", "revoke-list",
+                                   "revoke-ca", "bundle-out"])
+def test_an_over_long_path_is_one_line_exit_2(top, tmp_path, capsys, which, monkeypatch):
+    monkeypatch.setattr(keyring_cli, "open_source", lambda *_a, **_k: _fake_source())
+    long = tmp_path / LONG
+    ca = top / "ca"
+    argv = {
+        "ca-create-out": ["ca", "create", "--out", str(long), "--key-type", "p256"],
+        "cert-issue-out": ["cert", "issue", "--ca", str(ca), "--out", str(long), "--name", "a", "--key-type", "p256"],
+        "cert-issue-ca": ["cert", "issue", "--ca", str(long), "--out", str(tmp_path / "k"), "--name", "a"],
+        "revoke-list": ["revoke", "--ca", str(ca), "--list", str(long), "--key-id", "12345678"],
+        "revoke-ca": ["revoke", "--ca", str(long), "--list", str(tmp_path / "rl.json"), "--key-id", "12345678"],
+        "bundle-out": _bundle_argv(top, long, "pkga"),
+    }[which]
+    code, out, err = run_cli(capsys, [*argv, "--json"])
+    message = f"{long}: File name too long"
+    assert (code, json.loads(out), err) == (2, {"error": {"reason": "bad-path", "message": message}},
+                                            f"imaguard-keyring: error: {message}\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bundle_out_a_file_is_a_usage_error(top, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(keyring_cli, "open_source", lambda *_a, **_k: _fake_source())
+    (tmp_path / "afile").write_text("")
+    code, out, err = run_cli(capsys, _bundle_argv(top, tmp_path / "afile", "pkga"))
+    assert (code, out, err) == (2, "", f"imaguard-keyring: error: {tmp_path / 'afile'}: not a directory\n")
