@@ -27,6 +27,7 @@ from imaguard_keyring.profiles import (
     MAX_DAYS,
     KeyType,
     ca_subject_key_identifier,
+    check_ca_validity,
     check_common_name,
     key_type_of,
 )
@@ -81,6 +82,7 @@ imaguard, evmctl (calc_keyid_v2) and the kernel use (its last 4 bytes) agree; an
 identifier naming the CA (how the kernel finds the CA, restrict_link_by_signature); and
 extendedKeyUsage codeSigning (not critical; the kernel ignores it, openssl and audits read it).
 The validity (--days, default {CERT_DEFAULT_DAYS}) cannot outlast the CA's; the kernel ignores dates.
+A CA not valid yet (check the clock) or expired (create a new CA) issues nothing.
 
 Files in --out: NAME.key (private key, 0600, PKCS#8 PEM, encrypted with the first line of
 --password-file or with --ask-password), NAME.pem, and NAME.der, the form /etc/keys/ima/ and
@@ -323,6 +325,7 @@ def _issue(args: argparse.Namespace, *, name: str | None, key_type: KeyType, com
            avoid: set[bytes], authority: ceremony.Authority, old_key: Path | None = None
            ) -> tuple[ceremony.Issued, str, bool]:
     ca_subject_key_identifier(authority.cert.cert)  # refused before a password is asked for
+    check_ca_validity(authority.cert.cert, _now())
     if common_name is not None:
         check_common_name(common_name)
     password = _new_key_password(args)

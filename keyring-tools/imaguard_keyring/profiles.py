@@ -42,6 +42,7 @@ __all__ = [
     "KeyType",
     "build_ca_certificate",
     "build_ima_certificate",
+    "check_ca_validity",
     "check_ima_profile",
     "issued_by",
     "key_type_of",
@@ -148,6 +149,20 @@ def build_ca_certificate(key: PrivateKey, common_name: str, days: int, now: date
     )
 
 
+def check_ca_validity(ca_cert: x509.Certificate, now: datetime.datetime) -> None:
+    """Refuse to issue from a CA outside its validity at ``now``: a certificate from a CA not valid yet
+    (made on a machine whose clock was wrong) would start before it (openssl: "not yet valid"); from
+    an expired CA no --days can help. UsageError ``ca-not-yet-valid`` / ``ca-expired``."""
+    at = now.astimezone(datetime.UTC).replace(tzinfo=None, microsecond=0)
+    if at < ca_cert.not_valid_before:
+        raise UsageError(f"the CA is valid from {ca_cert.not_valid_before:%Y-%m-%d %H:%M:%S}Z, not yet now "
+                         f"({at:%Y-%m-%d %H:%M:%S}Z): check this machine's clock, or the one that made the CA",
+                         reason="ca-not-yet-valid")
+    if at >= ca_cert.not_valid_after:
+        raise UsageError(f"the CA expired on {ca_cert.not_valid_after:%Y-%m-%d}: create a new CA",
+                         reason="ca-expired")
+
+
 def build_ima_certificate(
     *,
     ca_cert: x509.Certificate,
@@ -159,6 +174,7 @@ def build_ima_certificate(
 ) -> x509.Certificate:
     """IMA signing certificate: digitalSignature only (critical), CA:FALSE, SKID method 1, AKID of the CA."""
     start, end = _validity(now, days)
+    check_ca_validity(ca_cert, now)
     if end > ca_cert.not_valid_after:
         raise UsageError(
             f"the certificate would outlive its CA (CA valid until {ca_cert.not_valid_after:%Y-%m-%d}); "

@@ -4,17 +4,21 @@ bundle --help, unprotected CA keys. No root; P-256 keeps key generation fast."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 import types
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from imaguard.errors import UsageError
 from imaguard.packages.model import InstalledPackage
 from imaguard_keyring import cli as keyring_cli
 from imaguard_keyring.cli import main
+from imaguard_keyring.profiles import KeyType, build_ca_certificate
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_keyring_ceremony import run_cli  # the ceremony tests' CLI runner
@@ -143,3 +147,40 @@ def test_bundle_out_a_file_is_a_usage_error(top, tmp_path, capsys, monkeypatch):
     (tmp_path / "afile").write_text("")
     code, out, err = run_cli(capsys, _bundle_argv(top, tmp_path / "afile", "pkga"))
     assert (code, out, err) == (2, "", f"imaguard-keyring: error: {tmp_path / 'afile'}: not a directory\n")
+
+
+# --- finding 7: no certificate from a CA not valid yet; an expired CA is called expired --------------------
+
+def _dated_ca(directory: Path, start: datetime.datetime, days: int) -> x509.Certificate:
+    key = KeyType.P256.generate()
+    cert = build_ca_certificate(key, "dated CA", days, start)
+    directory.mkdir(mode=0o700)
+    (directory / "ca.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    (directory / "ca.key").chmod(0o600)
+    (directory / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert
+
+
+def test_cert_issue_refuses_a_ca_not_valid_yet(tmp_path, capsys):
+    now = datetime.datetime.now(datetime.UTC)
+    cert = _dated_ca(tmp_path / "CAfuture", now + datetime.timedelta(days=100), 3650)
+    code, out, err = run_cli(capsys, ["cert", "issue", "--ca", str(tmp_path / "CAfuture"), "--out", str(tmp_path / "K"),
+                                      "--name", "a", "--key-type", "p256", "--json"])
+    doc = json.loads(out)["error"]
+    assert (code, doc["reason"]) == (2, "ca-not-yet-valid")
+    assert doc["message"].startswith(f"the CA is valid from {cert.not_valid_before:%Y-%m-%d %H:%M:%S}Z, not yet now (")
+    assert doc["message"].endswith("): check this machine's clock, or the one that made the CA")
+    assert errors_only(err) == f"imaguard-keyring: error: {doc['message']}\n"
+    assert not (tmp_path / "K").exists()
+
+
+def test_an_expired_ca_says_create_a_new_ca(tmp_path, capsys):
+    now = datetime.datetime.now(datetime.UTC)
+    cert = _dated_ca(tmp_path / "CAold", now - datetime.timedelta(days=400), 30)
+    code, out, err = run_cli(capsys, ["cert", "issue", "--ca", str(tmp_path / "CAold"), "--out", str(tmp_path / "K"),
+                                      "--name", "a", "--key-type", "p256", "--days", "1"])
+    message = f"the CA expired on {cert.not_valid_after:%Y-%m-%d}: create a new CA"
+    assert (code, out, errors_only(err)) == (2, "", f"imaguard-keyring: error: {message}\n")
+    assert not (tmp_path / "K").exists()
