@@ -306,9 +306,15 @@ def _emit(args: argparse.Namespace, doc: dict[str, object], text: str) -> None:
     print(json.dumps(doc, indent=1) if args.json else text)
 
 
+def _subject(args: argparse.Namespace) -> str | None:
+    """--subject checked before any password is asked for; an empty one is refused, never replaced by
+    the default (``--subject "$CN"`` with CN unset must not make a CA of the default name)."""
+    return None if args.subject is None else check_common_name(args.subject)
+
+
 def _cmd_ca_create(args: argparse.Namespace) -> int:
     ceremony.refuse_existing(ceremony.ca_files(args.out))
-    common_name = check_common_name(args.subject or "imaguard IMA CA")
+    common_name = _subject(args) or "imaguard IMA CA"
     password = _new_key_password(args)
     _warn_ec(args.key_type, "the CA")
     made = ceremony.create_ca(args.out, common_name=common_name, key_type=args.key_type,
@@ -347,6 +353,7 @@ def _issued_text(issued: ceremony.Issued) -> str:
 
 def _cmd_cert_issue(args: argparse.Namespace) -> int:
     ceremony.refuse_existing(ceremony.issued_files(args.out, args.name))
+    _subject(args)
     authority = ceremony.load_authority(args.ca, _ca_password(args))
     issued, _, encrypted = _issue(args, name=args.name, key_type=args.key_type, common_name=args.subject,
                                   avoid=set(), authority=authority)
@@ -370,10 +377,11 @@ def _cmd_mok_prepare(args: argparse.Namespace) -> int:
 def _cmd_rotate(args: argparse.Namespace) -> int:
     if args.name is not None:
         ceremony.refuse_existing(ceremony.issued_files(args.out, args.name))
+    subject = _subject(args)
     authority = ceremony.load_authority(args.ca, _ca_password(args))
     old = ceremony.load_issued_certificate(args.old, authority.cert)
     key_type = args.key_type or key_type_of(old.public_key)
-    common_name = args.subject or _common_name(old) or None
+    common_name = subject or _common_name(old) or None
     issued, name, encrypted = _issue(args, name=args.name, key_type=key_type, common_name=common_name,
                                      avoid={old.key_id}, authority=authority, old_key=args.old.with_suffix(".key"))
     doc: dict[str, object] = {"old_key_id": old.key_id.hex(), "certificate": issued.to_json(),

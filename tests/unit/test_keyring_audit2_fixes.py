@@ -184,3 +184,23 @@ def test_an_expired_ca_says_create_a_new_ca(tmp_path, capsys):
     message = f"the CA expired on {cert.not_valid_after:%Y-%m-%d}: create a new CA"
     assert (code, out, errors_only(err)) == (2, "", f"imaguard-keyring: error: {message}\n")
     assert not (tmp_path / "K").exists()
+
+
+# --- finding 11: an empty --subject is refused by all three commands, before a password is read ------------
+
+@pytest.mark.parametrize("command", ["ca", "cert", "rotate"])
+def test_an_empty_subject_is_refused_everywhere(top, tmp_path, capsys, command):
+    argv = {
+        "ca": ["ca", "create", "--out", str(tmp_path / "X"), "--key-type", "p256"],
+        "cert": ["cert", "issue", "--ca", str(top / "ca"), "--out", str(tmp_path / "X"), "--name", "e",
+                 "--key-type", "p256"],
+        "rotate": ["rotate", "--ca", str(top / "ca"), "--old", str(top / "k" / "ima.pem"), "--out",
+                   str(tmp_path / "X")],
+    }[command]
+    # a CA password file that does not exist: the subject is refused before it is read
+    code, out, err = run_cli(capsys, [*argv, "--subject", "", "--json", *(
+        ["--ca-password-file", str(tmp_path / "missing.pw")] if command != "ca" else [])])
+    message = "the subject common name must be 1 to 64 characters"
+    assert (code, json.loads(out), err) == (2, {"error": {"reason": "bad-subject", "message": message}},
+                                            f"imaguard-keyring: error: {message}\n")
+    assert not (tmp_path / "X").exists()
