@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from imaguard.cli.keyfile import ask_password, read_password_file
 from imaguard.errors import ExitCode, UsageError
-from imaguard.keys import Certificate, load_certificate
+from imaguard.keys import Certificate
 from imaguard.keys.revocation import parse_key_id
 from imaguard_keyring import ceremony, guidance, pkcs8, revocations
 from imaguard_keyring.profiles import (
@@ -398,7 +398,9 @@ def _common_name(cert: Certificate) -> str:
 def _cmd_revoke(args: argparse.Namespace) -> int:
     subject = ""
     if args.cert is not None:
-        cert = load_certificate(args.cert)
+        # Who may issue keys is who may withdraw them: a certificate of another CA is most likely a
+        # mix-up of CA directories (as rotate says of it), checked before the password is asked for.
+        cert = ceremony.load_issued_certificate(args.cert, ceremony.load_ca_certificate(args.ca))
         key_id, subject = cert.key_id, cert.subject
     else:
         key_id = parse_key_id(args.key_id, "--key-id")

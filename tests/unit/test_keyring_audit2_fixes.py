@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from imaguard.errors import UsageError
 from imaguard.packages.model import InstalledPackage
+from imaguard_keyring import ceremony
 from imaguard_keyring import cli as keyring_cli
 from imaguard_keyring.cli import main
 from imaguard_keyring.profiles import KeyType, build_ca_certificate
@@ -204,3 +205,20 @@ def test_an_empty_subject_is_refused_everywhere(top, tmp_path, capsys, command):
     assert (code, json.loads(out), err) == (2, {"error": {"reason": "bad-subject", "message": message}},
                                             f"imaguard-keyring: error: {message}\n")
     assert not (tmp_path / "X").exists()
+
+
+# --- finding 16: revoke --cert refuses a certificate another CA issued --------------------------------------
+
+def test_revoke_refuses_a_certificate_of_another_ca(top, published, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert main(["ca", "create", "--out", str(other / "ca"), "--key-type", "p256", "--subject", "Other CA"]) == 0
+    assert main(["cert", "issue", "--ca", str(other / "ca"), "--out", str(other / "k"), "--name", "x",
+                 "--key-type", "p256", "--days", "5"]) == 0
+    before = published.read_bytes()
+    ca_key_id = ceremony.load_ca_certificate(top / "ca").key_id.hex()
+    code, out, err = run_cli(capsys, ["revoke", "--ca", str(top / "ca"), "--list", str(published),
+                                      "--cert", str(other / "k" / "x.pem"), "--json"])
+    message = f"{other / 'k' / 'x.pem'}: not issued by the CA CN=imaguard IMA CA (key id {ca_key_id})"
+    assert (code, json.loads(out), err) == (2, {"error": {"reason": "wrong-ca", "message": message}},
+                                            f"imaguard-keyring: error: {message}\n")
+    assert published.read_bytes() == before
