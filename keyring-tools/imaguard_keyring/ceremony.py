@@ -52,10 +52,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INTERRUPT_SIGNALS",
+    "NAME_RULE",
     "Authority",
     "Issued",
     "ca_files",
     "create_ca",
+    "is_valid_name",
     "issue_certificate",
     "issued_files",
     "load_authority",
@@ -112,10 +114,17 @@ class Authority:
     directory: Path
 
 
+NAME_RULE = "1-64 letters, digits, '.', '_' or '-', not starting with a dot or dash"
+
+
+def is_valid_name(name: str) -> bool:
+    """Whether ``name`` can be the file name stem of an issued certificate."""
+    return _NAME.fullmatch(name) is not None
+
+
 def _check_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise UsageError(f"--name {name!r}: use 1-64 letters, digits, '.', '_' or '-', not starting with a "
-                         "dot or dash", reason="bad-name")
+    if not is_valid_name(name):
+        raise UsageError(f"--name {name!r}: use {NAME_RULE}", reason="bad-name")
     return name
 
 

@@ -40,7 +40,28 @@ Key ceremony, in order:
 Bundles: imaguard-keyring bundle ... signs verified package digests for a whole fleet.
 
 Run `imaguard-keyring COMMAND --help` for each command. Exit codes: 0 ok, 1 failure,
-2 usage error (including refusing to overwrite a file), 3 verification failed."""
+2 usage error (including refusing to overwrite a file; only `bundle` replaces, and only bundles),
+3 verification failed, 130 interrupted (Ctrl-C, SIGTERM, SIGHUP, SIGQUIT; nothing half-written is left)."""
+
+
+_BUNDLE = """\
+Sign the trusted SHA-256 of every file of the named packages with the IMA key and write one
+DSSE-signed bundle per package version into --out, as NAME_VERSION_ARCH.bundle (mode 0644; missing
+directories 0755). A bundle of the same package version already in --out is REPLACED (atomically):
+re-signing after a key rotation is the point of running bundle again. Every PACKAGE is looked up
+before a key is opened or a bundle written: one that is not installed writes nothing.
+
+Only repo-verified and vendor-signed digests are included. repo-verified means an InRelease (or rpm
+header) signed by one of this host's apt (or rpm) keyrings (also with --root: keys the tree carries
+never count), or by a --trusted-keyring when given. The package caches used to establish it are
+kept in --state-dir.
+
+The authority key must not be the IMA key (refused, shared-key): DSSE and IMA signatures are both
+PKCS#1 v1.5 or ECDSA over SHA-256, so one key would make every bundle signature an IMA signature.
+
+Exit status: 0 bundles written, 1 failure (a write error), 2 usage error (a package not installed,
+a wrong password, a key that does not match its certificate, --out not a directory), 130 interrupted
+(no partial bundle is left)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,26 +74,28 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bundle",
         help="write signature bundles for installed packages of a tree",
-        description="Sign the trusted SHA-256 of every file of the named packages with the IMA key and write "
-        "one DSSE-signed bundle per package version into --out. Only repo-verified and vendor-signed "
-        "digests are included. repo-verified means an InRelease (or rpm header) signed by one of "
-        "this host's apt (or rpm) keyrings (also with --root: keys the tree carries never count), or by "
-        "a --trusted-keyring when given.",
+        description=_BUNDLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("packages", nargs="+", metavar="PACKAGE")
-    p.add_argument("--ima-key", type=Path, required=True, help="IMA signing key")
-    p.add_argument("--ima-cert", type=Path, required=True, help="its certificate (key id from SKID)")
-    p.add_argument("--authority-key", type=Path, required=True, help="key that signs the bundles")
-    p.add_argument("--authority-cert", type=Path, required=True, help="its certificate")
+    p.add_argument("packages", nargs="+", metavar="PACKAGE", help="installed package names (a repeat counts once)")
+    p.add_argument("--ima-key", type=Path, required=True, metavar="FILE", help="IMA signing key")
+    p.add_argument("--ima-cert", type=Path, required=True, metavar="FILE", help="its certificate (key id from SKID)")
+    p.add_argument("--authority-key", type=Path, required=True, metavar="FILE",
+                   help="key that signs the bundles (not the IMA key)")
+    p.add_argument("--authority-cert", type=Path, required=True, metavar="FILE", help="its certificate")
     p.add_argument("--ima-password-file", type=Path, metavar="FILE", help=f"for --ima-key: {PASSWORD_HELP}")
     p.add_argument("--authority-password-file", type=Path, metavar="FILE",
                    help=f"for --authority-key: {PASSWORD_HELP}")
-    p.add_argument("--root", type=Path, default=Path("/"), help="tree whose package database is read")
-    p.add_argument("--package-db", choices=("deb", "rpm"))
-    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    p.add_argument("--root", type=Path, default=Path("/"), metavar="DIR",
+                   help="tree whose package database is read (default /)")
+    p.add_argument("--package-db", choices=("deb", "rpm"), help="package database (default: detected in --root)")
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+                   help=f"where the package caches (apt-index/, deb-chain/, debs/) are read and written "
+                   f"(default {DEFAULT_STATE_DIR})")
     p.add_argument("--trusted-keyring", type=Path, action="append", default=[], metavar="FILE",
                    help=TRUSTED_KEYRING_HELP)
-    p.add_argument("--out", type=Path, required=True, help="directory to write bundles into")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="directory to write bundles into (made 0755 if missing)")
     p.add_argument("--json", action="store_true", help="print one JSON document of the bundles written")
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
     p.set_defaults(handler=_cmd_bundle)

@@ -338,12 +338,22 @@ def _issue(args: argparse.Namespace, *, name: str | None, key_type: KeyType, com
     _warn_ec(key_type, "the new IMA certificate")
     _warn_ec(key_type_of(authority.cert.public_key), "the CA that signs the certificate")
     key, key_id = ceremony.new_signing_key(key_type, frozenset({*avoid, authority.cert.key_id}))
-    final_name = name or f"{_ROTATED_SUFFIX.sub('', args.old.stem)}-{key_id.hex()}"
+    final_name = name or f"{_successor_stem(args.old)}-{key_id.hex()}"
     issued = ceremony.issue_certificate(authority, args.out, name=final_name, key=key,
                                         common_name=common_name or final_name, days=args.days,
                                         password=password, now=_now())
     _warn_unencrypted(issued, password, old_key)
     return issued, final_name, password is not None
+
+
+def _successor_stem(old: Path) -> str:
+    """The stem of rotate's default name OLDNAME-NEWKEYID; UsageError ``bad-name`` naming --old (the
+    user gave no --name to blame) when it cannot make a usable name."""
+    stem = _ROTATED_SUFFIX.sub("", old.stem)
+    if not ceremony.is_valid_name(f"{stem}-{'0' * 8}"):
+        raise UsageError(f"--old {old}: the successor's default name {stem}-KEYID, from this file name, is not "
+                         f"usable ({ceremony.NAME_RULE}, KEYID included): give --name", reason="bad-name")
+    return stem
 
 
 def _issued_text(issued: ceremony.Issued) -> str:
@@ -377,6 +387,8 @@ def _cmd_mok_prepare(args: argparse.Namespace) -> int:
 def _cmd_rotate(args: argparse.Namespace) -> int:
     if args.name is not None:
         ceremony.refuse_existing(ceremony.issued_files(args.out, args.name))
+    else:
+        _successor_stem(args.old)  # before the CA password is asked for and a key drawn
     subject = _subject(args)
     authority = ceremony.load_authority(args.ca, _ca_password(args))
     old = ceremony.load_issued_certificate(args.old, authority.cert)

@@ -222,3 +222,34 @@ def test_revoke_refuses_a_certificate_of_another_ca(top, published, tmp_path, ca
     assert (code, json.loads(out), err) == (2, {"error": {"reason": "wrong-ca", "message": message}},
                                             f"imaguard-keyring: error: {message}\n")
     assert published.read_bytes() == before
+
+
+# --- finding 12: rotate names --old, not a --name nobody gave, and before the CA password ---------------------
+
+@pytest.mark.parametrize("stem", ["my cert", "n" * 56])
+def test_rotate_blames_the_old_file_name_not_a_name_never_given(top, tmp_path, capsys, stem):
+    old = tmp_path / f"{stem}.pem"
+    old.write_bytes((top / "k" / "ima.pem").read_bytes())
+    code, out, err = run_cli(capsys, ["rotate", "--ca", str(top / "ca"), "--old", str(old), "--out", str(tmp_path / "R"),
+                                      "--ca-password-file", str(tmp_path / "missing.pw"), "--json"])
+    message = (f"--old {old}: the successor's default name {stem}-KEYID, from this file name, is not usable "
+               "(1-64 letters, digits, '.', '_' or '-', not starting with a dot or dash, KEYID included): give --name")
+    assert (code, json.loads(out), err) == (2, {"error": {"reason": "bad-name", "message": message}},
+                                            f"imaguard-keyring: error: {message}\n")
+    assert not (tmp_path / "R").exists()
+
+
+# --- finding 15: bundle --help says what it replaces and writes, with FILE/DIR metavars and exit statuses -------
+
+def test_bundle_help_says_what_it_replaces_and_writes(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["bundle", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for phrase in ("A bundle of the same package version already in --out is REPLACED (atomically)",
+                   "--state-dir DIR where the package caches (apt-index/, deb-chain/, debs/) are read and written "
+                   "(default /var/lib/imaguard)",
+                   "--package-db {deb,rpm} package database (default: detected in --root)",
+                   "--ima-key FILE", "--authority-cert FILE", "--out DIR", "--root DIR",
+                   "Exit status: 0 bundles written, 1 failure", "(refused, shared-key)"):
+        assert phrase in text
