@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import json
 import re
+import stat
 import sys
 from pathlib import Path
 
@@ -272,12 +273,30 @@ def _new_key_password(args: argparse.Namespace) -> bytes | None:
 
 
 def _ca_password(args: argparse.Namespace) -> bytes | None:
+    _warn_ca_key_perms(args.ca)  # before the password is typed for it
     if args.ca_password_file is not None:
         return _read_password_file(args.ca_password_file)
     key = args.ca / "ca.key"
     if _is_encrypted(key) and sys.stdin.isatty():  # an unreadable key: load_authority names it
         return ask_password(f"password for {key}: ").encode()
     return None
+
+
+def _warn_ca_key_perms(ca: Path) -> None:
+    """[W-CA-KEY-PERMS] (stderr, text and --json alike) for a CA key others can read, or a CA directory
+    others can write (they could swap the key or the certificate), as ssh warns of an "UNPROTECTED
+    PRIVATE KEY FILE". A file that cannot be looked at is left to load_authority to name."""
+    key = ca / "ca.key"
+    for path, mask, what, fix in ((key, 0o044, "the CA private key is readable by group or others", "600"),
+                                  (ca, 0o022, "the CA directory is writable by group or others, who could "
+                                   "replace its key or certificate", "700")):
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except (OSError, ValueError):
+            return
+        if mode & mask:
+            print(f"imaguard-keyring: warning [W-CA-KEY-PERMS]: {path}: mode {mode:04o}: {what}; chmod {fix} {path}",
+                  file=sys.stderr)
 
 
 def _warn_ec(key_type: KeyType, what: str) -> None:

@@ -253,3 +253,33 @@ def test_bundle_help_says_what_it_replaces_and_writes(capsys):
                    "--ima-key FILE", "--authority-cert FILE", "--out DIR", "--root DIR",
                    "Exit status: 0 bundles written, 1 failure", "(refused, shared-key)"):
         assert phrase in text
+
+
+# --- finding 8: a CA key others can read, or a CA directory others can write, draws [W-CA-KEY-PERMS] -----------
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_an_unprotected_ca_key_draws_a_warning(top, tmp_path, capsys, json_mode):
+    ca = tmp_path / "CAbad"
+    ca.mkdir()
+    for name in ("ca.key", "ca.pem"):
+        (ca / name).write_bytes((top / "ca" / name).read_bytes())
+    (ca / "ca.key").chmod(0o644)
+    ca.chmod(0o777)
+    code, out, err = run_cli(capsys, ["cert", "issue", "--ca", str(ca), "--out", str(tmp_path / "K"), "--name", "a",
+                                      "--key-type", "p256", *(["--json"] if json_mode else [])])
+    assert code == 0
+    assert json.loads(out)["certificate"]["files"] if json_mode else out.startswith("issued CN=a")
+    warnings = [line for line in errors_only(err).splitlines() if "W-CA-KEY-PERMS" in line]
+    assert warnings == [
+        f"imaguard-keyring: warning [W-CA-KEY-PERMS]: {ca / 'ca.key'}: mode 0644: the CA private key is readable "
+        f"by group or others; chmod 600 {ca / 'ca.key'}",
+        f"imaguard-keyring: warning [W-CA-KEY-PERMS]: {ca}: mode 0777: the CA directory is writable by group or "
+        f"others, who could replace its key or certificate; chmod 700 {ca}",
+    ]
+
+
+def test_a_protected_ca_key_draws_no_warning(top, tmp_path, capsys):
+    code, _, err = run_cli(capsys, ["cert", "issue", "--ca", str(top / "ca"), "--out", str(tmp_path / "K"), "--name",
+                                    "a", "--key-type", "p256"])
+    assert code == 0
+    assert "W-CA-KEY-PERMS" not in err
