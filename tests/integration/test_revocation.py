@@ -267,9 +267,8 @@ def test_a_host_state_dir_is_followed_through_symlinks_and_must_be_roots_alone(c
     assert f"{state}: the state directory is writable by other users (mode 0777)" in err
 
 
-def test_a_recorded_list_stays_in_force_when_no_list_is_given(ceremony, tmp_path, capsys):
-    """Audit: leaving --revocation-list out made the record of the accepted list count for nothing,
-    so verify and enroll (a cron job written before revocation existed) took a revoked key again."""
+def _revoked_and_recorded(ceremony, tmp_path, capsys):
+    """A file signed by key ``old``, then ``old`` revoked and the list recorded in a state dir."""
     ca, keys = ceremony
     target = tmp_path / "tool"
     shutil.copy("/usr/bin/true", target)
@@ -279,6 +278,13 @@ def test_a_recorded_list_stays_in_force_when_no_list_is_given(ceremony, tmp_path
     state = tmp_path / "state"
     assert load_revoked(rl, ca / "ca.pem", state)  # what keys load / enroll do: check and record
     capsys.readouterr()
+    return keys, target, state
+
+
+def test_a_recorded_list_stays_in_force_when_no_list_is_given(ceremony, tmp_path, capsys):
+    """Audit: leaving --revocation-list out made the record of the accepted list count for nothing,
+    so verify and enroll (a cron job written before revocation existed) took a revoked key again."""
+    keys, target, state = _revoked_and_recorded(ceremony, tmp_path, capsys)
     code, doc, _ = _verify(capsys, "--cert", str(keys / "old.pem"), "--state-dir", str(state), str(target))
     assert (code, doc["files"][0]["reason"]) == (3, "revoked-key")
     # A damaged record fails closed, named, instead of counting as "nothing revoked".
@@ -291,15 +297,7 @@ def test_a_recorded_list_stays_in_force_when_no_list_is_given(ceremony, tmp_path
 
 def test_a_state_dir_given_that_is_not_there_is_a_usage_error(ceremony, tmp_path, capsys):
     """Audit: `verify --state-dir TYPO` read as "nothing recorded", so a recorded revoked key verified."""
-    ca, keys = ceremony
-    target = tmp_path / "tool"
-    shutil.copy("/usr/bin/true", target)
-    assert main(["sign", "--key", str(keys / "old.key"), "--cert", str(keys / "old.pem"), str(target)]) == 0
-    rl = tmp_path / "revocations.json"
-    assert keyring_main(["revoke", "--ca", str(ca), "--list", str(rl), "--cert", str(keys / "old.pem"), "--new"]) == 0
-    state = tmp_path / "state"
-    assert load_revoked(rl, ca / "ca.pem", state)
-    capsys.readouterr()
+    keys, target, state = _revoked_and_recorded(ceremony, tmp_path, capsys)
     for wrong in (tmp_path / "stat", target):  # a typo, and a file
         code, doc, err = _verify(capsys, "--cert", str(keys / "old.pem"), "--state-dir", str(wrong), str(target))
         assert (code, doc) == (2, {"error": {"reason": "state-dir", "message": f"{wrong}: --state-dir is not a directory"}})
