@@ -7,7 +7,9 @@ with ``apt-get -o Dir=ROOT update`` and installs with ``dpkg --root``.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -20,7 +22,8 @@ import pytest
 
 from imaguard.packages.deb import DebSource
 
-__all__ = ["IGT_1", "MAINT_SCRIPTS", "Keys", "World", "build_deb", "make_keys", "make_world", "need", "run"]
+__all__ = ["IGT_1", "MAINT_SCRIPTS", "Keys", "World", "build_deb", "make_keys", "make_world", "need", "reserialise_bundle",
+           "run"]
 
 
 def run(argv, **kw) -> subprocess.CompletedProcess[bytes]:
@@ -228,3 +231,13 @@ def make_world(tmp: Path, keys: Keys, *, repo_debs: list[str], installed: list[s
     keyring = tmp / "repo-key.asc"
     keyring.write_bytes(armored)
     return World(root, repo, tmp / "state", keys, debs, keyring)
+
+
+def reserialise_bundle(path: Path) -> None:
+    """Rewrite a bundle's payload with the same meaning but other bytes: its DSSE signature, which
+    covers the bytes, no longer verifies (a bundle tampered with in transit)."""
+    env = json.loads(path.read_bytes())
+    payload = json.loads(base64.b64decode(env["payload"]))
+    payload["package"]["version"] = "1.0"
+    env["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
+    path.write_text(json.dumps(env))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import functools
 import http.server
 import json
@@ -10,7 +9,7 @@ import os
 import threading
 
 import pytest
-from debworld import make_keys, make_world
+from debworld import make_keys, make_world, reserialise_bundle
 
 from imaguard.cli.main import main
 from imaguard_keyring.cli import main as keyring_main
@@ -77,11 +76,7 @@ def test_bundle_over_http(world, bundles, capsys):
 def test_tampered_or_foreign_bundles_are_refused(world, bundles, keypair, capsys):
     out, ima, authority = bundles
     path = out / "igt_1.0_all.bundle"
-    env = json.loads(path.read_bytes())
-    payload = json.loads(base64.b64decode(env["payload"]))
-    payload["package"]["version"] = "1.0"  # same meaning, re-serialised: the signature covers bytes
-    env["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
-    path.write_text(json.dumps(env))
+    reserialise_bundle(path)
     code, doc = _enroll(capsys, world, out, ima, authority)
     assert code == 1
     assert ("/usr/bin/igt", "refused", "bundle-untrusted") in _reasons(doc)

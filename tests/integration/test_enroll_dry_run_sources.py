@@ -9,13 +9,12 @@ and ``bundle:/nonexistent`` (or a regular file) exited 0 with every package ``no
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from typing import TYPE_CHECKING
 
 import pytest
-from debworld import make_keys, make_world
+from debworld import make_keys, make_world, reserialise_bundle
 
 from imaguard.cli.main import main
 from imaguard_keyring.cli import main as keyring_main
@@ -53,15 +52,6 @@ def _bundle(world, out: Path, ima, authority) -> Path:
     return out
 
 
-def _tamper(directory: Path) -> None:
-    path = directory / "igt_1.0_all.bundle"
-    env = json.loads(path.read_bytes())
-    payload = json.loads(base64.b64decode(env["payload"]))
-    payload["package"]["version"] = "1.0"  # same meaning, re-serialised: the signature covers bytes
-    env["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
-    path.write_text(json.dumps(env))
-
-
 def _source_args(case: str, world, keypair, tmp_path: Path) -> list[str]:
     """The --source and certificate options of one case (the bundles it needs are made here)."""
     ima, authority = keypair("rsa2048", "bundle-ima"), keypair("p256", "authority")
@@ -77,7 +67,7 @@ def _source_args(case: str, world, keypair, tmp_path: Path) -> list[str]:
         return ["--source", f"bundle:{tmp_path / 'empty'}", *bundle_certs]
     if case == "bundle-tampered":
         directory = _bundle(world, tmp_path / "b", ima, authority)
-        _tamper(directory)
+        reserialise_bundle(directory / "igt_1.0_all.bundle")
         return ["--source", f"bundle:{directory}", *bundle_certs]
     if case == "bundle-other-ima-key":  # genuine bundle, but its IMA signatures are not by --cert's key
         directory = _bundle(world, tmp_path / "b", keypair("rsa2048", "not-the-ima-key"), authority)
