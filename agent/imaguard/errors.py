@@ -54,6 +54,8 @@ class FormatError(ImaguardError):
     """Input bytes do not follow the format; ``offset`` is where parsing stopped, if known."""
 
     reason = "malformed"
+    # The index of the record it was found in, where a list scan knows it (measurements.scan_binary).
+    record: int | None = None
 
     def __init__(self, message: str, *, offset: int | None = None, reason: str | None = None) -> None:
         if offset is not None:

@@ -48,6 +48,7 @@ def test_log_parse_agrees_with_keylime_and_reports_a_ceiling(tmp_path: Path) -> 
     assert doc["problems"] == []  # among them: both tools' PCR 10 in both banks, and the floor loop's
     assert set(doc["results"]) == {"imaguard-binary", "imaguard-ascii", "keylime"}
     assert doc["floor"]["ceiling_vs_keylime_process"] > 0
+    assert doc["floor"]["ceiling_two_cores_checked"] > 0  # the two-process floor replayed to the same PCRs
     assert set(doc["floor"]["pcr10"]) == {"sha1", "sha256"}
 
 

@@ -7,8 +7,7 @@ import json
 import sys
 from typing import IO, TYPE_CHECKING, Any
 
-from imaguard.errors import ExitCode, FormatError, UsageError
-from imaguard.ima.logsource import looks_ascii
+from imaguard.errors import ExitCode, FormatError, HostStateError, ImaguardError, UsageError
 from imaguard.ima.measurements import (
     BANK_DIGEST_SIZES,
     Entry,
@@ -19,6 +18,7 @@ from imaguard.ima.measurements import (
     iter_binary,
 )
 from imaguard.ima.replay import PcrMismatch, ReplayedLog, compare, replay, replay_binary
+from imaguard.ima.splitreplay import replay_file, splittable
 from imaguard.shown import one_line, shown_path
 
 if TYPE_CHECKING:
@@ -47,8 +47,13 @@ reached the TPM's value on the way in every bank: the output says for how many l
 TPM vouches. In JSON, "tpm" holds the values compared and "pcr_source" says where they come from:
 "tpm" (--pcr-from-tpm) or "given" (--pcr).
 
-Exit status: 0 ok, 1 malformed list, 2 usage error (a --file that cannot be read included), 3 the
-replay differs from the TPM's PCRs (or the given ones), 77 no IMA, no TPM or no tpm2-tools here.
+--summary replays a saved binary list of 1 MiB or more on two cores (a second process replays the
+sha256 bank; the two share the record checks): the output and any error are those of one process.
+If the file changes between the two reads, the command stops with reason list-changed.
+
+Exit status: 0 ok, 1 malformed list (or a saved list that changed while read), 2 usage error (a
+--file that cannot be read included), 3 the replay differs from the TPM's PCRs (or the given ones),
+77 no IMA, no TPM or no tpm2-tools here.
 """
 
 _BANKS = ("sha1", "sha256")
@@ -211,24 +216,21 @@ def _cmd_log(args: argparse.Namespace) -> int:
         elif not args.summary:
             out.write(f"{'#':>6} {'PCR':>3} {'TEMPLATE':<10} DIGEST SIG PATH\n")
         if args.summary and not args.ascii:
-            # No listing: check and replay the records without making an Entry for each.
-            replayed = replay_binary(reader, byteorder=byteorder, bank=args.bank, banks=_BANKS, expect=expect)
+            replayed = _summary_replay(args, f, reader, byteorder, expect)
         else:
             entries = stream if args.summary else _listed(stream, out, args.json)
             replayed = replay(entries, banks=_BANKS, keep_entries=False, stream=stream, expect=expect)
     except FormatError as exc:
-        message = f"{source}: {exc}"
-        if exc.offset == 0 and looks_ascii(first):
-            message += "; it looks like the ASCII list: use --ascii"
+        message = _format_message(exc, source, first)
         if not opened:
-            named = FormatError(message)  # the offset is in the message already
+            named = FormatError(message, reason=exc.reason)  # the offset is in the message already
             named.offset = exc.offset
             raise named from exc
-        # Entries were already streamed: close the one document with the error instead of adding a second.
-        out.write("], " + json.dumps({"error": {"reason": exc.reason, "message": message, "offset": exc.offset}})[1:]
-                  + "\n")
-        print(f"imaguard: error: {one_line(message)}", file=sys.stderr)
-        return exc.exit_code
+        return _close_with_error(out, exc, message, exc.offset)
+    except HostStateError as exc:  # two-process replay: the file changed between its reads, or a process died
+        if not opened:
+            raise
+        return _close_with_error(out, exc, f"{source}: {exc}", None)
     finally:
         if f is not sys.stdin.buffer:
             f.close()
@@ -246,6 +248,31 @@ def _cmd_log(args: argparse.Namespace) -> int:
         _finish_text(out, source, replayed, want_replay=want_replay, tpm=tpm, mismatches=mismatches, grown=grown,
                      saved=args.file is not None, from_tpm=args.pcr_from_tpm)
     return ExitCode.VERIFICATION_FAILED if mismatches and not grown else ExitCode.OK
+
+
+def _format_message(exc: FormatError, source: str, first: bytes) -> str:
+    from imaguard.ima.logsource import looks_ascii  # noqa: PLC0415 - securityfs paths only when needed
+
+    hint = "; it looks like the ASCII list: use --ascii" if exc.offset == 0 and looks_ascii(first) else ""
+    return f"{source}: {exc}{hint}"
+
+
+def _close_with_error(out: IO[str], exc: ImaguardError, message: str, offset: int | None) -> int:
+    """Entries were already streamed: close the one document with the error instead of adding a second."""
+    out.write("], " + json.dumps({"error": {"reason": exc.reason, "message": message, "offset": offset}})[1:] + "\n")
+    print(f"imaguard: error: {one_line(message)}", file=sys.stderr)
+    return exc.exit_code
+
+
+def _summary_replay(
+    args: argparse.Namespace, f: IO[bytes], reader: LogReader, byteorder: ByteOrder, expect: dict[str, bytes]
+) -> ReplayedLog:
+    """No listing: check and replay the records without making an Entry for each; a long saved
+    list on two cores, one bank in each (the same checks, result and errors)."""
+    status = splittable(f.fileno(), _BANKS) if f is not sys.stdin.buffer else None
+    if status is not None:
+        return replay_file(f.fileno(), status, byteorder=byteorder, bank=args.bank, banks=_BANKS, expect=expect)
+    return replay_binary(reader, byteorder=byteorder, bank=args.bank, banks=_BANKS, expect=expect)
 
 
 def _vouched(r: ReplayedLog) -> int | None:

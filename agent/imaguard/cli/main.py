@@ -7,7 +7,6 @@ import importlib
 import json
 import os
 import sys
-import traceback
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from imaguard import __version__
@@ -95,6 +94,8 @@ def run_guarded(parser: argparse.ArgumentParser, args_list: list[str]) -> int:
         code: int = args.handler(args)
     except ImaguardError as exc:
         if verbose:
+            import traceback  # noqa: PLC0415 - only for a bug's report
+
             traceback.print_exc()
         _report(prog, str(exc), exc.reason, want_json)
         return exc.exit_code
@@ -113,6 +114,8 @@ def run_guarded(parser: argparse.ArgumentParser, args_list: list[str]) -> int:
         # An OS error no command turned into an ImaguardError (a path too long for a stat, EIO):
         # still one line naming the file, not a traceback (audit).
         if verbose:
+            import traceback  # noqa: PLC0415 - only for a bug's report
+
             traceback.print_exc()
         where = f"{exc.filename}: " if exc.filename is not None else ""
         _report(prog, f"{where}{exc.strerror or exc}", "os-error", want_json)

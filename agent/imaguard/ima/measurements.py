@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator
+from typing import Literal
 
 from imaguard.errors import FormatError
 from imaguard.ima.asciilog import iter_ascii
@@ -52,6 +53,7 @@ __all__ = [
     "BANK_DIGEST_SIZES",
     "MAX_PCR",
     "MAX_TEMPLATE_DATA",
+    "Checks",
     "Entry",
     "LogReader",
     "LogStream",
@@ -62,6 +64,10 @@ __all__ = [
     "iter_binary",
     "scan_binary",
 ]
+
+
+# Which of the fused loop's record checks a scan makes (scan_binary).
+Checks = Literal["all", "digest", "fields"]
 
 
 class _BinaryParser:
@@ -80,6 +86,7 @@ class _BinaryParser:
         self.zero = bytes(size)
         self.max_data = max_template_data
         self.templates: dict[bytes, Template] = {}
+        self.shapes: dict[str, bool] = {}
 
     def template(self, raw: bytes, where: int) -> Template:
         try:
@@ -93,6 +100,8 @@ class _BinaryParser:
         except FormatError as exc:
             raise rebased(exc, where, "template name") from exc
         self.templates[raw] = t
+        # A known template starting d-ng|n-ng: the fused loop's records (scan, common_ok).
+        self.shapes[t.name] = t.fields[:2] == ("d-ng", "n-ng") and t.known
         return t
 
     def data_span(self, t: Template, buf: bytes, p: int, base: int) -> tuple[int, int] | None:
@@ -109,8 +118,11 @@ class _BinaryParser:
             return None
         (dlen,) = self.u32(buf, p)
         if dlen > self.max_data:
-            raise FormatError(f"template data length {dlen} exceeds the limit {self.max_data}", offset=base + p)
+            raise self.too_long(dlen, base + p)
         return p + 4, p + 4 + dlen
+
+    def too_long(self, dlen: int, where: int) -> FormatError:
+        return FormatError(f"template data length {dlen} exceeds the limit {self.max_data}", offset=where)
 
     def parse(self, buf: bytes, pos: int, base: int) -> Iterator[Entry]:
         stream, head, hlen = self.stream, self.head, self.head.size
@@ -158,7 +170,7 @@ class _BinaryParser:
     def common_ok(self, t: Template, data: bytes) -> bool:
         """The fast check of a ``d-ng|n-ng|…`` record: field lengths add up, d-ng has a known
         ``algo:\\0`` prefix and its size, n-ng ends in NUL. False means: take the full path."""
-        if t.fields[:2] != ("d-ng", "n-ng") or not t.known:
+        if not self.shapes[t.name]:
             return False
         u32, dlen = self.u32, len(data)
         if dlen < 8:  # two u32 lengths
@@ -183,47 +195,72 @@ class _BinaryParser:
             k += 1
         return q == dlen and k == len(t.fields)
 
-    def scan(self, sink: RecordSink) -> Parse:
+    def scan(self, sink: RecordSink, checks: Checks = "all") -> Parse:  # noqa: PLR0915 - one fused loop (below)
         """``parse`` without Entry objects, for replaying long lists: the same checks, in a fused loop
         for templates starting ``d-ng|n-ng`` (ima-ng, ima-sig, ima-buf, …), each record handed to
         ``sink``; the first record, other templates and anything unusual go through ``entry``
-        (differential-tested against ``parse``). The first record's Entry is kept as ``stream.first``."""
+        (differential-tested against ``parse``). The first record's Entry is kept as ``stream.first``.
+
+        ``checks`` splits the fused loop's two record checks between two scans of one list (see
+        ``scan_binary``); framing checks and the full ``entry`` path run in every scan."""
         stream, hlen, zero, hfn = self.stream, self.head.size, self.zero, self.hfn
         unpack_head, templates = self.head.unpack_from, self.templates
-        common_ok, data_span = self.common_ok, self.data_span
+        data_span, common_ok, shapes, u32 = self.data_span, self.common_ok, self.shapes, self.u32
+        max_data = self.max_data
+        # The layout check runs where count & mask == want: on every record, or on every other one.
+        mask, want = (0, 0) if checks == "all" else (1, 1) if checks == "digest" else (1, 0)
+        check_digest = checks != "fields"
 
-        def parse(buf: bytes, pos: int, base: int) -> Iterator[Entry]:
+        # One function on purpose: a call per record is most of what it saves over ``parse``.
+        def parse(buf: bytes, pos: int, base: int) -> Iterator[Entry]:  # noqa: PLR0912
             n, count = len(buf), stream.count
-            while n - pos >= hlen:
-                pcr, td, nlen = unpack_head(buf, pos)
-                if pcr > MAX_PCR:
-                    raise FormatError(f"PCR index {pcr} is out of range (byte order?)", offset=base + pos)
-                if not 0 < nlen <= MAX_NAME:
-                    raise FormatError(f"template name length {nlen} is out of range", offset=base + pos + hlen - 4)
-                p = pos + hlen + nlen
-                if p > n:
-                    break
-                raw_name = buf[pos + hlen : p]
-                t = templates.get(raw_name) or self.template(raw_name, base + pos + hlen)
-                span = data_span(t, buf, p, base)
-                if span is None or span[1] > n:
-                    break
-                start, end = span
-                data = buf[start:end]
-                if count and common_ok(t, data):
-                    if td != zero and hfn(data).digest() != td:
+            try:
+                while n - pos >= hlen:
+                    pcr, td, nlen = unpack_head(buf, pos)
+                    if pcr > MAX_PCR:
+                        raise FormatError(f"PCR index {pcr} is out of range (byte order?)", offset=base + pos)
+                    if not 0 < nlen <= MAX_NAME:
                         raise FormatError(
-                            f"template digest of entry {count} does not match its data", offset=base + pos + 4
+                            f"template name length {nlen} is out of range", offset=base + pos + hlen - 4
                         )
-                else:
-                    stream.count = count  # entry() names the entry in its errors
-                    entry = self.entry(t, buf, pos, base, span=(start, end), head=(pcr, td))
-                    if not count:
-                        stream.first = entry
-                    data = entry.hashed_data()
-                sink(pcr, td, t, data)
-                pos = end
-                count += 1
+                    p = pos + hlen + nlen
+                    if p > n:
+                        break
+                    raw_name = buf[pos + hlen : p]
+                    t = templates.get(raw_name) or self.template(raw_name, base + pos + hlen)
+                    if t.is_ima:
+                        span = data_span(t, buf, p, base)
+                        if span is None:
+                            break
+                        start, end = span
+                    else:  # data_span, inline: this runs once per record of lists of 100,000s
+                        if p + 4 > n:
+                            break
+                        (dlen,) = u32(buf, p)
+                        if dlen > max_data:
+                            raise self.too_long(dlen, base + p)
+                        start = p + 4
+                        end = start + dlen
+                    if end > n:
+                        break
+                    data = buf[start:end]
+                    if count and (common_ok(t, data) if count & mask == want else shapes[t.name]):
+                        if check_digest and td != zero and hfn(data).digest() != td:
+                            raise FormatError(
+                                f"template digest of entry {count} does not match its data", offset=base + pos + 4
+                            )
+                    else:
+                        stream.count = count  # entry() names the entry in its errors
+                        entry = self.entry(t, buf, pos, base, span=(start, end), head=(pcr, td))
+                        if not count:
+                            stream.first = entry
+                        data = entry.hashed_data()
+                    sink(pcr, td, t, data)
+                    pos = end
+                    count += 1
+            except FormatError as exc:
+                exc.record = count  # the failing record's index: the split scans' errors are ordered by it
+                raise
             stream.end, stream.count = base + pos, count
             return
             yield  # a generator that yields nothing: records go to the sink
@@ -244,15 +281,24 @@ def scan_binary(
     bank: str = "sha1",
     max_template_data: int = MAX_TEMPLATE_DATA,
     chunk_size: int = CHUNK,
+    checks: Checks = "all",
 ) -> LogStream:
     """Check every record of a binary list like ``iter_binary``, handing each to ``sink`` instead of
     yielding an Entry (the replay of long lists). Returns the exhausted LogStream (end, truncation);
-    FormatError as ``iter_binary`` raises it."""
+    FormatError as ``iter_binary`` raises it, with ``record`` the failing record's index.
+
+    ``checks`` other than ``"all"`` is for two scans of the same list, one with each, that share the
+    fused loop's two checks of a ``d-ng|n-ng|…`` record: ``"digest"`` checks every template digest and
+    the field layout of odd-numbered records, ``"fields"`` the field layout of even-numbered ones (an
+    unusual record gets every check in both). Together they check what one ``"all"`` scan checks;
+    alone, either checks less. Where both fail, the error of the lower record index is the one
+    ``"all"`` raises, and at the same index the ``"fields"`` scan's.
+    """
 
     def gen(stream: LogStream) -> Iterator[Entry]:
         parser = _BinaryParser(stream, byteorder, bank, max_template_data)
         pending = max_template_data + parser.head.size + MAX_NAME + 4
-        yield from drive(source, stream, parser.scan(sink), chunk_size, max(pending, chunk_size))
+        yield from drive(source, stream, parser.scan(sink, checks), chunk_size, max(pending, chunk_size))
 
     stream = LogStream(gen)
     for _ in stream:
