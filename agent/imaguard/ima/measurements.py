@@ -57,6 +57,7 @@ __all__ = [
     "Entry",
     "LogReader",
     "LogStream",
+    "Record",
     "RecordSink",
     "Truncated",
     "detect_byteorder",
@@ -214,6 +215,8 @@ class _BinaryParser:
         # One function on purpose: a call per record is most of what it saves over ``parse``.
         def parse(buf: bytes, pos: int, base: int) -> Iterator[Entry]:  # noqa: PLR0912
             n, count = len(buf), stream.count
+            records: list[Record] = []  # this buffer's, handed over in one call
+            add = records.append
             try:
                 while n - pos >= hlen:
                     pcr, td, nlen = unpack_head(buf, pos)
@@ -255,12 +258,13 @@ class _BinaryParser:
                         if not count:
                             stream.first = entry
                         data = entry.hashed_data()
-                    sink(pcr, td, t, data)
+                    add((pcr, td, t, data))
                     pos = end
                     count += 1
             except FormatError as exc:
                 exc.record = count  # the failing record's index: the split scans' errors are ordered by it
                 raise
+            sink(records)
             stream.end, stream.count = base + pos, count
             return
             yield  # a generator that yields nothing: records go to the sink
@@ -268,9 +272,12 @@ class _BinaryParser:
         return parse
 
 
-# scan_binary hands each checked record to a sink: PCR index, template digest, template, and the
-# bytes the template digest covers (the template data; for `ima` its padded form).
-RecordSink = Callable[[int, bytes, Template, bytes], None]
+# scan_binary hands checked records to a sink, a list per read buffer (thousands: one call each
+# rather than one per record). A record: PCR index, template digest, template, and the bytes the
+# template digest covers (the template data; for `ima` its padded form); every template digest of
+# one list has the same size.
+Record = tuple[int, bytes, Template, bytes]
+RecordSink = Callable[[list[Record]], None]
 
 
 def scan_binary(
@@ -283,7 +290,7 @@ def scan_binary(
     chunk_size: int = CHUNK,
     checks: Checks = "all",
 ) -> LogStream:
-    """Check every record of a binary list like ``iter_binary``, handing each to ``sink`` instead of
+    """Check every record of a binary list like ``iter_binary``, handing them to ``sink`` instead of
     yielding an Entry (the replay of long lists). Returns the exhausted LogStream (end, truncation);
     FormatError as ``iter_binary`` raises it, with ``record`` the failing record's index.
 

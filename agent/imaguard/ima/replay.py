@@ -12,8 +12,11 @@ A ``ReplayedLog`` is only made here: it is the one log type a report may be buil
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import TYPE_CHECKING
 
 from imaguard.errors import FormatError
 from imaguard.ima.measurements import (
@@ -23,6 +26,7 @@ from imaguard.ima.measurements import (
     Entry,
     LogReader,
     LogStream,
+    Record,
     Truncated,
     scan_binary,
 )
@@ -95,7 +99,7 @@ class _Replay:
         self.state: dict[str, dict[int, bytes]] = {}
         # Per bank: its PCRs, hash, all-zero start, all-ones violation value, whether it is sha1
         # (whose logged, parser-checked template digest is used as is; other banks hash the data).
-        self.setup: list[tuple[dict[int, bytes], Callable[[bytes], hashlib._Hash], bytes, bytes, bool]] = []
+        self.setup: list[_Bank] = []
         for bank in banks:
             size, fn = _bank_fn(bank)
             self.state[bank] = {10: bytes(size)}
@@ -107,8 +111,7 @@ class _Replay:
 
         # The default banks, unrolled: extend runs once per entry of lists of 100,000s.
         self.extend: Callable[[int, bytes, Template, bytes], None] = (
-            self._extend_sha1_sha256 if banks == ("sha1", "sha256")
-            else self._one_bank() if len(banks) == 1 else self._extend_any
+            self._extend_sha1_sha256 if banks == ("sha1", "sha256") else self._extend_any
         )
         self.matched: dict[str, int] = {}
         self.expect = {bank: value for bank, value in (expect or {}).items() if bank in self.state}
@@ -144,23 +147,22 @@ class _Replay:
         self.templates[template.name] = self.templates.get(template.name, 0) + 1
         self.count += 1
 
-    def _one_bank(self) -> Callable[[int, bytes, Template, bytes], None]:
-        """The extend of a single bank (the two-process replay runs one bank in each), unrolled."""
-        ((pcrs, fn, zero, ff, is_sha1),) = self.setup
-        size, zeros, templates = len(zero), self.zeros, self.templates
-
-        def extend(pcr: int, td: bytes, template: Template, hashed: bytes) -> None:
-            if td == zeros.get(len(td)):
-                self.violations += 1
-                x = ff
-            else:
-                x = td if is_sha1 and len(td) == size else fn(hashed).digest()
-            pcrs[pcr] = fn(pcrs.get(pcr, zero) + x).digest()
-            name = template.name
-            templates[name] = templates.get(name, 0) + 1
-            self.count += 1
-
-        return extend
+    def extend_records(self, records: list[Record]) -> None:
+        """``extend`` over a batch of scanned records (``scan_binary``'s sink): the same rule, one
+        tight loop per bank; entry by entry when PCR values are being watched for (``expect``)."""
+        if not records:
+            return
+        if self.expect:
+            for record in records:
+                self.extend(*record)
+            return
+        zero = self.zeros[len(records[0][1])]  # one list's template digests share a size
+        for bank in self.setup:
+            violations = _extend_bank(bank, records, zero)
+        self.violations += violations
+        self.count += len(records)
+        for template, n in Counter(map(itemgetter(2), records)).items():
+            self.templates[template.name] = self.templates.get(template.name, 0) + n
 
     def _extend_any(self, pcr: int, td: bytes, template: Template, hashed: bytes) -> None:
         violation = td == self.zeros.get(len(td))
@@ -182,6 +184,30 @@ class _Replay:
             pcrs=self.state, count=self.count, violations=self.violations, boot_aggregate=self.boot,
             entries=entries, end=end, truncated=truncated, templates=self.templates, matched=self.matched,
         )
+
+
+if TYPE_CHECKING:  # hashlib._Hash exists for type checkers only
+    # A bank's PCRs, hash, all-zero start, all-ones violation value, whether it is sha1.
+    _Bank = tuple[dict[int, bytes], Callable[[bytes], hashlib._Hash], bytes, bytes, bool]
+
+
+def _extend_bank(bank: _Bank, records: list[Record], zero: bytes) -> int:
+    """Extend one bank's PCRs with ``records`` (template digests all-zero: violations, counted)."""
+    pcrs, fn, start, ff, is_sha1 = bank
+    logged = is_sha1 and len(zero) == len(start)  # sha1 takes the checked, logged digest as is
+    pcr10, violations = pcrs[10], 0
+    for pcr, td, _, hashed in records:
+        if td == zero:
+            violations += 1
+            x = ff
+        else:
+            x = td if logged else fn(hashed).digest()
+        if pcr == 10:  # IMA's PCR, nearly every record: kept in a local
+            pcr10 = fn(pcr10 + x).digest()
+        else:
+            pcrs[pcr] = fn(pcrs.get(pcr, start) + x).digest()
+    pcrs[10] = pcr10
+    return violations
 
 
 def replay(
@@ -229,7 +255,7 @@ def replay_binary(
     ``imaguard.ima.splitreplay``, never alone (see ``scan_binary``)."""
     r = _Replay(banks, expect)
     stream = scan_binary(
-        source, r.extend, byteorder=byteorder, bank=bank, max_template_data=max_template_data, checks=checks
+        source, r.extend_records, byteorder=byteorder, bank=bank, max_template_data=max_template_data, checks=checks
     )
     if stream.first is not None and stream.first.path == BOOT_AGGREGATE:
         r.boot = stream.first
