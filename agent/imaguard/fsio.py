@@ -36,8 +36,9 @@ __all__ = [
 def write_atomically(path: Path, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
     """Replace ``path`` with ``data`` (file mode ``mode``, ``owner`` (uid, gid) or ours); the
     directory must exist. Raises OSError."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
+    tmp = ""
+    try:  # mkstemp inside: an interrupt right after it returns must not leave the temp file
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             if owner is not None:
                 os.fchown(f.fileno(), *owner)
@@ -47,8 +48,9 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600, owner: tuple[in
             os.fsync(f.fileno())
         Path(tmp).replace(path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            Path(tmp).unlink()
+        if tmp:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink()
         raise
     dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -21,8 +21,6 @@ import errno
 import hashlib
 import os
 import re
-import signal
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from imaguard.errors import HostStateError, UsageError
+from imaguard.interrupts import INTERRUPT_SIGNALS, signals_interrupt
 from imaguard.keys import load_certificate, load_private_key
 from imaguard.keys.material import key_id_from_public_key, read_small_file
 from imaguard.keys.revocation import parse_ca_certificate
@@ -45,8 +44,7 @@ from imaguard_keyring.profiles import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
-    from types import FrameType
+    from collections.abc import Iterable, Sequence
 
     from imaguard.keys.material import Certificate, PrivateKey
 
@@ -172,30 +170,6 @@ def issued_files(out: Path, name: str) -> tuple[Path, Path, Path]:
     """The key, PEM and DER paths of the certificate ``name``."""
     stem = _check_name(name)
     return out / f"{stem}.key", out / f"{stem}.pem", out / f"{stem}.der"
-
-
-# The signals that end a ceremony from outside: kill's default, a dropped SSH session or closed
-# terminal, and Ctrl-\. Left at their default they kill the process without running any cleanup.
-INTERRUPT_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """SIGTERM, SIGHUP and SIGQUIT behave as Ctrl-C inside the block, so the cleanup of a half-written
-    file or set runs (``except BaseException`` handlers); the previous handlers are put back after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set in the main thread
-        return
-    previous = {signum: signal.signal(signum, _interrupt) for signum in INTERRUPT_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def write_new_files(files: Sequence[tuple[Path, bytes, int]]) -> None:

@@ -15,7 +15,7 @@ from imaguard.errors import ExitCode, UsageError
 from imaguard.keys import LocalSigner, load_certificate, load_private_key
 from imaguard.packages import DEFAULT_STATE_DIR, open_source
 from imaguard.sign.sources import refuse_shared_key
-from imaguard_keyring import ceremony, commands, paths
+from imaguard_keyring import commands, paths
 from imaguard_keyring.bundles import write_bundle
 
 if TYPE_CHECKING:
@@ -133,14 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. SIGTERM, SIGHUP and SIGQUIT act as Ctrl-C for all of it: every writer's
     cleanup (the ceremony's sets, the temp files of revoke and bundle, which would otherwise leave
     a signed list nobody published beside the real one) runs, and the exit is 130, "interrupted"."""
-    parser = _parser()
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        with ceremony.signals_interrupt():
-            return run_guarded(parser, args)
-    except KeyboardInterrupt:  # one that arrived while run_guarded was reporting an error
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
+    return run_guarded(_parser(), list(sys.argv[1:] if argv is None else argv))
 
 
 def entry() -> None:

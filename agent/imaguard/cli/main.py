@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from imaguard import __version__
 from imaguard.errors import ExitCode, ImaguardError
+from imaguard.interrupts import signals_interrupt
 from imaguard.shown import one_line
 
 if TYPE_CHECKING:
@@ -82,7 +83,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_guarded(parser: argparse.ArgumentParser, args_list: list[str]) -> int:
-    """Parse and dispatch to ``args.handler``; every ImaguardError becomes one line and its exit code."""
+    """Parse and dispatch to ``args.handler``; every ImaguardError becomes one line and its exit code.
+
+    SIGTERM, SIGHUP and SIGQUIT act as Ctrl-C for all of it (``imaguard.interrupts``): every
+    writer's cleanup runs (a temp file beside a key, half a set of files), and the exit is 130."""
+    try:
+        with signals_interrupt():
+            return _run(parser, args_list)
+    except KeyboardInterrupt:  # one that arrived while an error was being reported
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(parser: argparse.ArgumentParser, args_list: list[str]) -> int:
     want_json, verbose = _common_flags(args_list)
     prog = parser.prog  # "imaguard" or "imaguard-keyring": the user sees which tool failed
     try:

@@ -20,10 +20,11 @@ import gc
 import os
 import pickle
 import selectors
-import signal
 import struct
 import sys
 from typing import TYPE_CHECKING, Generic, TypeVar
+
+from imaguard.interrupts import ignore_interrupts
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -102,10 +103,10 @@ class _Pool(Generic[T, R]):
                 if pid == 0:  # pragma: no cover - runs in the child, which never returns
                     status = 1
                     try:
-                        # Ctrl-C reaches the whole process group: a worker interrupted between
-                        # setxattr and its checks would skip the rollback. The parent handles it
-                        # (_stop) and the worker finishes its chunk.
-                        signal.signal(signal.SIGINT, signal.SIG_IGN)
+                        # Ctrl-C (and SIGTERM from systemd's stop) reaches the whole process
+                        # group: a worker interrupted between setxattr and its checks would skip
+                        # the rollback. The parent handles it (_stop) and the worker finishes its chunk.
+                        ignore_interrupts()
                         for fd in (self._task_w, *self._result_fds, *(pw for _, pw in pipes)):
                             if fd != w:
                                 os.close(fd)
