@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 from imaguard.cli.keyfile import ask_password, read_password_file
 from imaguard.errors import ExitCode, UsageError
 from imaguard.keys import Certificate
-from imaguard.keys.revocation import parse_key_id
+from imaguard.keys.revocation import check_reason, parse_key_id
 from imaguard_keyring import ceremony, guidance, pkcs8, revocations
 from imaguard_keyring.profiles import (
     CA_DEFAULT_DAYS,
@@ -435,6 +435,7 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
         key_id, subject = cert.key_id, cert.subject
     else:
         key_id = parse_key_id(args.key_id, "--key-id")
+    check_reason(args.reason, "--reason")  # before the password: a typo must not cost the ceremony's secret
     authority = ceremony.load_authority(args.ca, _ca_password(args))
     try:
         rl = revocations.add_revocation(args.list, authority, key_id, reason=args.reason, subject=subject,

@@ -283,3 +283,15 @@ def test_a_protected_ca_key_draws_no_warning(top, tmp_path, capsys):
                                     "a", "--key-type", "p256"])
     assert code == 0
     assert "W-CA-KEY-PERMS" not in err
+
+
+# --- revoke --reason is checked before the CA password is asked for -----------------------------------------
+
+def test_revoke_refuses_a_bad_reason_before_asking_for_the_ca_password(top, tmp_path, capsys):
+    argv = ["revoke", "--ca", str(top / "ca"), "--list", str(tmp_path / "rl.json"), "--key-id", "12345678", "--new",
+            "--reason", "two\nlines", "--ca-password-file", str(tmp_path / "missing.pw"), "--json"]
+    code, out, err = run_cli(capsys, argv)  # the password file does not exist: asked first, that would fail
+    message = "--reason: reason must be one line of at most 200 printable characters"
+    assert (code, json.loads(out), err) == (2, {"error": {"reason": "usage", "message": message}},
+                                            f"imaguard-keyring: error: {message}\n")
+    assert not (tmp_path / "rl.json").exists()

@@ -49,6 +49,7 @@ __all__ = [
     "PAYLOAD_TYPE",
     "RevocationList",
     "RevokedKey",
+    "check_reason",
     "parse_ca_certificate",
     "parse_key_id",
     "revoked_set",
@@ -99,6 +100,11 @@ def _parse_time(text: object, where: str) -> datetime.datetime:
 def _check_reason(reason: str, where: str, error: type[UsageError] | type[FormatError]) -> None:
     if len(reason) > _MAX_REASON or any(ord(c) < 0x20 or ord(c) == 0x7F for c in reason):
         raise error(f"{where}: reason must be one line of at most {_MAX_REASON} printable characters")
+
+
+def check_reason(reason: str, where: str) -> None:
+    """UsageError unless ``reason`` can be kept in a list: checked before a CA password is asked for."""
+    _check_reason(reason, where, UsageError)
 
 
 @dataclass(frozen=True, slots=True)
