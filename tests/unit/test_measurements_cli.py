@@ -40,6 +40,14 @@ def test_a_differing_pcr_exits_3_and_says_so(capsys):
     assert captured.err == f"imaguard: PCR 10 sha256: log replays to {PCR['sha256']}, --pcr expects {'00' * 32}\n"
 
 
+def test_json_mismatches_of_given_values_do_not_name_a_tpm(capsys):
+    code = main(["log", "--ascii", "--file", str(ASCII), "--summary", "--json", "--pcr", "sha256:" + "00" * 32])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 3
+    assert (doc["pcr_source"], doc["matches_tpm"]) == ("given", False)
+    assert doc["mismatches"] == [f"PCR 10 sha256: log replays to {PCR['sha256']}, --pcr expects {'00' * 32}"]
+
+
 def test_json_is_one_document_with_entries_and_replay(capsys):
     assert main(["log", "--file", str(BINARY), "--replay", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)

@@ -300,7 +300,7 @@ def _finish_json(
         tail["pcr_source"] = "tpm" if from_tpm else "given"
         tail["tpm"] = {bank: {str(i): v.hex() for i, v in sorted(p.items())} for bank, p in tpm.items()}
         tail["matches_tpm"] = not mismatches
-        tail["mismatches"] = [str(m) for m in mismatches]
+        tail["mismatches"] = [str(m) if from_tpm else _given_mismatch(m) for m in mismatches]
         tail["vouched_entries"] = _vouched(r)
         tail["grew_after_pcr_read"] = grown
     out.write("], " + json.dumps(tail)[1:] + "\n")
