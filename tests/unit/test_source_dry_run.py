@@ -102,7 +102,8 @@ def test_bundle_check_reports_a_missing_bundle_as_the_real_run(tmp_path):
     assert (err.value.reason, err.value.refuse, str(err.value)) == ("no-bundle", False, "p=1/all: no bundle p_1_all.bundle")
 
 
-@pytest.mark.parametrize("location", ["{t}", "file://{t}", "{t}/", "http://127.0.0.1:1/b", "https://example.org/b"])
+@pytest.mark.parametrize("location", ["{t}", "file://{t}", "file://localhost{t}", "{t}/", "http://127.0.0.1:1/b",
+                                      "https://example.org/b"])
 def test_a_directory_or_an_http_url_is_a_bundle_location(tmp_path, location):
     _bundles(location.format(t=tmp_path)).check_location()  # a server is only asked per package
 
@@ -114,6 +115,9 @@ def test_a_directory_or_an_http_url_is_a_bundle_location(tmp_path, location):
     ("{t}/f/sub", "bundle-location", "bundle location '{t}/f/sub': {t}/f/sub: Not a directory"),
     ("ftp://x/b", "usage", "bundle location 'ftp://x/b': use a directory or an http(s) URL"),
     ("file://", "usage", "bundle location 'file://': use a directory or an http(s) URL"),
+    ("file://otherhost{t}", "usage",
+     "bundle location 'file://otherhost{t}': a file URL of another host (otherhost); use a local directory or an "
+     "http(s) URL"),
 ])  # fmt: skip
 def test_anything_else_is_a_usage_error(tmp_path, location, reason, message):
     (tmp_path / "f").write_bytes(b"")

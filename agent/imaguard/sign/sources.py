@@ -208,6 +208,9 @@ class BundleSource:
         if parsed.scheme == "":
             return Path(self.location)
         if parsed.scheme == "file" and parsed.path:
+            if parsed.netloc not in ("", "localhost"):  # file://HOST/... names another machine's file
+                raise UsageError(f"bundle location {self.location!r}: a file URL of another host "
+                                 f"({parsed.netloc}); use a local directory or an http(s) URL")
             return Path(parsed.path)
         raise UsageError(f"bundle location {self.location!r}: use a directory or an http(s) URL")
 
