@@ -139,9 +139,10 @@ def _missing_directories(directory: Path) -> list[Path]:
     return missing[::-1]
 
 
-def _make_directories(directory: Path) -> None:
+def _make_directories(directory: Path, made: list[Path]) -> None:
     """Create ``directory`` and its missing parents, each mode 0700 whatever the umask
-    (``mkdir(parents=True)`` gives the parents the umask's mode: 0777 under umask 000)."""
+    (``mkdir(parents=True)`` gives the parents the umask's mode: 0777 under umask 000); each one
+    made is appended to ``made`` (parents first)."""
     for missing in _missing_directories(directory):
         try:
             missing.mkdir(mode=0o700)
@@ -149,6 +150,7 @@ def _make_directories(directory: Path) -> None:
             if not is_directory(missing):
                 raise UsageError(f"{missing}: not a directory", reason="not-a-directory") from None
             continue
+        made.append(missing)
         missing.chmod(0o700)
 
 
@@ -174,13 +176,15 @@ def issued_files(out: Path, name: str) -> tuple[Path, Path, Path]:
 
 def write_new_files(files: Sequence[tuple[Path, bytes, int]]) -> None:
     """Create every file exclusively with its mode; on any failure, Ctrl-C, SIGTERM, SIGHUP or SIGQUIT
-    remove the ones created (a lone private key would make the rerun refuse with "already exists")."""
+    remove the ones created (a lone private key would make the rerun refuse with "already exists")
+    and the directories made for them."""
     refuse_existing(p for p, _, _ in files)
     created: list[Path] = []
+    made: list[Path] = []
     try:
         with signals_interrupt():
             for path, data, mode in files:
-                _make_directories(path.parent)
+                _make_directories(path.parent, made)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
                 created.append(path)
                 with os.fdopen(fd, "wb") as f:
@@ -198,6 +202,9 @@ def write_new_files(files: Sequence[tuple[Path, bytes, int]]) -> None:
         for path in created:
             with contextlib.suppress(OSError):
                 path.unlink()
+        for directory in reversed(made):  # and the directories made for them: the rerun starts clean
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only when empty: never anything someone else put there meanwhile
         if not isinstance(exc, OSError):
             raise
         name = exc.filename or (created[-1] if created else files[0][0])

@@ -47,8 +47,17 @@ def test_a_signal_during_ca_create_leaves_no_key_and_the_rerun_works(tmp_path, s
     out = tmp_path / "CA"
     argv = ["ca", "create", "--out", str(out), "--key-type", "p256"]
     assert outcome(run_interrupted(tmp_path, 1, signame, argv)) == INTERRUPTED  # after ca.key is synced
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # nor the directory made for it
     assert main(argv) == 0
+
+
+def test_a_directory_that_was_there_before_stays(tmp_path):
+    out = tmp_path / "CA"
+    out.mkdir()
+    argv = ["ca", "create", "--out", str(out), "--key-type", "p256"]
+    assert outcome(run_interrupted(tmp_path, 1, "SIGTERM", argv)) == INTERRUPTED
+    assert out.is_dir()
+    assert list(out.iterdir()) == []
 
 
 @pytest.mark.parametrize("signame", ["SIGHUP", "SIGQUIT"])
@@ -56,7 +65,7 @@ def test_a_signal_during_cert_issue_leaves_no_lone_key(ca_dir, tmp_path, signame
     argv = ["cert", "issue", "--ca", str(ca_dir), "--out", str(tmp_path / "K"), "--name", "ima-x",
             "--key-type", "p256", "--days", "5"]
     assert outcome(run_interrupted(tmp_path, 2, signame, argv)) == INTERRUPTED  # key and PEM written
-    assert list((tmp_path / "K").iterdir()) == []
+    assert not (tmp_path / "K").exists()  # nor the directory made for it
     assert main(argv) == 0
 
 
@@ -64,7 +73,7 @@ def test_sighup_during_rotate_leaves_no_lone_key(ca_dir, tmp_path):
     argv = ["rotate", "--ca", str(ca_dir), "--old", str(ca_dir.parent / "k" / "ima.pem"), "--out",
             str(tmp_path / "R"), "--name", "ima-next", "--days", "5"]
     assert outcome(run_interrupted(tmp_path, 1, "SIGHUP", argv)) == INTERRUPTED
-    assert list((tmp_path / "R").iterdir()) == []
+    assert not (tmp_path / "R").exists()  # nor the directory made for it
 
 
 # --- finding 2: revoke and bundle leave no temp file ------------------------------------------------------------
