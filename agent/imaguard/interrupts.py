@@ -27,10 +27,13 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 @contextlib.contextmanager
 def signals_interrupt() -> Iterator[None]:
     """Inside the block, SIGTERM, SIGHUP and SIGQUIT raise KeyboardInterrupt; the previous handlers
-    are put back after. Outside the main thread (where handlers cannot be set) it does nothing."""
+    are put back after. One already ignored (``nohup``'s SIGHUP) stays ignored, as Python leaves an
+    ignored SIGINT. Outside the main thread (where handlers cannot be set) it does nothing."""
     previous = {}
     try:
         for signum in INTERRUPT_SIGNALS:
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue  # ignored on purpose by whoever started us (nohup, a background job): left so
             previous[signum] = signal.signal(signum, _interrupt)
     except ValueError:  # not the main thread
         pass

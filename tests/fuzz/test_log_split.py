@@ -11,6 +11,7 @@ import struct
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from test_log_fuzz import _MIXED, _REAL_BINARY, _mutations
 from imaguard.errors import FormatError, HostStateError
 from imaguard.ima.measurements import iter_binary
 from imaguard.ima.replay import replay, replay_binary
-from imaguard.ima.splitreplay import SPLIT_MIN_BYTES, _merged, replay_file, splittable
+from imaguard.ima.splitreplay import SPLIT_MIN_BYTES, _merged, _Pread, replay_file, splittable
 from imaguard.ima.splitreplay import _outcome as _child_outcome
 from logbuilder import generate, write_logs
 
@@ -192,10 +193,34 @@ def test_two_reads_that_differ_give_no_verdict():
     data = _list(40)
     grown = data + _list(41)[len(data) :]  # one more record: what a second read of a rewritten file saw
     mine = replay_binary(data, banks=("sha1",), checks="digest")
-    theirs = _child_outcome(lambda: replay_binary(grown, banks=("sha256",), checks="fields"))
+    theirs = _half(grown, "sha256", "fields")
     with pytest.raises(HostStateError, match=r"the list changed while it was read") as e:
         _merged(mine, theirs, BANKS, len(data))
     assert e.value.reason == "list-changed"
+
+
+def _half(data: bytes, bank: str, checks: str) -> dict:
+    """What a half sends back (its outcome and the CRC of what it read), run in this process."""
+    fd = _memfd(data)
+    try:
+        reader = _Pread(fd, len(data))
+        return _child_outcome(lambda: replay_binary(reader, banks=(bank,), checks=checks), reader)
+    finally:
+        os.close(fd)
+
+
+def test_the_bytes_each_half_read_are_compared_not_only_the_records():
+    # A byte that only the other half checks (a template digest: not checked by the fields half)
+    # changes no count, end or template: only the checksum of the bytes read tells the reads apart.
+    data = _list(40)
+    same, other = _half(data, "sha256", "fields"), _half(_bad_digest(data, 7), "sha256", "fields")
+    assert {k: v for k, v in same.items() if k not in ("crc", "pcrs")} == \
+        {k: v for k, v in other.items() if k not in ("crc", "pcrs")}
+    assert same["crc"] == _half(data, "sha1", "digest")["crc"] == zlib.crc32(data)
+    assert other["crc"] != same["crc"]
+    # And a half stopped early by an error still reads to the end for its checksum.
+    assert _half(_bad_layout(data, 2), "sha256", "fields")["error"][3] == 2
+    assert _half(_bad_layout(data, 2), "sha256", "fields")["crc"] == zlib.crc32(_bad_layout(data, 2))
 
 
 def test_a_process_with_threads_replays_in_one(tmp_path):

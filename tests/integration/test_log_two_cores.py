@@ -6,9 +6,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -139,3 +141,59 @@ def test_a_second_process_killed_midway_is_an_error_not_a_verdict(very_long_list
     assert doc["entries"] == []
     assert doc["error"] == {"reason": "replay-failed", "message": message, "offset": None}
     assert "replay" not in doc
+
+
+def _ignoring(signum: int):
+    def pre() -> None:
+        signal.signal(signum, signal.SIG_IGN)
+
+    return pre
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGINT, signal.SIGQUIT])
+def test_a_signal_ignored_by_whoever_started_it_stays_ignored(very_long_list, signum):
+    """`nohup imaguard …` (SIGHUP), a script's background job (SIGINT, SIGQUIT): the signal sent to the
+    whole group stops neither process, and the result is the one-process result."""
+    proc = subprocess.Popen([IMAGUARD, *SUMMARY, "--json", "--file", str(very_long_list)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=_ignoring(signum))  # noqa: PLW1509 - the test starts no threads
+    _child_of(proc)
+    time.sleep(0.1)  # past the child's start-up
+    os.killpg(proc.pid, signum)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (0, b"")
+    one = _run([*SUMMARY, "--json", "--file", "-"], stdin=very_long_list)
+    a, b = json.loads(out), json.loads(one.stdout)
+    a.pop("source"), b.pop("source")
+    assert a == b
+
+
+@pytest.fixture
+def readable_by_nobody(long_list):
+    with tempfile.TemporaryDirectory(dir="/tmp") as shared:  # pytest's own tmp is root-only
+        Path(shared).chmod(0o755)
+        listed = Path(shared) / "long.bin"
+        listed.write_bytes(long_list.read_bytes())
+        listed.chmod(0o644)
+        yield listed
+
+
+def test_where_no_second_process_may_start_it_replays_in_one(readable_by_nobody):
+    """Under a process limit (a container's pids.max, RLIMIT_NPROC) fork fails with EAGAIN: the same
+    replay, in one process, instead of an error."""
+    listed = readable_by_nobody
+
+    def as_nobody_with_one_process() -> None:
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+        resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))  # this process: no second one
+
+    limited = subprocess.run([IMAGUARD, *SUMMARY, "--json", "--file", str(listed)], capture_output=True, text=True,
+                             preexec_fn=as_nobody_with_one_process, check=False, cwd="/")  # fmt: skip
+    assert (limited.returncode, limited.stderr) == (0, "")
+    one = _run([*SUMMARY, "--json", "--file", "-"], stdin=listed)
+    a, b = json.loads(limited.stdout), json.loads(one.stdout)
+    a.pop("source"), b.pop("source")
+    assert a == b

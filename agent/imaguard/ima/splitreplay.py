@@ -5,17 +5,22 @@ process replays the first; each reads the file itself, in bounded chunks, up to 
 when the replay began. Both walk every record with every framing check and take the full check of
 any unusual record; of the fused loop's two checks of a common ``d-ng|n-ng|…`` record, this
 process makes the template-digest one and half the field-layout ones, the child the other half
-(``scan_binary``'s ``checks``), so together they check exactly what the one-process replay checks, and where both
-find an error the one reported is the one the one-process replay reports. Their counts, end
-offsets and truncation must agree, and the file's size, times and inode must not have moved
-while they read (a write moves them), or nothing is reported.
+(``scan_binary``'s ``checks``), so together they check exactly what the one-process replay
+checks, and where both find an error the one reported is the one the one-process replay reports.
+Their counts, end offsets and truncation must agree, the CRC-32 of the bytes each read must be the
+same, and the file's size, times and inode must not have moved while they read, or nothing is
+reported (a write through a shared mapping moves no time: the CRC sees it).
 
 For saved lists only: the kernel's securityfs list grows while it is read and reports size 0, so
-two readers would see two lists (``splittable`` says no to it).
+two readers would see two lists (``splittable`` says no to it). Where fork fails (a process
+limit), the same replay runs in this process. SIGINT and the signals of ``imaguard.interrupts``
+are blocked across the fork; the child ignores them (the parent stops it with SIGKILL, the kernel
+when the parent dies).
 """
 
 from __future__ import annotations
 
+import binascii
 import marshal
 import os
 import signal
@@ -28,20 +33,25 @@ from imaguard.errors import FormatError, HostStateError
 from imaguard.ima.measurements import Checks
 from imaguard.ima.replay import ReplayedLog, replay_binary
 from imaguard.ima.templates import ByteOrder
+from imaguard.interrupts import INTERRUPT_SIGNALS, ignore_interrupts
 
 __all__ = ["SPLIT_MIN_BYTES", "replay_file", "splittable"]
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_CHUNK = 1 << 20
+# Blocked across the fork: neither process may act on them before its own handling is in place.
+_STOP_SIGNALS = {signal.SIGINT, *INTERRUPT_SIGNALS}
 # Below ~5,000 records the fork and the second read cost more than the second core saves.
 SPLIT_MIN_BYTES = 1 << 20
 
 
 class _Pread:
     """A reader of the first ``size`` bytes of ``fd`` with its own position (``os.pread``), so the
-    two processes sharing the descriptor do not move each other's offset."""
+    two processes sharing the descriptor do not move each other's offset. ``crc`` is the CRC-32 of
+    the bytes read: after ``drain`` the two processes compare theirs (the same file, both times)."""
 
     def __init__(self, fd: int, size: int) -> None:
-        self.fd, self.size, self.pos = fd, size, 0
+        self.fd, self.size, self.pos, self.crc = fd, size, 0, 0
 
     def read(self, n: int = -1, /) -> bytes:
         left = self.size - self.pos
@@ -49,7 +59,14 @@ class _Pread:
             return b""
         data = os.pread(self.fd, left if n < 0 else min(n, left), self.pos)
         self.pos += len(data)
+        self.crc = binascii.crc32(data, self.crc)  # ~0.3 ms per MiB
         return data
+
+    def drain(self) -> int:
+        """Read the rest (a scan stopped early by an error) and return the CRC of all ``size`` bytes."""
+        while self.read(_CHUNK):
+            pass
+        return self.crc
 
 
 def splittable(fd: int, banks: tuple[str, ...]) -> os.stat_result | None:
@@ -74,16 +91,17 @@ def _same_file(before: os.stat_result, after: os.stat_result) -> bool:
 Scan = Callable[[], ReplayedLog]
 
 
-def _outcome(scan: Scan) -> dict[str, Any]:
-    """Run one bank's scan; its result or its FormatError as plain data (it crosses a pipe)."""
+def _outcome(scan: Scan, reader: _Pread) -> dict[str, Any]:
+    """Run one bank's scan; its result or its FormatError, and the CRC of the file's bytes, as plain
+    data (it crosses a pipe)."""
     try:
         r = scan()
     except FormatError as exc:
-        return {"error": (str(exc), exc.offset, exc.reason, exc.record)}
+        return {"error": (str(exc), exc.offset, exc.reason, exc.record), "crc": reader.drain()}
     return {
         "pcrs": {bank: dict(v) for bank, v in r.pcrs.items()}, "count": r.count, "violations": r.violations,
         "end": r.end, "truncated": (r.truncated.offset, r.truncated.have) if r.truncated else None,
-        "templates": dict(r.templates), "matched": dict(r.matched),
+        "templates": dict(r.templates), "matched": dict(r.matched), "crc": reader.drain(),
     }
 
 
@@ -109,18 +127,22 @@ def _received(data: bytes, status: int) -> dict[str, Any]:
     return got
 
 
-def _child(wfd: int, scan: Scan, parent: int) -> NoReturn:
+def _child(wfd: int, scan: Scan, reader: _Pread, parent: int, mask: set[int | signal.Signals]) -> NoReturn:
     """In the forked child: run, write the outcome, and leave without running any of the parent's code."""
     code = 1
     try:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C stops both; the parent reaps this one
-        # A parent killed outright (SIGTERM, SIGKILL) cannot reap this process: die with it, not
-        # read on alone. ctypes is loaded here only, so the parent's start-up does not pay for it.
+        # Ctrl-C and kill reach the whole process group: the parent stops this process with SIGKILL
+        # (or the kernel does, below), so it ignores them. They were blocked across the fork, so no
+        # handler of the parent's can run here before this line.
+        ignore_interrupts()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        # A parent killed outright (SIGKILL) cannot reap this process: die with it, not read on
+        # alone. ctypes is loaded here only, so the parent's start-up does not pay for it.
         import ctypes  # noqa: PLC0415
 
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() == parent:  # else it died before the prctl: nobody will read the outcome
-            view = memoryview(marshal.dumps(_outcome(scan)))
+            view = memoryview(marshal.dumps(_outcome(scan, reader)))
             while view:
                 view = view[os.write(wfd, view) :]
             code = 0
@@ -144,27 +166,38 @@ def replay_file(
     expect = expect or {}
     size = status.st_size
 
-    def scan(which: str, checks: Checks) -> Scan:
+    def scan(which: str, checks: Checks, reader: _Pread) -> Scan:
         return lambda: replay_binary(
-            _Pread(fd, size), byteorder=byteorder, bank=bank, banks=(which,), checks=checks,
+            reader, byteorder=byteorder, bank=bank, banks=(which,), checks=checks,
             expect={which: expect[which]} if which in expect else None,
         )
 
     rfd, wfd = os.pipe()
     parent = os.getpid()
-    pid = os.fork()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        pid = os.fork()
+    except OSError:  # a process limit (EAGAIN): the same replay, on one core
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(rfd)
+        os.close(wfd)
+        return replay_binary(_Pread(fd, size), byteorder=byteorder, bank=bank, banks=banks, expect=expect or None)
     if pid == 0:  # pragma: no cover - the child leaves through os._exit; its outcome is checked here
         os.close(rfd)
-        _child(wfd, scan(second, "fields"), parent)
+        theirs_reader = _Pread(fd, size)
+        _child(wfd, scan(second, "fields", theirs_reader), theirs_reader, parent, mask)
     os.close(wfd)
     mine: ReplayedLog | None = None
     failed: FormatError | None = None
+    reader = _Pread(fd, size)
     with os.fdopen(rfd, "rb") as r:
         try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal that came meanwhile acts now
             try:
-                mine = scan(first, "digest")()
+                mine = scan(first, "digest", reader)()
             except FormatError as exc:
                 failed = exc
+            crc = reader.drain()
             data = r.read()
         except BaseException:
             os.kill(pid, signal.SIGKILL)  # interrupted: stop it, never leave it behind
@@ -172,7 +205,7 @@ def replay_file(
         finally:
             _, wait_status = os.waitpid(pid, 0)
     theirs = _received(data, wait_status)
-    if not _same_file(status, os.fstat(fd)):
+    if theirs["crc"] != crc or not _same_file(status, os.fstat(fd)):
         raise _changed(size)
     _first_error(failed, theirs.get("error"))
     assert mine is not None  # noqa: S101 - _first_error raised when this scan failed
