@@ -95,7 +95,7 @@ def test_signed_quoted_report_verifies_and_every_change_fails(tpm, tmp_path, ind
     assert main(["report", "verify", "--cert", cert, "--nonce", "n-4711", str(out)]) == 0
     fingerprint = _ak_of(out)
     assert capsys.readouterr().out == (f"{out}: verified (signature, payload-type, schema-version, entries, replay, "
-                                       "nonce, quote); signed by CN=imaguard TEST ONLY IMA key (public\\, do not trust); nonce 'n-4711'"
+                                       "summary, nonce, quote); signed by CN=imaguard TEST ONLY IMA key (public\\, do not trust); nonce 'n-4711'"
                                        f"; quoted by AK {fingerprint} (not pinned: --ak)\n")  # fmt: skip
 
     assert main(["report", "verify", "--cert", cert, "--nonce", "n-4712", str(out)]) == 3
@@ -170,7 +170,7 @@ def test_the_ak_is_the_same_for_every_quote_and_a_pinned_ak_refuses_another_tpm(
         assert json.loads(report.read_bytes())["quote"]["ak_public_pem"].encode() == ak.read_bytes()
 
     assert main(["report", "verify", "--ak", str(ak), "--nonce", "one", str(first)]) == 0
-    assert capsys.readouterr().out == (f"{first}: verified (schema-version, entries, replay, nonce, quote, ak); "
+    assert capsys.readouterr().out == (f"{first}: verified (schema-version, entries, replay, summary, nonce, quote, ak); "
                                        f"nonce 'one'; quoted by AK {fingerprint}\n")  # fmt: skip
     assert main(["report", "verify", "--ak", str(ak), "--json", str(second)]) == 0
     captured = capsys.readouterr()

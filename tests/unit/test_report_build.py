@@ -235,7 +235,7 @@ def test_report_round_trips_and_verifies_its_replay(index):
     assert back.schema_version == 2
     assert back.pcr10["sha256"].hex() == json.loads((LAB / "pcr10.json").read_text())["sha256"]
     result = verify_report(data, certs=(), nonce=None, source="r.json")
-    assert result.checks == ("schema-version", "entries", "replay")
+    assert result.checks == ("schema-version", "entries", "replay", "summary")
     # One extended digest changed: no longer the hash of the entry's template data.
     doc = json.loads(data)
     doc["entries"][3]["extended"]["sha256"] = "00" * 32
@@ -306,7 +306,7 @@ def test_builder_log_violations_templates_and_the_last_measurement_wins(tmp_path
     (proc,) = report.processes
     assert (str(proc.klass), proc.exe.entry) == ("modified", 3)
     assert verify_report(report.to_bytes(), certs=(), nonce=None, source="b").checks == ("schema-version", "entries",
-                                                                                         "replay")
+                                                                                         "replay", "summary")
 
 
 def test_a_certificate_only_the_log_shows_does_not_make_a_signature_verified(tmp_path):

@@ -18,6 +18,8 @@ from imaguard.report.model import HostFacts
 from imaguard.report.verify import verify_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reportlib import resummarized
+
 from logbuilder import LogBuilder, d_ng, n_ng
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +59,7 @@ LAB_LOGS = [LAB / "binary_runtime_measurements",
 def test_real_reports_of_every_lab_template_verify(tmp_path, log):
     doc = _report_doc(tmp_path, log)
     result = verify_report(json.dumps(doc).encode(), certs=(), nonce=None, source="r.json")
-    assert result.checks == ("schema-version", "entries", "replay")
+    assert result.checks == ("schema-version", "entries", "replay", "summary")
 
 
 def test_r3_entry_claiming_another_path_and_digest_is_refused(tmp_path, capsys):
@@ -103,9 +105,13 @@ def test_signature_and_structural_class_claims_are_checked(tmp_path):
         changed["entries"][n][key] = value
         with pytest.raises(TrustError, match=f"entry {n} states {message}"):
             verify_report(json.dumps(changed).encode(), certs=(), nonce=None, source="r.json")
-    # What verify cannot tell (docs/report.md): the package class is the reporter's claim from its index.
+    # What verify cannot tell (docs/report.md): the package class is the reporter's claim from its index
+    # (its counts must follow: they are the tally of the entries).
     doc["entries"][4]["class"] = "package"
-    verify_report(json.dumps(doc).encode(), certs=(), nonce=None, source="r.json")
+    with pytest.raises(TrustError, match=r"counts.entries states .* but the report's entries give") as e:
+        verify_report(json.dumps(doc).encode(), certs=(), nonce=None, source="r.json")
+    assert e.value.reason == "summary-mismatch"
+    verify_report(json.dumps(resummarized(doc)).encode(), certs=(), nonce=None, source="r.json")
 
 
 def test_entries_of_other_pcrs_are_refused_and_big_endian_logs_verify(tmp_path):

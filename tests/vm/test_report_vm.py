@@ -148,7 +148,7 @@ def test_quoted_signed_report_verifies_on_the_host(report_run: RunResult, report
     capsys.readouterr()
     assert main(["report", "verify", "--cert", cert, "--nonce", NONCE, str(report)]) == 0
     assert capsys.readouterr().out.startswith(f"{report}: verified (signature, payload-type, schema-version, "
-                                              "entries, replay, nonce, quote)")  # fmt: skip
+                                              "entries, replay, summary, nonce, quote)")  # fmt: skip
     # The AK the guest printed afterwards with `imaguard report ak` is the one that signed the quote.
     ak = _art(report_run, "ak.pem")
     assert main(["report", "verify", "--cert", cert, "--nonce", NONCE, "--ak", str(ak), str(report)]) == 0

@@ -72,7 +72,10 @@ packages, signature verdicts, processes (docs/report.md). Nor the template name 
 kernel does not hash it, so a report could rename a file entry to a template of the same layout
 (ima-sig to ima-buf hides its signature); renames that its data gives away are refused, and
 --template NAME (repeatable: every template the host's policy logs, boot_aggregate's included,
-e.g. --template ima-sig --template ima-buf) refuses any other (template-not-allowed).
+e.g. --template ima-sig --template ima-buf) refuses any other (template-not-allowed). The summary
+(log counts, templates, boot_aggregate, counts) must be the tally of the entries and processes
+(summary-mismatch). With neither --cert nor --ak nothing authenticates the report: a warning,
+W-UNAUTHENTICATED, and "authenticated": false in --json.
 
 Exit status: 0 verified, 3 verification failed (the message names the check), 2 usage error.
 """
@@ -249,6 +252,7 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--sign applies to the json report, not to --format {args.format}")
     if args.format not in ("json", "text") and args.nonce is not None:
         raise UsageError(f"--nonce applies to the json and text reports, not to --format {args.format}")
+    _check_nonce_text(args.nonce)
     _refuse_output_over_input(args)
 
 
@@ -351,10 +355,18 @@ def _pinned_templates(names: list[str]) -> frozenset[str] | None:
     return frozenset(names) if names else None
 
 
+def _check_nonce_text(nonce: str | None) -> None:
+    from imaguard.report.model import is_utf8_text  # noqa: PLC0415
+
+    if nonce is not None and not is_utf8_text(nonce):
+        raise UsageError("--nonce must be UTF-8 text (it is hashed as UTF-8 into the TPM quote)")
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from imaguard.keys.material import load_certificate, read_small_file  # noqa: PLC0415
     from imaguard.report.verify import verify_report  # noqa: PLC0415
 
+    _check_nonce_text(args.nonce)
     templates = _pinned_templates(args.template)
     certs = tuple(load_certificate(p) for p in args.cert)
     aks = tuple(_pinned_ak(p) for p in args.ak)
@@ -372,8 +384,16 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     except FormatError as exc:
         # A report that no longer parses was changed: that is a failed verification, not a crash.
         raise TrustError(f"verification failed: {exc}", reason=exc.reason) from exc
+    # Signed with a given certificate, or quoted by a pinned AK: otherwise anyone could have written
+    # the report (a quote by an AK of its own, too); the checks show only that it is self-consistent.
+    authenticated = result.signed_by is not None or bool(aks)
+    if not authenticated:
+        print("imaguard: warning [W-UNAUTHENTICATED]: nothing authenticates this report (no signature checked "
+              "with --cert, no quote by a pinned --ak): anyone could have written it; what verified is only "
+              "that it is consistent in itself", file=sys.stderr)  # fmt: skip
     if args.json:
-        print(json.dumps({"verified": True, "checks": list(result.checks), "signed_by": result.signed_by,
+        print(json.dumps({"verified": True, "authenticated": authenticated, "checks": list(result.checks),
+                          "signed_by": result.signed_by,
                           "nonce": result.nonce, "quoted": result.quoted, "pcr10": result.pcr10,
                           "ak": result.ak, "ak_pinned": bool(aks), "templates_pinned": sorted(templates or ()),
                           "entries": result.entries}, indent=1))  # fmt: skip

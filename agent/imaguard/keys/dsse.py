@@ -18,6 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
+from imaguard import strictjson
 from imaguard.errors import FormatError, TrustError
 from imaguard.keys.material import Certificate, PrivateKey
 
@@ -53,7 +54,7 @@ class Envelope:
     def from_json(cls, data: bytes, source: str) -> Envelope:
         """Parse an envelope; FormatError naming the field that is missing or of the wrong kind."""
         try:
-            doc = json.loads(data)
+            doc = strictjson.loads(data)
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise FormatError(f"{source}: not a DSSE envelope (not JSON: {exc})") from exc
         try:

@@ -36,6 +36,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from imaguard import strictjson
 from imaguard.errors import FormatError, TrustError, UsageError
 from imaguard.keys.dsse import Envelope, sign_envelope, verify_envelope
 from imaguard.keys.material import Certificate, PrivateKey, key_id_from_public_key, not_a_certificate
@@ -216,7 +217,7 @@ class RevocationList:
             raise FormatError(f"{source}: revocation list larger than {MAX_REVOCATION_LIST_SIZE} bytes",
                               reason="too-large")
         try:
-            doc = json.loads(data)
+            doc = strictjson.loads(data)
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise FormatError(f"{source}: revocation list is not JSON ({exc})") from exc
         if not isinstance(doc, dict):

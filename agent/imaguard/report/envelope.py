@@ -6,8 +6,7 @@ verifies as a report even when signed by the same key.
 
 from __future__ import annotations
 
-import json
-
+from imaguard import strictjson
 from imaguard.errors import FormatError
 from imaguard.keys.dsse import Envelope, sign_envelope, verify_envelope
 from imaguard.keys.material import Certificate, PrivateKey
@@ -23,7 +22,7 @@ def sign_report(document: bytes, key: PrivateKey, cert: Certificate) -> bytes:
 def is_envelope(data: bytes) -> bool:
     """A DSSE envelope (``payloadType`` at the top) rather than a bare report document."""
     try:
-        doc = json.loads(data)
+        doc = strictjson.loads(data)
     except (ValueError, RecursionError) as exc:
         raise FormatError(f"not JSON ({exc})", reason="bad-report") from exc
     return isinstance(doc, dict) and "payloadType" in doc

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from imaguard import strictjson
 from imaguard.errors import FormatError
 
 __all__ = [
@@ -293,7 +294,7 @@ def _quote(doc: Any, source: str) -> QuoteReport | None:
 def read_report(data: bytes, source: str) -> VerifiableReport:
     """Parse a report document; FormatError for anything not an imaguard report of a known version."""
     try:
-        doc = json.loads(data)
+        doc = strictjson.loads(data)
     except (ValueError, RecursionError) as exc:  # nesting past the recursion limit is not a crash either
         raise FormatError(f"{source}: not JSON ({exc})", reason="bad-report") from exc
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
@@ -317,4 +318,18 @@ def read_report(data: bytes, source: str) -> VerifiableReport:
     nonce = doc["nonce"]
     if nonce is not None and not isinstance(nonce, str):
         raise FormatError(f"{source}: nonce must be a string", reason="bad-report")
-    return VerifiableReport(int(version), nonce, pcr10, _quote(doc.get("quote"), source), doc)
+    quote = _quote(doc.get("quote"), source)
+    for what, text in (("nonce", nonce), ("quote.nonce", quote.nonce if quote is not None else None)):
+        if text is not None and not is_utf8_text(text):  # JSON allows a lone surrogate; UTF-8 does not
+            raise FormatError(f"{source}: {what} is not UTF-8 text", reason="bad-report")
+    return VerifiableReport(int(version), nonce, pcr10, quote, doc)
+
+
+def is_utf8_text(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (a nonce is hashed as UTF-8 into the TPM quote): JSON's
+    ``\\ud800`` and undecodable command-line bytes give lone surrogates, which do not."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -12,7 +12,9 @@ Order of checks, each failing closed with a TrustError (exit 3) that names it:
    a file path does not hold what a file's ``sig`` field holds (``entry-mismatch``: the template
    name is not in the template hash, so a relabelled file entry is caught only by what it holds);
    the package classes and signature verdicts are the reporter's claims (docs/report.md);
-   the extended digests, replayed from zero, give the report's PCR 10 (both banks);
+   the extended digests, replayed from zero, give the report's PCR 10 (both banks); the summary
+   (``log`` counts and templates, ``boot_aggregate``, ``counts``) is the tally of the checked
+   entries and the listed processes (``summary-mismatch``);
 4. with ``--nonce``, the report was made for that nonce and carries a TPM quote;
 5. the quote is signed by the AK in the report, is for the report's nonce, selects PCR 10 only,
    and its PCR digest equals the replayed PCR 10 of the quoted bank;
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +36,17 @@ from imaguard.ima.xattr import XattrType
 from imaguard.keys.material import Certificate
 from imaguard.report.build import KEY_STATUSES, LogItem, log_item, signature_form, structural_class
 from imaguard.report.envelope import is_envelope, open_envelope
-from imaguard.report.model import EntryClass, VerifiableReport, path_text, read_report
+from imaguard.report.model import (
+    EntryClass,
+    ProcessClass,
+    SignatureStatus,
+    VerifiableReport,
+    path_text,
+    read_report,
+)
 from imaguard.report.tpmquote import Quote, ak_fingerprint, ak_public_key, verify_quote
 
-__all__ = ["Verified", "check_entries", "verify_report"]
+__all__ = ["Verified", "check_entries", "check_summary", "verify_report"]
 
 _BANKS = {"sha1": 20, "sha256": 32}
 # ima_template_lib.c ima_eventsig_init (6.1): a `sig` field is empty or security.ima of these types.
@@ -143,6 +153,19 @@ def _check_template_fits(item: LogItem, klass: EntryClass | None, where: str) ->
         raise TrustError(f"{where} is a file measurement (template {item.template!r}) without a "
                          f"{'path' if not item.path else 'file digest'}: it would vouch for no file",
                          reason="entry-mismatch")  # fmt: skip
+    # The kernel fills a `sig` field with nothing or a security.ima signature (ima_eventsig_init):
+    # anything else there is another template's field renamed, e.g. a buffer (a key loaded into
+    # _ima, DER) passed off as an ima-sig file entry (audit).
+    if item.sig and item.sig[0] not in _SIG_FIELD_TYPES:
+        raise TrustError(f"{where} states template {item.template!r}, whose sig field holds no IMA signature "
+                         f"(it starts with byte {item.sig[0]:#04x}); the kernel logs only an empty field or a "
+                         "signature there, so this is another template's entry renamed",
+                         reason="entry-mismatch")  # fmt: skip
+    # The `ima` template's name is a C string the kernel copies up to its NUL: one inside it is data
+    # of another layout restated as `ima` (an ima-sig entry's digest and path as d|n).
+    if item.template == "ima" and b"\x00" in item.path:
+        raise TrustError(f"{where} states template 'ima' with a NUL byte inside its name, which the kernel "
+                         "never logs: another template's entry restated as ima", reason="entry-mismatch")
     # The kernel names a buffer after a keyring (KEY_CHECK: its buffer is a certificate or key, DER),
     # a critical-data label or kexec-cmdline; only a keyring, named by a user, can look like a path,
     # and its buffer is never empty nor a signature. A file's `sig` field is one of those two.
@@ -179,6 +202,8 @@ def check_entries(
         assert isinstance(entry, dict)  # noqa: S101 - for mypy: pcr came from a dict
         if entry.get("index") != n or type(entry.get("index")) is not int:
             raise TrustError(f"{where} states index {entry.get('index')!r}", reason="entry-mismatch")
+        if not isinstance(entry.get("template"), str):
+            raise FormatError(f"{where} has no template name (got {entry.get('template')!r})", reason="bad-report")
         if templates is not None and entry.get("template") not in templates:
             raise TrustError(f"{where} states template {entry.get('template')!r}, not one of the --template "
                              f"names given ({', '.join(sorted(templates))})",
@@ -192,6 +217,43 @@ def check_entries(
         for (bank, value), x in zip(pcrs.items(), stated, strict=True):
             pcrs[bank] = hashlib.new(bank, value + x).digest()
     return pcrs
+
+
+def _tally(values: list[Any], codes: Iterable[object] = ()) -> dict[str, int]:
+    """How many of each value; every code present (0 included), as the report builder counts."""
+    out = {str(c): 0 for c in codes}
+    for value in values:
+        out[value] = out.get(value, 0) + 1
+    return out
+
+
+def check_summary(document: dict[str, Any], entries: list[dict[str, Any]], source: str) -> None:
+    """The summary a dashboard reads must be the tally of the checked entries (and of the processes
+    the report lists): ``log.entries``, ``violations``, ``templates``, ``boot_aggregate`` and
+    ``counts`` are derived, not claims (TrustError ``summary-mismatch``; audit)."""
+    log, counts, processes = document.get("log"), document.get("counts"), document.get("processes")
+    if not isinstance(log, dict) or not isinstance(counts, dict) or not isinstance(processes, list):
+        raise FormatError(f"{source}: report without log, counts or processes", reason="bad-report")
+    classes = [e.get("class") for e in entries]
+    first = entries[0] if entries else None
+    derived: dict[str, Any] = {
+        "log.entries": (log.get("entries"), len(entries)),
+        "log.violations": (log.get("violations"), classes.count(str(EntryClass.VIOLATION))),
+        "log.templates": (log.get("templates"), _tally([e["template"] for e in entries])),
+        "log.boot_aggregate": (log.get("boot_aggregate"), first["digest"] if first is not None
+                               and first.get("class") == str(EntryClass.BOOT_AGGREGATE) else None),
+        "counts.entries": (counts.get("entries"), _tally(classes, EntryClass)),
+        "counts.signatures": (counts.get("signatures"),
+                              _tally([e["signature"]["status"] for e in entries], SignatureStatus)),
+        "counts.processes": (counts.get("processes"),
+                             _tally([p.get("class") if isinstance(p, dict) else None for p in processes],
+                                    ProcessClass)),
+    }  # fmt: skip
+    for name, (stated, tally) in derived.items():
+        if stated != tally:
+            raise TrustError(f"{source}: {name} states {stated!r}, but the report's "
+                             f"{'processes' if name == 'counts.processes' else 'entries'} give {tally!r}",
+                             reason="summary-mismatch")  # fmt: skip
 
 
 def _byteorder(document: dict[str, Any], source: str) -> ByteOrder:
@@ -283,14 +345,17 @@ def verify_report(
                              f"but it claims {report.pcr10.get(bank, b'').hex() or 'nothing'}",
                              reason="replay-mismatch")  # fmt: skip
     checks.append("replay")
+    check_summary(report.document, entries, source)
+    checks.append("summary")
     if nonce is not None:
         _check_nonce(report, nonce, source)
         checks.append("nonce")
+    if aks:  # first: nothing of a quote by another key is worth parsing
+        _check_ak(report, aks, source)
     if report.quote is not None:
         _check_quote(report, replayed, source)
         checks.append("quote")
     if aks:
-        _check_ak(report, aks, source)
         checks.append("ak")
     ak = ak_fingerprint(report.quote.ak_public_pem) if report.quote is not None else None
     return Verified(signed_by, report.nonce, report.quote is not None, {b: v.hex() for b, v in replayed.items()},

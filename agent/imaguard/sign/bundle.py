@@ -19,6 +19,7 @@ import json
 import urllib.parse
 from dataclasses import dataclass
 
+from imaguard import strictjson
 from imaguard.errors import FormatError
 from imaguard.ima.xattr import ImaSignature, parse_xattr
 from imaguard.keys.dsse import Envelope, sign_envelope
@@ -85,7 +86,7 @@ class Bundle:
     def from_payload(cls, payload: bytes, source: str) -> Bundle:
         """Parse a payload whose envelope was already verified (never call it on unverified bytes)."""
         try:
-            doc = json.loads(payload)
+            doc = strictjson.loads(payload)
             if doc["schema"] != BUNDLE_SCHEMA:
                 raise FormatError(f"{source}: bundle schema {doc['schema']!r}, expected {BUNDLE_SCHEMA!r}")
             pkg = doc["package"]
