@@ -274,6 +274,14 @@ def test_a_key_twice_in_one_object_is_refused(tmp_path):
                       source="r.json")  # fmt: skip
 
 
+def test_a_process_class_that_is_not_a_string_is_a_summary_mismatch_not_a_traceback(tmp_path):
+    doc = _lab(tmp_path)
+    doc["processes"] = [{"class": ["package"]}, "not an object"]
+    with pytest.raises(TrustError, match=r"counts.processes states .* but the report's processes give") as err:
+        _verify(doc)
+    assert err.value.reason == "summary-mismatch"
+
+
 @pytest.mark.parametrize("field", ["log.entries", "log.templates", "log.boot_aggregate", "counts.signatures"])
 def test_the_summary_is_the_tally_of_the_checked_entries(tmp_path, field):
     doc = _lab(tmp_path)

@@ -223,7 +223,8 @@ def _tally(values: list[Any], codes: Iterable[object] = ()) -> dict[str, int]:
     """How many of each value; every code present (0 included), as the report builder counts."""
     out = {str(c): 0 for c in codes}
     for value in values:
-        out[value] = out.get(value, 0) + 1
+        key = value if isinstance(value, str) else repr(value)  # a hostile list or object: no TypeError
+        out[key] = out.get(key, 0) + 1
     return out
 
 
